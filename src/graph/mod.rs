@@ -1,0 +1,158 @@
+//! The only module that knows Microsoft Graph: the URL of the cancel action, the headers Graph
+//! wants, and how to read its answers and errors. It returns [`GraphError`] for every outcome
+//! that is not a 2xx, so the rest of the gateway never sees HTTP.
+
+mod answer;
+mod url;
+
+use std::time::{Duration, SystemTime};
+
+use http::{HeaderName, StatusCode, header};
+use tokio::time::Instant;
+
+pub use self::answer::{GraphRejection, parse_retry_after};
+pub use self::url::{GraphBaseUrl, GraphUrlError};
+use crate::{auth::BearerToken, request::CancelTarget, request::ClientRequestId};
+
+/// The most bytes of an error body read from Graph; the rest is never read. Graph's JSON errors
+/// are well under a kilobyte, so this only bounds what a broken proxy can make the gateway hold.
+pub const ERROR_BODY_LIMIT: usize = 64 * 1024;
+
+/// How long the gateway waits for an error body once Graph's status line has arrived. The status
+/// is what the caller's answer depends on; the body only adds Graph's words to it.
+const ERROR_BODY_WAIT: Duration = Duration::from_secs(2);
+
+/// The header that correlates a call across the caller, the gateway and Graph.
+pub const CLIENT_REQUEST_ID: HeaderName = HeaderName::from_static("client-request-id");
+
+/// How the HTTP client that talks to Graph is built.
+#[derive(Debug, Clone)]
+pub struct GraphSettings {
+    /// Graph's base URL.
+    pub base_url: GraphBaseUrl,
+    /// The most time allowed to open a connection, TLS included.
+    pub connect_timeout: Duration,
+}
+
+/// A handle to Graph: one pooled HTTP client for the whole process. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct GraphClient {
+    http: reqwest::Client,
+    base_url: GraphBaseUrl,
+}
+
+/// What Graph said when it accepted a call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GraphAcceptance {
+    /// The 2xx status; Graph documents 204.
+    pub status: StatusCode,
+    /// Graph's `request-id` header.
+    pub request_id: Option<String>,
+}
+
+/// Every outcome of a Graph call other than acceptance, as far as the gateway can tell them apart.
+#[derive(Debug, thiserror::Error)]
+pub enum GraphError {
+    /// Graph answered with a status other than 2xx.
+    #[error("Graph answered HTTP {}", .0.status)]
+    Rejected(Box<GraphRejection>),
+    /// No connection to Graph could be made (refused, DNS, TLS handshake), so nothing was sent.
+    #[error("cannot connect to Graph")]
+    Unreachable(#[source] reqwest::Error),
+    /// The connection failed after the request may have been sent, or the answer was not HTTP.
+    #[error("the connection to Graph failed")]
+    Transport(#[source] reqwest::Error),
+}
+
+/// Why the HTTP client could not be built.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot build the HTTP client for Graph")]
+pub struct GraphClientError(#[from] reqwest::Error);
+
+// === impl GraphClient ===
+
+impl GraphClient {
+    /// Builds the client: rustls with the platform's roots, connection pooling, HTTP/2 when Graph
+    /// offers it, `HTTPS_PROXY`/`NO_PROXY` honoured, and redirects never followed, so a token
+    /// never goes anywhere but Graph's host.
+    pub fn new(settings: &GraphSettings) -> Result<Self, GraphClientError> {
+        // reqwest is built without a built-in crypto provider, so that only ring is linked. `Err`
+        // means a provider is already installed, which is all that matters here.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .https_only(settings.base_url.is_https())
+            .connect_timeout(settings.connect_timeout)
+            .tcp_nodelay(true)
+            .user_agent(concat!("printjob-gateway/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        Ok(Self {
+            http,
+            base_url: settings.base_url.clone(),
+        })
+    }
+
+    /// Cancels one print job: `POST {base}/print/printers/{printerId}/jobs/{printJobId}/cancel`.
+    ///
+    /// The caller bounds the call's time by dropping the future; dropping it drops the request.
+    pub async fn cancel(
+        &self,
+        target: &CancelTarget,
+        token: &BearerToken,
+        client_request_id: &ClientRequestId,
+    ) -> Result<GraphAcceptance, GraphError> {
+        let response = self
+            .http
+            .post(self.base_url.cancel_url(target))
+            .header(header::AUTHORIZATION, token.header_value().clone())
+            .header(CLIENT_REQUEST_ID, client_request_id.header_value().clone())
+            .header(header::ACCEPT, "application/json")
+            .header(header::CONTENT_LENGTH, 0)
+            .send()
+            .await
+            .map_err(classify)?;
+
+        let status = response.status();
+        if status.is_success() {
+            return Ok(GraphAcceptance {
+                status,
+                request_id: answer::request_id(response.headers()),
+            });
+        }
+        let headers = response.headers().clone();
+        let body = read_bounded(response).await;
+        Err(GraphError::Rejected(Box::new(GraphRejection::new(
+            status,
+            &headers,
+            &body,
+            SystemTime::now(),
+        ))))
+    }
+}
+
+/// Tells a failure where nothing was sent from one where the request may have reached Graph.
+fn classify(error: reqwest::Error) -> GraphError {
+    if error.is_connect() {
+        GraphError::Unreachable(error)
+    } else {
+        GraphError::Transport(error)
+    }
+}
+
+/// Reads at most [`ERROR_BODY_LIMIT`] bytes of an error body, waiting at most [`ERROR_BODY_WAIT`].
+/// Whatever arrived by then is kept; a broken or endless body is simply cut off.
+async fn read_bounded(mut response: reqwest::Response) -> Vec<u8> {
+    let mut body = Vec::new();
+    let give_up = Instant::now() + ERROR_BODY_WAIT;
+    while body.len() < ERROR_BODY_LIMIT {
+        match tokio::time::timeout_at(give_up, response.chunk()).await {
+            Ok(Ok(Some(chunk))) => {
+                let room = ERROR_BODY_LIMIT - body.len();
+                body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+            }
+            Ok(Ok(None)) | Ok(Err(_)) | Err(_) => break,
+        }
+    }
+    body
+}

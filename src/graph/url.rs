@@ -1,0 +1,200 @@
+//! Graph's base URL, checked once at start-up, and the one function that builds request URLs.
+
+use std::net::IpAddr;
+
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+
+use crate::request::CancelTarget;
+
+/// Every byte but RFC 3986's unreserved characters is percent-encoded, so that an ID can never
+/// add a path separator, a query, a fragment or an escape of its own. The dot segments `.` and
+/// `..`, the one input this cannot neutralise, are refused earlier by [`crate::request`].
+const PATH_SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+/// The base URL of Microsoft Graph, such as `https://graph.microsoft.com/v1.0`.
+///
+/// It is `https`, except for loopback hosts (a local fake or simulator), so that a caller's bearer
+/// token never crosses a network in plaintext. It has no user info, query or fragment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GraphBaseUrl {
+    /// The URL without a trailing slash, so that paths are appended with `/`.
+    base: String,
+    https: bool,
+}
+
+/// Why a Graph base URL was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GraphUrlError {
+    /// The text is not a URL.
+    #[error("not a valid URL: {0}")]
+    Syntax(#[from] url::ParseError),
+    /// The scheme is `http` and the host is not loopback.
+    #[error(
+        "must use https (plain http is allowed only for loopback hosts), so that bearer tokens never cross a network in plaintext"
+    )]
+    Plaintext,
+    /// The scheme is neither `https` nor `http`.
+    #[error("must be an https URL, not {0}:")]
+    Scheme(String),
+    /// The URL carries credentials, a query or a fragment.
+    #[error("must not contain user info, a query or a fragment")]
+    Extras,
+}
+
+// === impl GraphBaseUrl ===
+
+impl GraphBaseUrl {
+    /// Parses and checks a Graph base URL.
+    pub fn parse(text: &str) -> Result<Self, GraphUrlError> {
+        let url = url::Url::parse(text)?;
+        let https = match url.scheme() {
+            "https" => true,
+            "http" if is_loopback(&url) => false,
+            "http" => return Err(GraphUrlError::Plaintext),
+            other => return Err(GraphUrlError::Scheme(other.to_owned())),
+        };
+        if !url.username().is_empty()
+            || url.password().is_some()
+            || url.query().is_some()
+            || url.fragment().is_some()
+        {
+            return Err(GraphUrlError::Extras);
+        }
+        let base = url.as_str().trim_end_matches('/').to_owned();
+        Ok(Self { base, https })
+    }
+
+    /// Whether requests go over TLS.
+    pub fn is_https(&self) -> bool {
+        self.https
+    }
+
+    /// The URL of the cancel action of one print job:
+    /// `{base}/print/printers/{printerId}/jobs/{printJobId}/cancel`, each ID one encoded segment.
+    pub fn cancel_url(&self, target: &CancelTarget) -> String {
+        format!(
+            "{}/print/printers/{}/jobs/{}/cancel",
+            self.base,
+            utf8_percent_encode(target.printer_id.as_str(), PATH_SEGMENT),
+            utf8_percent_encode(target.print_job_id.as_str(), PATH_SEGMENT),
+        )
+    }
+}
+
+impl std::fmt::Display for GraphBaseUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.base)
+    }
+}
+
+impl std::str::FromStr for GraphBaseUrl {
+    type Err = GraphUrlError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        Self::parse(text)
+    }
+}
+
+fn is_loopback(url: &url::Url) -> bool {
+    match url.host() {
+        Some(url::Host::Ipv4(ip)) => IpAddr::V4(ip).is_loopback(),
+        Some(url::Host::Ipv6(ip)) => IpAddr::V6(ip).is_loopback(),
+        Some(url::Host::Domain(name)) => name.eq_ignore_ascii_case("localhost"),
+        None => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::CancelRequest;
+
+    #[test]
+    fn base_urls_are_https_or_loopback() {
+        let cases: &[(&str, Result<&str, GraphUrlError>)] = &[
+            (
+                "https://graph.microsoft.com/v1.0",
+                Ok("https://graph.microsoft.com/v1.0"),
+            ),
+            (
+                "https://graph.microsoft.us/v1.0/",
+                Ok("https://graph.microsoft.us/v1.0"),
+            ),
+            (
+                "http://127.0.0.1:8089/v1.0",
+                Ok("http://127.0.0.1:8089/v1.0"),
+            ),
+            ("http://127.8.9.10/v1.0", Ok("http://127.8.9.10/v1.0")),
+            ("http://[::1]:1/v1.0", Ok("http://[::1]:1/v1.0")),
+            ("http://localhost:1/v1.0", Ok("http://localhost:1/v1.0")),
+            (
+                "http://graph.microsoft.com/v1.0",
+                Err(GraphUrlError::Plaintext),
+            ),
+            ("http://10.0.0.1/v1.0", Err(GraphUrlError::Plaintext)),
+            (
+                "http://localhost.evil.example/v1.0",
+                Err(GraphUrlError::Plaintext),
+            ),
+            (
+                "ftp://graph.microsoft.com/",
+                Err(GraphUrlError::Scheme("ftp".into())),
+            ),
+            (
+                "https://u:p@graph.microsoft.com/v1.0",
+                Err(GraphUrlError::Extras),
+            ),
+            (
+                "https://graph.microsoft.com/v1.0?x=1",
+                Err(GraphUrlError::Extras),
+            ),
+            (
+                "https://graph.microsoft.com/v1.0#x",
+                Err(GraphUrlError::Extras),
+            ),
+            (
+                "graph.microsoft.com",
+                Err(GraphUrlError::Syntax(
+                    url::ParseError::RelativeUrlWithoutBase,
+                )),
+            ),
+        ];
+        for (text, expected) in cases {
+            let actual = GraphBaseUrl::parse(text).map(|url| url.to_string());
+            assert_eq!(
+                actual.as_deref().map_err(Clone::clone),
+                expected.clone(),
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn every_id_is_exactly_one_encoded_segment() {
+        let base = GraphBaseUrl::parse("https://graph.microsoft.com/v1.0").unwrap();
+        let cases = [
+            ("p1", "42", "p1/jobs/42"),
+            ("a/b", "../x", "a%2Fb/jobs/..%2Fx"),
+            ("a?b=c", "d#e", "a%3Fb%3Dc/jobs/d%23e"),
+            ("%2e%2e", "%2F", "%252e%252e/jobs/%252F"),
+            ("a b", "é", "a%20b/jobs/%C3%A9"),
+            ("a\\b", "a;b", "a%5Cb/jobs/a%3Bb"),
+            ("...", "a..b", ".../jobs/a..b"),
+        ];
+        for (printer_id, print_job_id, expected) in cases {
+            let target = CancelTarget::try_from(CancelRequest {
+                printer_id: printer_id.into(),
+                print_job_id: print_job_id.into(),
+            })
+            .unwrap();
+            assert_eq!(
+                base.cancel_url(&target),
+                format!("https://graph.microsoft.com/v1.0/print/printers/{expected}/cancel"),
+            );
+        }
+    }
+}

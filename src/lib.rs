@@ -1,0 +1,35 @@
+//! printjob-gateway serves one gRPC method, `graph.print.v1.PrintJobService/Cancel`, and turns
+//! every call into the Microsoft Graph REST call that cancels a Universal Print job.
+//!
+//! # Layout
+//!
+//! - [`config`]: every setting, its flag, its environment twin and its default. Nothing else
+//!   reads the environment.
+//! - [`server`]: binds nothing itself; serves the gRPC API and the admin listener on listeners it
+//!   is given, and drains them on shutdown.
+//! - [`proto`]: the code generated from `proto/` and the descriptor set served by reflection.
+//! - [`service`]: the `PrintJobService` implementation: validates a call at the boundary, makes
+//!   the Graph call within the call's deadline, and answers.
+//! - [`request`]: the validated domain types a call becomes (`CancelTarget`, `ClientRequestId`,
+//!   the deadline).
+//! - [`auth`]: `BearerToken`, read from the `authorization` metadata; it never prints.
+//! - [`graph`]: the only module that knows Graph: its URLs, headers and JSON errors.
+//! - [`error`]: `CancelError`, every way a call can fail; [`status`] maps it, through the one
+//!   HTTP-to-gRPC table, to the `tonic::Status` the caller sees.
+//! - [`telemetry`]: the tracing subscriber, the one place that installs process-wide state.
+
+#![forbid(unsafe_code)]
+
+pub mod auth;
+pub mod config;
+pub mod error;
+pub mod graph;
+pub mod proto;
+pub mod request;
+pub mod server;
+pub mod service;
+pub mod status;
+pub mod telemetry;
+
+pub use config::Config;
+pub use server::{Listeners, serve};

@@ -1,0 +1,224 @@
+//! Serves the gRPC API and the admin listener on listeners bound by the caller, and drains them
+//! on shutdown: health turns NOT_SERVING, the API listener closes, calls in flight get the grace
+//! period to finish, and the ones still waiting for Graph then end with UNAVAILABLE.
+
+use std::{future::Future, io, net::SocketAddr, time::Duration};
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::{Server, server::TcpIncoming};
+use tonic_health::{ServingStatus, server::HealthReporter};
+
+use crate::{
+    Config,
+    graph::{GraphClient, GraphClientError},
+    proto::{FILE_DESCRIPTOR_SET, PrintJobServiceServer},
+    service::{Deadlines, PrintJobGateway},
+};
+
+/// The largest request message accepted, in bytes. A CancelRequest with two IDs of the longest
+/// allowed length is well under 1 KiB; anything far larger is not a CancelRequest.
+pub const MAX_REQUEST_BYTES: usize = 4 * 1024;
+/// The most HTTP/2 header bytes a call may send. Entra access tokens are a few kilobytes; large
+/// group claims can double that.
+const MAX_HEADER_LIST_BYTES: u32 = 32 * 1024;
+/// The most calls one HTTP/2 connection may have open at once.
+const MAX_CONCURRENT_STREAMS: u32 = 1024;
+/// How often an idle HTTP/2 connection is pinged, and how long the answer may take, so that
+/// connections of vanished callers are closed.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+/// After the grace period has ended the calls still in flight, how long their answers may take
+/// to be written before the process exits anyway.
+const FLUSH_AFTER_ABORT: Duration = Duration::from_secs(1);
+
+/// The sockets the gateway serves on, bound before [`serve`] so that callers (and tests) know the
+/// addresses and no connection is refused in between.
+#[derive(Debug)]
+pub struct Listeners {
+    /// The gRPC API.
+    pub grpc: TcpListener,
+    /// The admin listener (gRPC health for probes).
+    pub admin: TcpListener,
+}
+
+/// Why the gateway could not start or stopped serving.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// A listener could not be bound.
+    #[error("cannot listen on {addr}")]
+    Bind {
+        /// The address from the settings.
+        addr: SocketAddr,
+        /// What the operating system said.
+        #[source]
+        source: io::Error,
+    },
+    /// The HTTP client for Graph could not be built.
+    #[error(transparent)]
+    GraphClient(#[from] GraphClientError),
+    /// Server reflection could not read the descriptor set.
+    #[error("cannot build server reflection")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    /// A server stopped with an error.
+    #[error("the {listener} server failed")]
+    Transport {
+        /// Which listener: `gRPC` or `admin`.
+        listener: &'static str,
+        /// What went wrong.
+        #[source]
+        source: tonic::transport::Error,
+    },
+}
+
+// === impl Listeners ===
+
+impl Listeners {
+    /// Binds the addresses in `config`.
+    pub async fn bind(config: &Config) -> Result<Self, ServeError> {
+        Ok(Self {
+            grpc: bind(config.listen).await?,
+            admin: bind(config.admin_listen).await?,
+        })
+    }
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, ServeError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServeError::Bind { addr, source })
+}
+
+/// Serves until `shutdown` completes, then drains within `config.shutdown_grace` and returns.
+pub async fn serve(
+    config: Config,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServeError> {
+    let graph = GraphClient::new(&config.graph_settings())?;
+    let abort_calls = CancellationToken::new();
+    let deadlines = Deadlines {
+        default: config.default_timeout,
+        max: config.max_timeout,
+    };
+    let gateway = PrintJobGateway::new(graph, deadlines, abort_calls.clone());
+    let (health, health_service) = tonic_health::server::health_reporter();
+    set_health(&health, ServingStatus::NotServing).await;
+
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+
+    let grpc_addr = listeners.grpc.local_addr().ok();
+    let admin_addr = listeners.admin.local_addr().ok();
+    let stop_accepting = CancellationToken::new();
+    let grpc = http2_server()
+        .add_service(health_service.clone())
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(
+            PrintJobServiceServer::new(gateway).max_decoding_message_size(MAX_REQUEST_BYTES),
+        )
+        .serve_with_incoming_shutdown(
+            TcpIncoming::from(listeners.grpc).with_nodelay(Some(true)),
+            stop_accepting.clone().cancelled_owned(),
+        );
+    let stop_admin = CancellationToken::new();
+    let admin = http2_server()
+        .add_service(health_service)
+        .serve_with_incoming_shutdown(
+            TcpIncoming::from(listeners.admin).with_nodelay(Some(true)),
+            stop_admin.clone().cancelled_owned(),
+        );
+    let mut grpc = tokio::spawn(grpc);
+    let mut admin = tokio::spawn(admin);
+
+    set_health(&health, ServingStatus::Serving).await;
+    tracing::info!(
+        grpc = ?grpc_addr,
+        admin = ?admin_addr,
+        graph = %config.graph_url,
+        version = env!("CARGO_PKG_VERSION"),
+        "printjob-gateway serving"
+    );
+
+    tokio::select! {
+        () = shutdown => {}
+        ended = &mut grpc => return server_ended("gRPC", ended),
+        ended = &mut admin => return server_ended("admin", ended),
+    }
+
+    tracing::info!(grace = ?config.shutdown_grace, "shutting down: draining calls in flight");
+    set_health(&health, ServingStatus::NotServing).await;
+    stop_accepting.cancel();
+    if tokio::time::timeout(config.shutdown_grace, &mut grpc)
+        .await
+        .is_err()
+    {
+        tracing::warn!("grace period over: ending the calls still in flight with UNAVAILABLE");
+        abort_calls.cancel();
+        let _ = tokio::time::timeout(FLUSH_AFTER_ABORT, &mut grpc).await;
+    }
+    stop_admin.cancel();
+    let _ = tokio::time::timeout(FLUSH_AFTER_ABORT, &mut admin).await;
+    tracing::info!("shut down");
+    Ok(())
+}
+
+/// Completes on SIGTERM or SIGINT (Ctrl-C).
+pub async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot listen for SIGTERM; only SIGINT will stop the gateway");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        () = terminate => tracing::info!("SIGTERM received"),
+        result = tokio::signal::ctrl_c() => match result {
+            Ok(()) => tracing::info!("SIGINT received"),
+            Err(error) => tracing::warn!(%error, "cannot listen for SIGINT"),
+        },
+    }
+}
+
+/// A server builder with the HTTP/2 limits both listeners share.
+fn http2_server() -> Server {
+    Server::builder()
+        .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+        .http2_max_header_list_size(MAX_HEADER_LIST_BYTES)
+        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+}
+
+/// The overall health (`""`) and the API's, which always change together.
+async fn set_health(health: &HealthReporter, status: ServingStatus) {
+    health.set_service_status("", status).await;
+    health
+        .set_service_status(
+            <PrintJobServiceServer<PrintJobGateway> as tonic::server::NamedService>::NAME,
+            status,
+        )
+        .await;
+}
+
+fn server_ended(
+    listener: &'static str,
+    ended: Result<Result<(), tonic::transport::Error>, tokio::task::JoinError>,
+) -> Result<(), ServeError> {
+    match ended {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(source)) => Err(ServeError::Transport { listener, source }),
+        Err(join_error) => std::panic::resume_unwind(join_error.into_panic()),
+    }
+}

@@ -1,0 +1,159 @@
+//! The `PrintJobService` implementation: turns a call into validated domain types at the boundary,
+//! makes the Graph call within the call's deadline, and answers with the status and correlation
+//! metadata the caller needs.
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status};
+use tracing::{Instrument, Span, field};
+
+use crate::{
+    auth::BearerToken,
+    error::CancelError,
+    graph::{GraphAcceptance, GraphClient},
+    proto::{CancelRequest, CancelResponse, PrintJobService},
+    request::{CancelTarget, ClientRequestId, caller_timeout},
+    status::correlation_metadata,
+    telemetry::ErrorChain,
+};
+
+/// How long a call may take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Deadlines {
+    /// The deadline of a call whose caller sends no `grpc-timeout`.
+    pub default: Duration,
+    /// The longest deadline of any call, whatever the caller asks.
+    pub max: Duration,
+}
+
+/// Serves `graph.print.v1.PrintJobService`. Cheap to clone: it holds handles only.
+#[derive(Debug, Clone)]
+pub struct PrintJobGateway {
+    graph: GraphClient,
+    deadlines: Deadlines,
+    /// Fires when the shutdown grace period is over: calls still waiting for Graph then end
+    /// with UNAVAILABLE instead of being cut off mid-stream.
+    abort: CancellationToken,
+}
+
+// === impl Deadlines ===
+
+impl Deadlines {
+    /// How long a call may take, given the timeout its caller sent.
+    pub fn for_call(&self, caller_timeout: Option<Duration>) -> Duration {
+        caller_timeout.unwrap_or(self.default).min(self.max)
+    }
+}
+
+// === impl PrintJobGateway ===
+
+impl PrintJobGateway {
+    /// A service that calls Graph through `graph` and ends calls still in flight when `abort`
+    /// fires.
+    pub fn new(graph: GraphClient, deadlines: Deadlines, abort: CancellationToken) -> Self {
+        Self {
+            graph,
+            deadlines,
+            abort,
+        }
+    }
+
+    /// Validates the call, then makes the Graph call before the deadline.
+    async fn cancel_job(
+        &self,
+        request: Request<CancelRequest>,
+        started: Instant,
+        client_request_id: &ClientRequestId,
+    ) -> Result<GraphAcceptance, CancelError> {
+        let deadline = started + self.deadlines.for_call(caller_timeout(request.metadata()));
+        let token = BearerToken::from_metadata(request.metadata());
+        let target = CancelTarget::try_from(request.into_inner());
+        if let Ok(target) = &target {
+            let span = Span::current();
+            span.record("printer_id", target.printer_id.as_str());
+            span.record("print_job_id", target.print_job_id.as_str());
+        }
+        let token = token?;
+        let target = target?;
+
+        if Instant::now() >= deadline {
+            return Err(CancelError::DeadlineExceeded {
+                graph_called: false,
+            });
+        }
+        let call = self.graph.cancel(&target, &token, client_request_id);
+        match tokio::time::timeout_at(deadline, call).await {
+            Ok(outcome) => Ok(outcome?),
+            Err(_elapsed) => Err(CancelError::DeadlineExceeded { graph_called: true }),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl PrintJobService for PrintJobGateway {
+    async fn cancel(
+        &self,
+        request: Request<CancelRequest>,
+    ) -> Result<Response<CancelResponse>, Status> {
+        let started = Instant::now();
+        let client_request_id = ClientRequestId::from_metadata(request.metadata());
+        let span = tracing::info_span!(
+            "cancel",
+            printer_id = field::Empty,
+            print_job_id = field::Empty,
+            client_request_id = client_request_id.as_str(),
+            graph_request_id = field::Empty,
+            http_status = field::Empty,
+            grpc_code = field::Empty,
+            latency_ms = field::Empty,
+        );
+        async move {
+            let outcome = tokio::select! {
+                biased;
+                () = self.abort.cancelled() => Err(CancelError::ShuttingDown),
+                outcome = self.cancel_job(request, started, &client_request_id) => outcome,
+            };
+            answer(outcome, started, &client_request_id)
+        }
+        .instrument(span)
+        .await
+    }
+}
+
+/// Records the outcome on the call's span, writes the access log line, and builds the answer.
+fn answer(
+    outcome: Result<GraphAcceptance, CancelError>,
+    started: Instant,
+    client_request_id: &ClientRequestId,
+) -> Result<Response<CancelResponse>, Status> {
+    let span = Span::current();
+    span.record("latency_ms", started.elapsed().as_secs_f64() * 1e3);
+    match outcome {
+        Ok(acceptance) => {
+            span.record("http_status", acceptance.status.as_u16());
+            span.record("grpc_code", "Ok");
+            if let Some(id) = &acceptance.request_id {
+                span.record("graph_request_id", id.as_str());
+            }
+            tracing::info!("cancel accepted by Graph");
+            let mut response = Response::new(CancelResponse {});
+            *response.metadata_mut() =
+                correlation_metadata(client_request_id, acceptance.request_id.as_deref());
+            Ok(response)
+        }
+        Err(error) => {
+            let status = error.to_status(client_request_id);
+            if let Some(http_status) = error.http_status() {
+                span.record("http_status", http_status.as_u16());
+            }
+            if let Some(id) = error.graph_request_id() {
+                span.record("graph_request_id", id);
+            }
+            span.record("grpc_code", field::debug(status.code()));
+            tracing::info!(error = %ErrorChain(&error), "cancel failed");
+            Err(status)
+        }
+    }
+}

@@ -1,0 +1,311 @@
+//! The one place that decides which gRPC status a caller sees: the HTTP-to-gRPC table, and the
+//! rich error details (`google.rpc.ErrorInfo`, `RequestInfo`, `RetryInfo`, `BadRequest`) that go
+//! with every error.
+
+use std::collections::HashMap;
+
+use http::StatusCode;
+use tonic::{
+    Code, Status,
+    metadata::{AsciiMetadataValue, MetadataMap},
+};
+use tonic_types::{ErrorDetails, StatusExt};
+
+use crate::{
+    auth::AuthError,
+    error::CancelError,
+    graph::{GraphError, GraphRejection},
+    request::ClientRequestId,
+};
+
+/// `ErrorInfo.domain` of errors that Graph reported.
+pub const GRAPH_DOMAIN: &str = "graph.microsoft.com";
+/// `ErrorInfo.domain` of errors that the gateway itself reports.
+pub const GATEWAY_DOMAIN: &str = "printjob-gateway";
+
+/// Response metadata: Graph's request ID, whenever Graph answered.
+pub const REQUEST_ID: &str = "request-id";
+/// Response metadata: the `client-request-id` sent to Graph, on every answer.
+pub const CLIENT_REQUEST_ID: &str = "client-request-id";
+/// Response metadata: Graph's authentication challenge on 401.
+pub const WWW_AUTHENTICATE: &str = "www-authenticate";
+
+/// Maps the HTTP status Graph answered with to the gRPC code the caller sees.
+///
+/// Sources: the HTTP mappings in `google/rpc/code.proto` (400 INVALID_ARGUMENT, 401
+/// UNAUTHENTICATED, 403 PERMISSION_DENIED, 404 NOT_FOUND, 409 ABORTED or ALREADY_EXISTS, 429
+/// RESOURCE_EXHAUSTED, 499 CANCELLED, 500 INTERNAL, 501 UNIMPLEMENTED, 503 UNAVAILABLE, 504
+/// DEADLINE_EXCEEDED) and Microsoft Graph's "Microsoft Graph error responses and resource types"
+/// page, which says what each status means for Graph. Where they differ, the meaning for this one
+/// call wins: Graph answers 409 when a job can no longer be canceled, which is FAILED_PRECONDITION
+/// (retrying will not help), not ABORTED; 504 is Graph's gateway timing out, not the caller's
+/// deadline, so it is UNAVAILABLE; 405, 406, 411 and 415 can only mean the gateway built a wrong
+/// request, so they are INTERNAL. Redirects are never followed and so land in UNKNOWN.
+/// The README publishes this same table.
+pub fn code_for_http_status(status: StatusCode) -> Code {
+    match status.as_u16() {
+        200..=299 => Code::Ok,
+        400 | 413 | 414 | 422 | 431 => Code::InvalidArgument,
+        401 => Code::Unauthenticated,
+        403 => Code::PermissionDenied,
+        404 | 410 => Code::NotFound,
+        402 | 409 | 412 | 423 => Code::FailedPrecondition,
+        429 | 507 | 509 => Code::ResourceExhausted,
+        405 | 406 | 411 | 415 | 500 => Code::Internal,
+        501 => Code::Unimplemented,
+        502..=504 => Code::Unavailable,
+        _ => Code::Unknown,
+    }
+}
+
+// === impl CancelError ===
+
+impl CancelError {
+    /// The gRPC code of this error.
+    pub fn code(&self) -> Code {
+        match self {
+            Self::Unauthenticated(_) => Code::Unauthenticated,
+            Self::InvalidArgument(_) => Code::InvalidArgument,
+            Self::DeadlineExceeded { .. } => Code::DeadlineExceeded,
+            Self::Graph(GraphError::Rejected(rejection)) => code_for_http_status(rejection.status),
+            Self::Graph(GraphError::Unreachable(_) | GraphError::Transport(_)) => Code::Unavailable,
+            Self::ShuttingDown => Code::Unavailable,
+        }
+    }
+
+    /// The HTTP status Graph answered with, when it answered.
+    pub fn http_status(&self) -> Option<StatusCode> {
+        match self {
+            Self::Graph(GraphError::Rejected(rejection)) => Some(rejection.status),
+            _ => None,
+        }
+    }
+
+    /// Graph's `request-id`, when Graph answered.
+    pub fn graph_request_id(&self) -> Option<&str> {
+        match self {
+            Self::Graph(GraphError::Rejected(rejection)) => rejection.request_id.as_deref(),
+            _ => None,
+        }
+    }
+
+    /// The status the caller sees: code, a short message, rich error details and the
+    /// correlation metadata.
+    pub fn to_status(&self, client_request_id: &ClientRequestId) -> Status {
+        let mut details = ErrorDetails::new();
+        let mut metadata = correlation_metadata(client_request_id, self.graph_request_id());
+        let message = match self {
+            Self::Graph(GraphError::Rejected(rejection)) => {
+                describe_rejection(rejection, &mut details, &mut metadata)
+            }
+            _ => {
+                let (reason, extra) = self.gateway_reason();
+                details.set_error_info(reason, GATEWAY_DOMAIN, extra);
+                if let Self::InvalidArgument(invalid) = self {
+                    details.add_bad_request_violation(invalid.field, invalid.problem);
+                }
+                self.gateway_message()
+            }
+        };
+        details.set_request_info(
+            self.graph_request_id()
+                .unwrap_or(client_request_id.as_str()),
+            format!("client-request-id={}", client_request_id.as_str()),
+        );
+        Status::with_error_details_and_metadata(self.code(), message, details, metadata)
+    }
+
+    /// `ErrorInfo.reason` and metadata of the errors the gateway reports itself.
+    fn gateway_reason(&self) -> (&'static str, HashMap<String, String>) {
+        let reason = match self {
+            Self::Unauthenticated(AuthError::Missing) => "MISSING_CREDENTIALS",
+            Self::Unauthenticated(_) => "MALFORMED_CREDENTIALS",
+            Self::InvalidArgument(_) => "INVALID_FIELD",
+            Self::DeadlineExceeded {
+                graph_called: false,
+            } => "DEADLINE_SPENT_BEFORE_CALL",
+            Self::DeadlineExceeded { graph_called: true } => "GRAPH_DEADLINE_EXCEEDED",
+            Self::Graph(GraphError::Unreachable(_)) => "GRAPH_UNREACHABLE",
+            Self::Graph(_) => "GRAPH_CONNECTION_FAILED",
+            Self::ShuttingDown => "SHUTTING_DOWN",
+        };
+        let mut metadata = HashMap::new();
+        if let Self::InvalidArgument(invalid) = self {
+            metadata.insert("field".to_owned(), invalid.field.to_owned());
+        }
+        (reason, metadata)
+    }
+
+    /// The status message of the errors the gateway reports itself. It never includes the
+    /// caller's token or a raw error chain, which the logs carry instead.
+    fn gateway_message(&self) -> String {
+        match self {
+            Self::Graph(GraphError::Unreachable(_)) => {
+                "cannot connect to Microsoft Graph".to_owned()
+            }
+            Self::Graph(_) => {
+                "the connection to Microsoft Graph failed before it answered".to_owned()
+            }
+            other => other.to_string(),
+        }
+    }
+}
+
+/// Fills the details of a Graph rejection and returns its status message: Graph's own message
+/// when it sent one.
+fn describe_rejection(
+    rejection: &GraphRejection,
+    details: &mut ErrorDetails,
+    metadata: &mut MetadataMap,
+) -> String {
+    let mut info = HashMap::from([(
+        "httpStatus".to_owned(),
+        rejection.status.as_u16().to_string(),
+    )]);
+    if let Some(code) = &rejection.code {
+        info.insert("graphErrorCode".to_owned(), code.clone());
+    }
+    if let Some(inner_code) = &rejection.inner_code {
+        info.insert("graphInnerErrorCode".to_owned(), inner_code.clone());
+    }
+    let reason = rejection
+        .code
+        .as_deref()
+        .and_then(upper_snake_case)
+        .unwrap_or_else(|| format!("HTTP_{}", rejection.status.as_u16()));
+    details.set_error_info(reason, GRAPH_DOMAIN, info);
+
+    if let Some(retry_after) = rejection.retry_after {
+        details.set_retry_info(Some(retry_after));
+    }
+    if let Some(challenge) = &rejection.www_authenticate {
+        if let Ok(challenge) = AsciiMetadataValue::try_from(challenge.as_bytes()) {
+            metadata.insert(WWW_AUTHENTICATE, challenge);
+        }
+    }
+    match &rejection.message {
+        Some(message) => message.clone(),
+        None => format!(
+            "Microsoft Graph answered HTTP {} {}",
+            rejection.status.as_u16(),
+            rejection.status.canonical_reason().unwrap_or("")
+        )
+        .trim_end()
+        .to_owned(),
+    }
+}
+
+/// The response metadata that lets a caller find the call in the gateway's and Graph's logs.
+pub fn correlation_metadata(
+    client_request_id: &ClientRequestId,
+    graph_request_id: Option<&str>,
+) -> MetadataMap {
+    let mut metadata = MetadataMap::new();
+    if let Ok(value) = AsciiMetadataValue::try_from(client_request_id.as_str()) {
+        metadata.insert(CLIENT_REQUEST_ID, value);
+    }
+    if let Some(value) = graph_request_id.and_then(|id| AsciiMetadataValue::try_from(id).ok()) {
+        metadata.insert(REQUEST_ID, value);
+    }
+    metadata
+}
+
+/// Turns a Graph error code such as `itemNotFound` or `Request_BadRequest` into an `ErrorInfo`
+/// reason such as `ITEM_NOT_FOUND` or `REQUEST_BAD_REQUEST` (`[A-Z][A-Z0-9_]+[A-Z0-9]`).
+fn upper_snake_case(code: &str) -> Option<String> {
+    let chars: Vec<char> = code.chars().collect();
+    let mut out = String::with_capacity(code.len() + 8);
+    for (i, &c) in chars.iter().enumerate() {
+        if !c.is_ascii_alphanumeric() {
+            out.push('_');
+            continue;
+        }
+        let previous = i.checked_sub(1).map(|p| chars[p]);
+        let next = chars.get(i + 1);
+        let starts_word = c.is_ascii_uppercase()
+            && previous.is_some_and(|p| {
+                p.is_ascii_lowercase()
+                    || p.is_ascii_digit()
+                    || (p.is_ascii_uppercase() && next.is_some_and(char::is_ascii_lowercase))
+            });
+        if starts_word {
+            out.push('_');
+        }
+        out.push(c.to_ascii_uppercase());
+    }
+    let mut collapsed = String::with_capacity(out.len());
+    for c in out.chars() {
+        if !(c == '_' && collapsed.ends_with('_')) {
+            collapsed.push(c);
+        }
+    }
+    let reason = collapsed.trim_matches('_');
+    let valid = reason.len() >= 3 && reason.starts_with(|c: char| c.is_ascii_uppercase());
+    valid.then(|| reason.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_http_status_maps_as_the_table_says() {
+        use Code::*;
+        let table: &[(&[u16], Code)] = &[
+            (&[200, 201, 202, 204, 299], Ok),
+            (&[400, 413, 414, 422, 431], InvalidArgument),
+            (&[401], Unauthenticated),
+            (&[403], PermissionDenied),
+            (&[404, 410], NotFound),
+            (&[402, 409, 412, 423], FailedPrecondition),
+            (&[429, 507, 509], ResourceExhausted),
+            (&[405, 406, 411, 415, 500], Internal),
+            (&[501], Unimplemented),
+            (&[502, 503, 504], Unavailable),
+            (
+                &[
+                    100, 101, 300, 301, 302, 303, 304, 307, 308, 407, 408, 418, 451, 499, 505, 508,
+                    511, 599,
+                ],
+                Unknown,
+            ),
+        ];
+        for (statuses, code) in table {
+            for &status in *statuses {
+                let status = StatusCode::from_u16(status).unwrap();
+                assert_eq!(code_for_http_status(status), *code, "HTTP {status}");
+            }
+        }
+        // Every status from 100 to 599 has a row: none panics, and only 2xx is OK.
+        for status in 100..=599 {
+            let status = StatusCode::from_u16(status).unwrap();
+            assert_eq!(
+                code_for_http_status(status) == Ok,
+                status.is_success(),
+                "HTTP {status}"
+            );
+        }
+    }
+
+    #[test]
+    fn graph_codes_become_upper_snake_case_reasons() {
+        let cases = [
+            ("itemNotFound", Some("ITEM_NOT_FOUND")),
+            (
+                "InvalidAuthenticationToken",
+                Some("INVALID_AUTHENTICATION_TOKEN"),
+            ),
+            ("Request_BadRequest", Some("REQUEST_BAD_REQUEST")),
+            ("HTTPError", Some("HTTP_ERROR")),
+            ("generalException", Some("GENERAL_EXCEPTION")),
+            ("tooManyRequests2", Some("TOO_MANY_REQUESTS2")),
+            ("a-b c", Some("A_B_C")),
+            ("__x__", None),
+            ("9lives", None),
+            ("", None),
+        ];
+        for (code, expected) in cases {
+            assert_eq!(upper_snake_case(code).as_deref(), expected, "{code}");
+        }
+    }
+}
