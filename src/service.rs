@@ -19,6 +19,10 @@ use crate::{
     telemetry::ErrorChain,
 };
 
+/// The most time the gateway keeps back from a caller's deadline, so that its answer, with the
+/// details and correlation IDs, reaches the caller before the caller's own timer gives up.
+const MAX_ANSWER_MARGIN: Duration = Duration::from_millis(50);
+
 /// How long a call may take.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Deadlines {
@@ -41,9 +45,19 @@ pub struct PrintJobGateway {
 // === impl Deadlines ===
 
 impl Deadlines {
-    /// How long a call may take, given the timeout its caller sent.
+    /// How long the gateway may wait for Graph, given the timeout the caller sent.
+    ///
+    /// A caller's own timeout is shortened by a tenth, at most [`MAX_ANSWER_MARGIN`], so that the
+    /// gateway answers DEADLINE_EXCEEDED before the caller's timer fires; when the gateway's own
+    /// limits are shorter, they apply as they are.
     pub fn for_call(&self, caller_timeout: Option<Duration>) -> Duration {
-        caller_timeout.unwrap_or(self.default).min(self.max)
+        match caller_timeout {
+            Some(timeout) if timeout <= self.max => {
+                timeout.saturating_sub((timeout / 10).min(MAX_ANSWER_MARGIN))
+            }
+            Some(_) => self.max,
+            None => self.default,
+        }
     }
 }
 
@@ -154,6 +168,36 @@ fn answer(
             span.record("grpc_code", field::debug(status.code()));
             tracing::info!(error = %ErrorChain(&error), "cancel failed");
             Err(status)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deadlines_leave_the_caller_time_to_hear_the_answer() {
+        let deadlines = Deadlines {
+            default: Duration::from_secs(10),
+            max: Duration::from_secs(30),
+        };
+        let ms = Duration::from_millis;
+        let cases = [
+            (None, ms(10_000)),
+            (Some(ms(300)), ms(270)),
+            (Some(ms(10_000)), ms(9_950)),
+            (Some(ms(30_000)), ms(29_950)),
+            (Some(ms(60_000)), ms(30_000)),
+            (Some(ms(5)), Duration::from_micros(4_500)),
+            (Some(Duration::ZERO), Duration::ZERO),
+        ];
+        for (caller_timeout, expected) in cases {
+            assert_eq!(
+                deadlines.for_call(caller_timeout),
+                expected,
+                "{caller_timeout:?}"
+            );
         }
     }
 }

@@ -1,1 +1,13 @@
+//! The one integration test binary: the real gateway against fake Graph servers on loopback.
 
+mod support;
+
+mod auth;
+mod binary;
+mod cancel;
+mod deadlines;
+mod discovery;
+mod ids;
+mod shutdown;
+mod status_table;
+mod transport;

@@ -4,10 +4,14 @@
 
 use std::{future::Future, io, net::SocketAddr, time::Duration};
 
+mod conn;
+
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Server, server::TcpIncoming};
+use tonic::service::Routes;
 use tonic_health::{ServingStatus, server::HealthReporter};
+
+use self::conn::{Protocols, serve_connections};
 
 use crate::{
     Config,
@@ -19,15 +23,6 @@ use crate::{
 /// The largest request message accepted, in bytes. A CancelRequest with two IDs of the longest
 /// allowed length is well under 1 KiB; anything far larger is not a CancelRequest.
 pub const MAX_REQUEST_BYTES: usize = 4 * 1024;
-/// The most HTTP/2 header bytes a call may send. Entra access tokens are a few kilobytes; large
-/// group claims can double that.
-const MAX_HEADER_LIST_BYTES: u32 = 32 * 1024;
-/// The most calls one HTTP/2 connection may have open at once.
-const MAX_CONCURRENT_STREAMS: u32 = 1024;
-/// How often an idle HTTP/2 connection is pinged, and how long the answer may take, so that
-/// connections of vanished callers are closed.
-const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
-const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 /// After the grace period has ended the calls still in flight, how long their answers may take
 /// to be written before the process exits anyway.
 const FLUSH_AFTER_ABORT: Duration = Duration::from_secs(1);
@@ -60,15 +55,6 @@ pub enum ServeError {
     /// Server reflection could not read the descriptor set.
     #[error("cannot build server reflection")]
     Reflection(#[from] tonic_reflection::server::Error),
-    /// A server stopped with an error.
-    #[error("the {listener} server failed")]
-    Transport {
-        /// Which listener: `gRPC` or `admin`.
-        listener: &'static str,
-        /// What went wrong.
-        #[source]
-        source: tonic::transport::Error,
-    },
 }
 
 // === impl Listeners ===
@@ -105,43 +91,38 @@ pub async fn serve(
     let (health, health_service) = tonic_health::server::health_reporter();
     set_health(&health, ServingStatus::NotServing).await;
 
-    let reflection_v1 = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
-    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1alpha()?;
+    let reflection_v1 = reflection().build_v1()?;
+    let reflection_v1alpha = reflection().build_v1alpha()?;
 
-    let grpc_addr = listeners.grpc.local_addr().ok();
-    let admin_addr = listeners.admin.local_addr().ok();
-    let stop_accepting = CancellationToken::new();
-    let grpc = http2_server()
-        .add_service(health_service.clone())
+    let grpc_addr = listeners.grpc.local_addr().unwrap_or(config.listen);
+    let admin_addr = listeners.admin.local_addr().unwrap_or(config.admin_listen);
+    let grpc_routes = Routes::new(health_service.clone())
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(
             PrintJobServiceServer::new(gateway).max_decoding_message_size(MAX_REQUEST_BYTES),
-        )
-        .serve_with_incoming_shutdown(
-            TcpIncoming::from(listeners.grpc).with_nodelay(Some(true)),
-            stop_accepting.clone().cancelled_owned(),
         );
+    let admin_routes = Routes::new(health_service);
+
+    let stop_accepting = CancellationToken::new();
     let stop_admin = CancellationToken::new();
-    let admin = http2_server()
-        .add_service(health_service)
-        .serve_with_incoming_shutdown(
-            TcpIncoming::from(listeners.admin).with_nodelay(Some(true)),
-            stop_admin.clone().cancelled_owned(),
-        );
-    let mut grpc = tokio::spawn(grpc);
-    let mut admin = tokio::spawn(admin);
+    let mut grpc = tokio::spawn(serve_connections(
+        listeners.grpc,
+        grpc_routes.into_axum_router(),
+        Protocols::Http2,
+        stop_accepting.clone(),
+    ));
+    let mut admin = tokio::spawn(serve_connections(
+        listeners.admin,
+        admin_routes.into_axum_router(),
+        Protocols::Http1AndHttp2,
+        stop_admin.clone(),
+    ));
 
     set_health(&health, ServingStatus::Serving).await;
     tracing::info!(
-        grpc = ?grpc_addr,
-        admin = ?admin_addr,
+        grpc = %grpc_addr,
+        admin = %admin_addr,
         graph = %config.graph_url,
         version = env!("CARGO_PKG_VERSION"),
         "printjob-gateway serving"
@@ -149,8 +130,8 @@ pub async fn serve(
 
     tokio::select! {
         () = shutdown => {}
-        ended = &mut grpc => return server_ended("gRPC", ended),
-        ended = &mut admin => return server_ended("admin", ended),
+        ended = &mut grpc => return server_ended(ended),
+        ended = &mut admin => return server_ended(ended),
     }
 
     tracing::info!(grace = ?config.shutdown_grace, "shutting down: draining calls in flight");
@@ -192,13 +173,15 @@ pub async fn shutdown_signal() {
     }
 }
 
-/// A server builder with the HTTP/2 limits both listeners share.
-fn http2_server() -> Server {
-    Server::builder()
-        .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
-        .http2_max_header_list_size(MAX_HEADER_LIST_BYTES)
-        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
-        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+/// Server reflection over everything the API port serves, both reflection versions included, so
+/// that tools asking either version see the same list.
+fn reflection() -> tonic_reflection::server::Builder<'static> {
+    tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET)
+        .include_reflection_service(false)
 }
 
 /// The overall health (`""`) and the API's, which always change together.
@@ -212,13 +195,10 @@ async fn set_health(health: &HealthReporter, status: ServingStatus) {
         .await;
 }
 
-fn server_ended(
-    listener: &'static str,
-    ended: Result<Result<(), tonic::transport::Error>, tokio::task::JoinError>,
-) -> Result<(), ServeError> {
+/// The accept loops only end when told to; one that ends early has panicked.
+fn server_ended(ended: Result<(), tokio::task::JoinError>) -> Result<(), ServeError> {
     match ended {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(source)) => Err(ServeError::Transport { listener, source }),
+        Ok(()) => Ok(()),
         Err(join_error) => std::panic::resume_unwind(join_error.into_panic()),
     }
 }

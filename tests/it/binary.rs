@@ -1,0 +1,205 @@
+//! The binary as an operator runs it: its command line, its exit codes, its signals, and its logs,
+//! which must never contain a bearer token at any level.
+
+use std::{process::Command, time::Duration};
+
+use tonic::Code;
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
+
+use crate::support::{
+    FakeGraph, Reply, TOKEN,
+    gateway::{Call, connect},
+    process::{BINARY, GatewayProcess},
+};
+
+/// Every setting: flag, environment twin, default.
+const SETTINGS: &[(&str, &str, &str)] = &[
+    ("--listen", "PRINTJOB_GATEWAY_LISTEN", "127.0.0.1:50051"),
+    (
+        "--admin-listen",
+        "PRINTJOB_GATEWAY_ADMIN_LISTEN",
+        "0.0.0.0:9090",
+    ),
+    (
+        "--graph-url",
+        "PRINTJOB_GATEWAY_GRAPH_URL",
+        "https://graph.microsoft.com/v1.0",
+    ),
+    (
+        "--default-timeout",
+        "PRINTJOB_GATEWAY_DEFAULT_TIMEOUT",
+        "10s",
+    ),
+    ("--max-timeout", "PRINTJOB_GATEWAY_MAX_TIMEOUT", "30s"),
+    (
+        "--connect-timeout",
+        "PRINTJOB_GATEWAY_CONNECT_TIMEOUT",
+        "5s",
+    ),
+    ("--shutdown-grace", "PRINTJOB_GATEWAY_SHUTDOWN_GRACE", "20s"),
+    ("--log-format", "PRINTJOB_GATEWAY_LOG_FORMAT", "text"),
+    ("--log-filter", "RUST_LOG", "info"),
+];
+
+#[test]
+fn help_shows_every_setting_with_its_environment_twin_and_default() {
+    let output = Command::new(BINARY)
+        .arg("--help")
+        .env_clear()
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let help = String::from_utf8(output.stdout).unwrap().replace('\n', " ");
+    for (flag, env, default) in SETTINGS {
+        assert!(help.contains(flag), "--help names {flag}");
+        assert!(
+            help.contains(&format!("[env: {env}=")),
+            "--help names {env}"
+        );
+        assert!(
+            help.contains(&format!("[default: {default}]")),
+            "--help shows {flag}'s default {default}"
+        );
+    }
+}
+
+#[test]
+fn a_plaintext_graph_url_stops_start_up_with_a_clear_message() {
+    for url in [
+        "http://graph.microsoft.com/v1.0",
+        "not a url",
+        "ftp://graph.microsoft.com/v1.0",
+    ] {
+        let output = Command::new(BINARY)
+            .args([
+                "--graph-url",
+                url,
+                "--listen",
+                "127.0.0.1:0",
+                "--admin-listen",
+                "127.0.0.1:0",
+            ])
+            .env_clear()
+            .output()
+            .unwrap();
+        assert!(!output.status.success(), "{url} is refused");
+        let stderr = String::from_utf8(output.stderr).unwrap();
+        assert!(stderr.contains("--graph-url"), "{stderr}");
+    }
+    let output = Command::new(BINARY)
+        .args(["--graph-url", "http://graph.microsoft.com/v1.0"])
+        .env_clear()
+        .output()
+        .unwrap();
+    assert!(String::from_utf8(output.stderr).unwrap().contains("https"));
+}
+
+#[test]
+fn a_bad_setting_in_the_environment_stops_start_up() {
+    let output = Command::new(BINARY)
+        .env_clear()
+        .env("PRINTJOB_GATEWAY_DEFAULT_TIMEOUT", "soon")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(
+        String::from_utf8(output.stderr)
+            .unwrap()
+            .contains("--default-timeout")
+    );
+}
+
+#[tokio::test]
+async fn no_log_line_at_any_level_carries_the_token() {
+    let graph = FakeGraph::start().await;
+    let gateway =
+        GatewayProcess::spawn(&["--graph-url", &graph.url()], &[("RUST_LOG", "trace")]).await;
+    let call = || Call::to(gateway.grpc_addr);
+
+    call().send().await.unwrap();
+    graph.set_reply(Reply::graph_error(
+        401,
+        "InvalidAuthenticationToken",
+        "Access token is empty.",
+    ));
+    assert_eq!(
+        call().send().await.unwrap_err().code(),
+        Code::Unauthenticated
+    );
+    for bad in [
+        format!("Bearer {TOKEN} extra"),
+        format!("Basic {TOKEN}"),
+        TOKEN.to_owned(),
+    ] {
+        let status = call().authorization(Some(&bad)).send().await.unwrap_err();
+        assert_eq!(status.code(), Code::Unauthenticated);
+    }
+    call().ids("", "1").send().await.unwrap_err();
+
+    let (status, logs) = gateway.terminate(Duration::from_secs(10)).await;
+    assert!(status.success(), "{status:?}\n{logs}");
+    assert!(logs.lines().count() > 50, "trace logging is on:\n{logs}");
+    let secret = TOKEN.split('.').nth(1).unwrap();
+    for line in logs.lines() {
+        assert!(
+            !line.contains(secret),
+            "a log line carries the token: {line}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_access_log_line_carries_what_an_operator_greps_for() {
+    let graph = FakeGraph::replying(Reply::graph_error(404, "itemNotFound", "Not found.")).await;
+    let gateway = GatewayProcess::spawn(&["--graph-url", &graph.url()], &[]).await;
+    let guid = "3b241101-e2bb-4255-8caf-4136c566a962";
+
+    Call::to(gateway.grpc_addr)
+        .ids("printer-7", "99")
+        .metadata("x-request-id", guid)
+        .send()
+        .await
+        .unwrap_err();
+
+    let (_, logs) = gateway.terminate(Duration::from_secs(10)).await;
+    let line = logs
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .find(|json| json["message"] == "cancel failed")
+        .unwrap_or_else(|| panic!("an access line:\n{logs}"));
+    let span = &line["span"];
+    assert_eq!(span["printer_id"], "printer-7");
+    assert_eq!(span["print_job_id"], "99");
+    assert_eq!(span["client_request_id"], guid);
+    assert_eq!(span["graph_request_id"], "graph-request-id-404");
+    assert_eq!(span["http_status"], 404);
+    assert_eq!(span["grpc_code"], "NotFound");
+    assert!(span["latency_ms"].is_number());
+}
+
+#[tokio::test]
+async fn sigterm_drains_a_call_in_flight_and_exits_zero() {
+    let graph = FakeGraph::replying(Reply::no_content().delayed(Duration::from_millis(500))).await;
+    let gateway = GatewayProcess::spawn(&["--graph-url", &graph.url()], &[]).await;
+    let channel = connect(gateway.grpc_addr).await;
+    let health = HealthClient::new(connect(gateway.admin_addr).await)
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(health.into_inner().status(), ServingStatus::Serving);
+
+    let in_flight = tokio::spawn(Call::to(gateway.grpc_addr).send_on(channel));
+    graph.wait_for_requests(1).await;
+    let (status, logs) = gateway.terminate(Duration::from_secs(10)).await;
+
+    assert!(status.success(), "exit status {status:?}\n{logs}");
+    in_flight
+        .await
+        .unwrap()
+        .expect("the call in flight completed OK");
+    assert!(logs.contains("SIGTERM received"), "{logs}");
+}

@@ -1,0 +1,135 @@
+//! The caller's deadline bounds the whole Graph call and ends it with DEADLINE_EXCEEDED, never
+//! CANCELLED; a spent deadline never reaches Graph.
+
+use std::time::{Duration, Instant};
+
+use tonic::Code;
+use tonic_types::StatusExt;
+
+use crate::support::{FakeGraph, Reply, TestGateway};
+
+/// A Graph that takes far longer than any deadline in these tests.
+fn slow_graph() -> Reply {
+    Reply::no_content().delayed(Duration::from_secs(30))
+}
+
+#[tokio::test]
+async fn the_callers_deadline_bounds_the_graph_call() {
+    let graph = FakeGraph::replying(slow_graph()).await;
+    let gateway = TestGateway::start(&graph.url()).await;
+    let started = Instant::now();
+
+    let status = gateway
+        .call()
+        .timeout(Duration::from_millis(300))
+        .send()
+        .await
+        .unwrap_err();
+
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
+    let info = status.get_details_error_info().unwrap();
+    assert_eq!(
+        (info.reason.as_str(), info.domain.as_str()),
+        ("GRAPH_DEADLINE_EXCEEDED", "printjob-gateway")
+    );
+    assert_eq!(graph.requests().len(), 1);
+}
+
+#[tokio::test]
+async fn the_gateway_itself_answers_deadline_exceeded_not_cancelled() {
+    let graph = FakeGraph::replying(slow_graph()).await;
+    let gateway = TestGateway::start(&graph.url()).await;
+
+    let status = gateway
+        .call()
+        .timeout(Duration::from_millis(300))
+        .send_without_client_timer()
+        .await
+        .unwrap_err();
+
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    assert_eq!(
+        status.get_details_error_info().unwrap().reason,
+        "GRAPH_DEADLINE_EXCEEDED"
+    );
+    assert!(status.metadata().get("client-request-id").is_some());
+}
+
+#[tokio::test]
+async fn the_default_deadline_applies_when_the_caller_sends_none() {
+    let graph = FakeGraph::replying(slow_graph()).await;
+    let gateway = TestGateway::start_with(&graph.url(), &["--default-timeout", "300ms"]).await;
+    let started = Instant::now();
+
+    let status = gateway.call().send().await.unwrap_err();
+
+    assert_eq!(status.code(), Code::DeadlineExceeded);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn the_max_timeout_caps_a_longer_caller_deadline() {
+    let graph = FakeGraph::replying(slow_graph()).await;
+    let gateway = TestGateway::start_with(
+        &graph.url(),
+        &["--default-timeout", "300ms", "--max-timeout", "300ms"],
+    )
+    .await;
+    let started = Instant::now();
+
+    let status = gateway
+        .call()
+        .timeout(Duration::from_secs(60))
+        .send()
+        .await
+        .unwrap_err();
+
+    assert_eq!(status.code(), Code::DeadlineExceeded);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn a_spent_deadline_does_not_call_graph() {
+    let graph = FakeGraph::start().await;
+    let gateway = TestGateway::start(&graph.url()).await;
+
+    let status = gateway
+        .call()
+        .timeout(Duration::ZERO)
+        .send_without_client_timer()
+        .await
+        .unwrap_err();
+
+    assert_eq!(status.code(), Code::DeadlineExceeded);
+    assert_eq!(
+        status.get_details_error_info().unwrap().reason,
+        "DEADLINE_SPENT_BEFORE_CALL"
+    );
+    assert!(graph.requests().is_empty());
+}
+
+#[tokio::test]
+async fn a_deadline_long_enough_lets_the_call_succeed() {
+    let graph = FakeGraph::replying(Reply::no_content().delayed(Duration::from_millis(100))).await;
+    let gateway = TestGateway::start(&graph.url()).await;
+
+    gateway
+        .call()
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await
+        .unwrap();
+}

@@ -1,0 +1,101 @@
+//! Shutdown: health turns NOT_SERVING, the API stops accepting connections, calls in flight
+//! finish, and those that outlast the grace period end with UNAVAILABLE instead of hanging.
+
+use std::time::{Duration, Instant};
+
+use tonic::Code;
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
+use tonic_types::StatusExt;
+
+use crate::support::{FakeGraph, Reply, TestGateway};
+
+#[tokio::test]
+async fn calls_in_flight_finish_while_health_turns_not_serving_and_new_connections_are_refused() {
+    let graph = FakeGraph::replying(Reply::no_content().delayed(Duration::from_millis(1500))).await;
+    let mut gateway = TestGateway::start(&graph.url()).await;
+    let mut watch = HealthClient::new(gateway.admin_channel().await)
+        .watch(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        watch.message().await.unwrap().unwrap().status(),
+        ServingStatus::Serving
+    );
+
+    let in_flight = tokio::spawn(gateway.call().send());
+    graph.wait_for_requests(1).await;
+    gateway.begin_shutdown();
+
+    assert_eq!(
+        watch.message().await.unwrap().unwrap().status(),
+        ServingStatus::NotServing
+    );
+    // The listener closes as soon as the server task sees the signal: connections fail from then
+    // on, while the call in flight still has most of the fake's delay to go.
+    let refused = tokio::time::timeout(Duration::from_secs(1), async {
+        while tokio::net::TcpStream::connect(gateway.grpc_addr)
+            .await
+            .is_ok()
+        {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    assert!(
+        refused.is_ok(),
+        "new connections are refused while draining"
+    );
+    assert!(!in_flight.is_finished());
+
+    in_flight
+        .await
+        .unwrap()
+        .expect("the call in flight completes OK");
+    drop(watch);
+    gateway.shut_down().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_call_longer_than_the_grace_period_ends_with_unavailable() {
+    let graph = FakeGraph::replying(Reply::no_content().delayed(Duration::from_secs(30))).await;
+    let mut gateway = TestGateway::start_with(&graph.url(), &["--shutdown-grace", "300ms"]).await;
+
+    let in_flight = tokio::spawn(gateway.call().timeout(Duration::from_secs(25)).send());
+    graph.wait_for_requests(1).await;
+    let started = Instant::now();
+    gateway.begin_shutdown();
+
+    let status = in_flight.await.unwrap().unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert_eq!(
+        status.get_details_error_info().unwrap().reason,
+        "SHUTTING_DOWN"
+    );
+    gateway.shut_down().await.unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "took {:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn an_idle_gateway_shuts_down_at_once() {
+    let graph = FakeGraph::start().await;
+    let gateway = TestGateway::start(&graph.url()).await;
+    gateway.call().send().await.unwrap();
+    let started = Instant::now();
+
+    gateway.shut_down().await.unwrap();
+
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        started.elapsed()
+    );
+}

@@ -1,0 +1,207 @@
+//! A fake Graph: a real HTTP server on loopback that records every request exactly as it
+//! arrived (raw request target included) and answers with a reply the test chooses.
+
+use std::{
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use axum::{body::Bytes, extract::State, http::Request, response::IntoResponse};
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use tokio::sync::Notify;
+
+/// A request as the fake received it.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    /// The HTTP method.
+    pub method: String,
+    /// The request target exactly as sent: path and query, never normalised.
+    pub target: String,
+    /// Every header.
+    pub headers: HeaderMap,
+    /// The body.
+    pub body: Bytes,
+}
+
+/// What the fake answers.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    /// The status.
+    pub status: u16,
+    /// Headers to add.
+    pub headers: Vec<(String, String)>,
+    /// The body.
+    pub body: Vec<u8>,
+    /// How long the fake waits before it answers.
+    pub delay: Duration,
+}
+
+/// A running fake Graph. It stops when dropped.
+pub struct FakeGraph {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    state: Arc<Shared>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+struct Shared {
+    reply: Mutex<Reply>,
+    requests: Mutex<Vec<Recorded>>,
+    arrived: Notify,
+}
+
+// === impl Reply ===
+
+impl Reply {
+    /// A bare status with an empty body.
+    pub fn status(status: u16) -> Self {
+        Self {
+            status,
+            headers: Vec::new(),
+            body: Vec::new(),
+            delay: Duration::ZERO,
+        }
+    }
+
+    /// Graph's answer to a successful cancel: 204 with a `request-id`.
+    pub fn no_content() -> Self {
+        Self::status(204).header("request-id", "graph-request-id-204")
+    }
+
+    /// A Graph-shaped JSON error with a `request-id` header and `innerError`.
+    pub fn graph_error(status: u16, code: &str, message: &str) -> Self {
+        let body = serde_json::json!({
+            "error": {
+                "code": code,
+                "message": message,
+                "innerError": {
+                    "code": format!("{code}Inner"),
+                    "request-id": format!("graph-request-id-{status}"),
+                    "date": "2026-11-29T10:00:00",
+                    "client-request-id": "ignored",
+                }
+            }
+        });
+        Self::status(status)
+            .header("content-type", "application/json")
+            .header("request-id", &format!("graph-request-id-{status}"))
+            .body(body.to_string().into_bytes())
+    }
+
+    /// Adds a header.
+    pub fn header(mut self, name: &str, value: &str) -> Self {
+        self.headers.push((name.to_owned(), value.to_owned()));
+        self
+    }
+
+    /// Sets the body.
+    pub fn body(mut self, body: Vec<u8>) -> Self {
+        self.body = body;
+        self
+    }
+
+    /// Makes the fake wait before answering.
+    pub fn delayed(mut self, delay: Duration) -> Self {
+        self.delay = delay;
+        self
+    }
+}
+
+// === impl FakeGraph ===
+
+impl FakeGraph {
+    /// A fake that accepts every cancel with 204.
+    pub async fn start() -> Self {
+        Self::replying(Reply::no_content()).await
+    }
+
+    /// A fake that answers every request with `reply`.
+    pub async fn replying(reply: Reply) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let state = Arc::new(Shared {
+            reply: Mutex::new(reply),
+            requests: Mutex::new(Vec::new()),
+            arrived: Notify::new(),
+        });
+        let app = axum::Router::new()
+            .fallback(answer)
+            .with_state(state.clone());
+        let task = tokio::spawn(async move {
+            axum::serve(listener, app).await.unwrap();
+        });
+        Self { addr, state, task }
+    }
+
+    /// The Graph base URL to give the gateway.
+    pub fn url(&self) -> String {
+        format!("http://{}/v1.0", self.addr)
+    }
+
+    /// Changes the reply to later requests.
+    pub fn set_reply(&self, reply: Reply) {
+        *self.state.reply.lock().unwrap() = reply;
+    }
+
+    /// Every request received so far.
+    pub fn requests(&self) -> Vec<Recorded> {
+        self.state.requests.lock().unwrap().clone()
+    }
+
+    /// Waits until at least `count` requests have arrived.
+    pub async fn wait_for_requests(&self, count: usize) {
+        loop {
+            let arrived = self.state.arrived.notified();
+            if self.requests().len() >= count {
+                return;
+            }
+            arrived.await;
+        }
+    }
+}
+
+impl Drop for FakeGraph {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn answer(
+    State(state): State<Arc<Shared>>,
+    request: Request<axum::body::Body>,
+) -> impl IntoResponse {
+    let (parts, body) = request.into_parts();
+    let body = axum::body::to_bytes(body, 1 << 20)
+        .await
+        .unwrap_or_default();
+    let target = parts
+        .uri
+        .path_and_query()
+        .map(|pq| pq.as_str().to_owned())
+        .unwrap_or_default();
+    state.requests.lock().unwrap().push(Recorded {
+        method: parts.method.to_string(),
+        target,
+        headers: parts.headers,
+        body,
+    });
+    state.arrived.notify_waiters();
+
+    let reply = state.reply.lock().unwrap().clone();
+    if !reply.delay.is_zero() {
+        tokio::time::sleep(reply.delay).await; // the fake's scripted delay
+    }
+    let mut headers = HeaderMap::new();
+    for (name, value) in &reply.headers {
+        headers.append(
+            HeaderName::from_bytes(name.as_bytes()).unwrap(),
+            HeaderValue::from_str(value).unwrap(),
+        );
+    }
+    (
+        StatusCode::from_u16(reply.status).unwrap(),
+        headers,
+        reply.body,
+    )
+}

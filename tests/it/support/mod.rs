@@ -1,0 +1,14 @@
+//! Spawners for the real gateway and for fake Graph servers, all on `127.0.0.1:0`, bound before
+//! they are spawned so that no test waits or sleeps to synchronise.
+
+pub mod fake_graph;
+pub mod gateway;
+pub mod process;
+pub mod raw;
+
+pub use fake_graph::{FakeGraph, Reply};
+pub use gateway::TestGateway;
+
+/// A bearer token that tests look for in places where it must never appear.
+pub const TOKEN: &str =
+    "eyJ0eXAiOiJKV1QiLCJhbGciOiJSUzI1NiJ9.c2VjcmV0LXRva2VuLXZhbHVl.c2lnbmF0dXJl";

@@ -1,0 +1,120 @@
+//! The real `printjob-gateway` binary as a child process, for what only a process can show:
+//! the command line, exit codes, signals, and every log line it writes.
+
+use std::{
+    net::SocketAddr,
+    process::{ExitStatus, Stdio},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use tokio::{
+    io::{AsyncBufReadExt, AsyncRead, BufReader},
+    process::{Child, Command},
+    sync::oneshot,
+};
+
+/// The path of the binary under test.
+pub const BINARY: &str = env!("CARGO_BIN_EXE_printjob-gateway");
+
+/// A running gateway process.
+pub struct GatewayProcess {
+    child: Child,
+    /// Where its gRPC API listens.
+    pub grpc_addr: SocketAddr,
+    /// Where its admin listener listens.
+    pub admin_addr: SocketAddr,
+    output: Arc<Mutex<Vec<String>>>,
+    readers: Vec<tokio::task::JoinHandle<()>>,
+}
+
+// === impl GatewayProcess ===
+
+impl GatewayProcess {
+    /// Starts the binary on `127.0.0.1:0` with JSON logs and `args`, and waits for the log line
+    /// that says it is serving (which names the bound addresses).
+    pub async fn spawn(args: &[&str], env: &[(&str, &str)]) -> Self {
+        let mut child = Command::new(BINARY)
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--admin-listen",
+                "127.0.0.1:0",
+                "--log-format",
+                "json",
+            ])
+            .args(args)
+            .envs(env.iter().copied())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("the gateway binary starts");
+        let output = Arc::new(Mutex::new(Vec::new()));
+        let (serving_tx, serving_rx) = oneshot::channel();
+        let readers = vec![
+            collect(
+                child.stdout.take().unwrap(),
+                output.clone(),
+                Some(serving_tx),
+            ),
+            collect(child.stderr.take().unwrap(), output.clone(), None),
+        ];
+        let serving: serde_json::Value = tokio::time::timeout(Duration::from_secs(30), serving_rx)
+            .await
+            .expect("the gateway reports that it is serving")
+            .expect("the gateway logs a serving line before it exits");
+        let addr = |field: &str| serving[field].as_str().unwrap().parse().unwrap();
+        Self {
+            grpc_addr: addr("grpc"),
+            admin_addr: addr("admin"),
+            child,
+            output,
+            readers,
+        }
+    }
+
+    /// Sends SIGTERM (or another signal) to the process.
+    pub fn signal(&self, signal: &str) {
+        let pid = self.child.id().expect("the process is running").to_string();
+        let status = std::process::Command::new("kill")
+            .args([&format!("-{signal}"), &pid])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Sends SIGTERM and waits for the process to exit, at most `within`.
+    pub async fn terminate(mut self, within: Duration) -> (ExitStatus, String) {
+        self.signal("TERM");
+        let status = tokio::time::timeout(within, self.child.wait())
+            .await
+            .expect("the process exits in time")
+            .unwrap();
+        for reader in self.readers.drain(..) {
+            reader.await.unwrap();
+        }
+        let output = self.output.lock().unwrap().join("\n");
+        (status, output)
+    }
+}
+
+fn collect(
+    stream: impl AsyncRead + Unpin + Send + 'static,
+    output: Arc<Mutex<Vec<String>>>,
+    mut serving: Option<oneshot::Sender<serde_json::Value>>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut lines = BufReader::new(stream).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            if serving.is_some() {
+                if let Ok(json) = serde_json::from_str::<serde_json::Value>(&line) {
+                    if json["message"] == "printjob-gateway serving" {
+                        let _ = serving.take().unwrap().send(json);
+                    }
+                }
+            }
+            output.lock().unwrap().push(line);
+        }
+    })
+}
