@@ -13,6 +13,7 @@ pub use graph_print_v1::{
     print_job_service_server::{PrintJobService, PrintJobServiceServer},
 };
 
-/// The encoded `FileDescriptorSet` of everything under `proto/`, for server reflection.
+/// The encoded `FileDescriptorSet` of everything under `proto/`, plus `google.rpc`'s error
+/// details, for server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     tonic::include_file_descriptor_set!("print_job_service_descriptor");

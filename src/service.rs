@@ -143,7 +143,8 @@ fn answer(
     client_request_id: &ClientRequestId,
 ) -> Result<Response<CancelResponse>, Status> {
     let span = Span::current();
-    span.record("latency_ms", started.elapsed().as_secs_f64() * 1e3);
+    // Whole microseconds: precise enough, and short in the logs.
+    span.record("latency_ms", started.elapsed().as_micros() as f64 / 1e3);
     match outcome {
         Ok(acceptance) => {
             span.record("http_status", acceptance.status.as_u16());

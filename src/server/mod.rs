@@ -33,7 +33,7 @@ const FLUSH_AFTER_ABORT: Duration = Duration::from_secs(1);
 pub struct Listeners {
     /// The gRPC API.
     pub grpc: TcpListener,
-    /// The admin listener (gRPC health for probes).
+    /// The admin listener (gRPC health for probes, and reflection).
     pub admin: TcpListener,
 }
 
@@ -91,8 +91,8 @@ pub async fn serve(
     let (health, health_service) = tonic_health::server::health_reporter();
     set_health(&health, ServingStatus::NotServing).await;
 
-    let reflection_v1 = reflection().build_v1()?;
-    let reflection_v1alpha = reflection().build_v1alpha()?;
+    let reflection_v1 = reflection(API_DESCRIPTORS).build_v1()?;
+    let reflection_v1alpha = reflection(API_DESCRIPTORS).build_v1alpha()?;
 
     let grpc_addr = listeners.grpc.local_addr().unwrap_or(config.listen);
     let admin_addr = listeners.admin.local_addr().unwrap_or(config.admin_listen);
@@ -102,7 +102,9 @@ pub async fn serve(
         .add_service(
             PrintJobServiceServer::new(gateway).max_decoding_message_size(MAX_REQUEST_BYTES),
         );
-    let admin_routes = Routes::new(health_service);
+    let admin_routes = Routes::new(health_service)
+        .add_service(reflection(ADMIN_DESCRIPTORS).build_v1()?)
+        .add_service(reflection(ADMIN_DESCRIPTORS).build_v1alpha()?);
 
     let stop_accepting = CancellationToken::new();
     let stop_admin = CancellationToken::new();
@@ -173,14 +175,29 @@ pub async fn shutdown_signal() {
     }
 }
 
-/// Server reflection over everything the API port serves, both reflection versions included, so
-/// that tools asking either version see the same list.
-fn reflection() -> tonic_reflection::server::Builder<'static> {
-    tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET)
+/// What the admin listener serves: gRPC health and server reflection, both reflection versions
+/// included so that tools asking either one see the same list.
+const ADMIN_DESCRIPTORS: &[&[u8]] = &[
+    tonic_health::pb::FILE_DESCRIPTOR_SET,
+    tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+    tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+];
+/// What the API listener serves: the admin services plus PrintJobService and the error details.
+const API_DESCRIPTORS: &[&[u8]] = &[
+    FILE_DESCRIPTOR_SET,
+    tonic_health::pb::FILE_DESCRIPTOR_SET,
+    tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+    tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+];
+
+/// Server reflection over the given descriptor sets.
+fn reflection(descriptor_sets: &[&'static [u8]]) -> tonic_reflection::server::Builder<'static> {
+    descriptor_sets
+        .iter()
+        .fold(
+            tonic_reflection::server::Builder::configure(),
+            |builder, set| builder.register_encoded_file_descriptor_set(set),
+        )
         .include_reflection_service(false)
 }
 
