@@ -1,9 +1,9 @@
-//! Every setting of the gateway: its flag, its environment twin and its default. [`Config`] is
-//! parsed and checked once in `main` and passed down; nothing else reads the environment.
+//! Every setting: its flag, its environment twin and its default. [`Cli`] is parsed and checked
+//! once in `main` and passed down; nothing else reads the environment.
 
-use std::{net::SocketAddr, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
-use clap::{CommandFactory, Parser, ValueEnum, error::ErrorKind};
+use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum, error::ErrorKind};
 
 use crate::graph::{GraphBaseUrl, GraphSettings};
 
@@ -11,8 +11,39 @@ use crate::graph::{GraphBaseUrl, GraphSettings};
 ///
 /// Serves `graph.print.v1.PrintJobService/Cancel` and forwards every call, with the caller's
 /// bearer token, as `POST /print/printers/{printerId}/jobs/{printJobId}/cancel` to Graph.
+/// Try it without Universal Print: `printjob-gateway --demo`.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "printjob-gateway", version, about, long_about)]
+#[command(
+    name = "printjob-gateway",
+    version,
+    about,
+    long_about,
+    args_conflicts_with_subcommands = true
+)]
+pub struct Cli {
+    /// What to run instead of the gateway.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
+    /// The gateway's settings.
+    #[command(flatten)]
+    pub gateway: Config,
+
+    /// Logging, for the gateway and every subcommand.
+    #[command(flatten)]
+    pub log: LogSettings,
+}
+
+/// What the binary can run besides the gateway.
+#[derive(Debug, Clone, Subcommand)]
+pub enum Command {
+    /// Serves a simulated Microsoft Graph print-job cancel endpoint, to try the gateway and test
+    /// callers without Universal Print.
+    Simulate(SimulatorConfig),
+}
+
+/// The gateway's settings.
+#[derive(Debug, Clone, Args)]
 pub struct Config {
     /// Address of the gRPC API: PrintJobService, gRPC health and server reflection.
     #[arg(
@@ -56,13 +87,39 @@ pub struct Config {
     #[arg(long, env = "PRINTJOB_GATEWAY_SHUTDOWN_GRACE", default_value = "20s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
 
+    /// Starts a simulated Graph on loopback and serves the gateway in front of it, with the
+    /// simulator's built-in printers and jobs, and prints grpcurl commands to try.
+    #[arg(long, env = "PRINTJOB_GATEWAY_DEMO")]
+    pub demo: bool,
+}
+
+/// How logs are written.
+#[derive(Debug, Clone, Args)]
+pub struct LogSettings {
     /// Log format: human-readable text or one JSON object per line.
-    #[arg(long, env = "PRINTJOB_GATEWAY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    #[arg(long, global = true, env = "PRINTJOB_GATEWAY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 
     /// Which logs to write, in RUST_LOG syntax, such as `info` or `printjob_gateway=debug,info`.
-    #[arg(long, env = "RUST_LOG", default_value = "info", value_parser = parse_log_filter)]
+    #[arg(long, global = true, env = "RUST_LOG", default_value = "info", value_parser = parse_log_filter)]
     pub log_filter: String,
+}
+
+/// The simulated Graph's settings.
+#[derive(Debug, Clone, Args)]
+pub struct SimulatorConfig {
+    /// Address to serve the simulated Graph on; its base URL is http://<address>/v1.0.
+    #[arg(
+        long,
+        env = "PRINTJOB_GATEWAY_SIMULATOR_LISTEN",
+        default_value = "127.0.0.1:8089"
+    )]
+    pub listen: SocketAddr,
+
+    /// A JSON scenario file: printers, jobs with states, and scripted answers. Without one, the
+    /// built-in scenario applies (see the README).
+    #[arg(long, env = "PRINTJOB_GATEWAY_SIMULATOR_SCENARIO")]
+    pub scenario: Option<PathBuf>,
 }
 
 /// How log lines are written.
@@ -74,38 +131,53 @@ pub enum LogFormat {
     Json,
 }
 
-// === impl Config ===
+// === impl Cli ===
 
-impl Config {
+impl Cli {
     /// Parses the command line and the environment, checks the settings against each other, and
     /// exits with a clear message and a non-zero code when they are wrong.
     pub fn load() -> Self {
-        Self::parse().checked().unwrap_or_else(|error| error.exit())
+        Self::try_load_from(std::env::args_os()).unwrap_or_else(|error| error.exit())
     }
 
-    /// Like [`Config::load`], from the given arguments (and the environment), returning errors.
+    /// Like [`Cli::load`], from the given arguments (and the environment), returning errors.
     pub fn try_load_from<I, T>(args: I) -> Result<Self, clap::Error>
     where
         I: IntoIterator<Item = T>,
         T: Into<std::ffi::OsString> + Clone,
     {
-        Self::try_parse_from(args)?.checked()
+        let cli = Self::try_parse_from(args)?;
+        cli.gateway.check()?;
+        Ok(cli)
+    }
+}
+
+// === impl Config ===
+
+impl Config {
+    /// The gateway's settings from the given arguments (and the environment).
+    pub fn try_load_from<I, T>(args: I) -> Result<Self, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        Ok(Cli::try_load_from(args)?.gateway)
     }
 
-    fn checked(self) -> Result<Self, clap::Error> {
+    fn check(&self) -> Result<(), clap::Error> {
         if self.default_timeout > self.max_timeout {
-            return Err(Self::command().error(
+            return Err(Cli::command().error(
                 ErrorKind::ArgumentConflict,
                 "--default-timeout must not be longer than --max-timeout",
             ));
         }
         if self.default_timeout.is_zero() || self.connect_timeout.is_zero() {
-            return Err(Self::command().error(
+            return Err(Cli::command().error(
                 ErrorKind::InvalidValue,
                 "--default-timeout and --connect-timeout must be longer than zero",
             ));
         }
-        Ok(self)
+        Ok(())
     }
 
     /// The settings of the HTTP client that talks to Graph.
@@ -142,7 +214,7 @@ mod tests {
         );
         assert_eq!(config.default_timeout, Duration::from_secs(10));
         assert_eq!(config.max_timeout, Duration::from_secs(30));
-        assert_eq!(config.log_format, LogFormat::Text);
+        assert!(!config.demo);
     }
 
     #[test]
@@ -160,6 +232,25 @@ mod tests {
 
     #[test]
     fn clap_definition_is_consistent() {
-        Config::command().debug_assert();
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn simulate_takes_its_own_settings() {
+        let cli = Cli::try_load_from([
+            "printjob-gateway",
+            "simulate",
+            "--listen",
+            "127.0.0.1:1",
+            "--log-format",
+            "json",
+        ])
+        .unwrap();
+        let Some(Command::Simulate(simulator)) = cli.command else {
+            panic!("simulate is a subcommand");
+        };
+        assert_eq!(simulator.listen, "127.0.0.1:1".parse().unwrap());
+        assert_eq!(simulator.scenario, None);
+        assert_eq!(cli.log.log_format, LogFormat::Json);
     }
 }

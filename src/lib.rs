@@ -3,6 +3,7 @@
 //!
 //! # Layout
 //!
+//! - [`app`]: what the binary runs: the gateway, the simulated Graph, or both (the demo).
 //! - [`config`]: every setting, its flag, its environment twin and its default. Nothing else
 //!   reads the environment.
 //! - [`server`]: binds nothing itself; serves the gRPC API and the admin listener on listeners it
@@ -16,10 +17,13 @@
 //! - [`graph`]: the only module that knows Graph: its URLs, headers and JSON errors.
 //! - [`error`]: `CancelError`, every way a call can fail; [`status`] maps it, through the one
 //!   HTTP-to-gRPC table, to the `tonic::Status` the caller sees.
+//! - [`simulator`]: a simulated Graph cancel endpoint with printers, job states and scripted
+//!   answers, for demos and for testing callers without Universal Print.
 //! - [`telemetry`]: the tracing subscriber, the one place that installs process-wide state.
 
 #![forbid(unsafe_code)]
 
+pub mod app;
 pub mod auth;
 pub mod config;
 pub mod error;
@@ -28,8 +32,9 @@ pub mod proto;
 pub mod request;
 pub mod server;
 pub mod service;
+pub mod simulator;
 pub mod status;
 pub mod telemetry;
 
-pub use config::Config;
+pub use config::{Cli, Config};
 pub use server::{Listeners, serve};

@@ -5,14 +5,15 @@
 use std::{io::Write, process::ExitCode};
 
 use printjob_gateway::{
-    Config, Listeners, serve,
+    app,
+    config::Cli,
     server::shutdown_signal,
     telemetry::{self, ErrorChain},
 };
 
 fn main() -> ExitCode {
-    let config = Config::load();
-    if let Err(error) = telemetry::init(config.log_format, &config.log_filter) {
+    let cli = Cli::load();
+    if let Err(error) = telemetry::init(cli.log.log_format, &cli.log.log_filter) {
         // Logging is what failed, so stderr is the only place left to say so.
         let _ = writeln!(
             std::io::stderr(),
@@ -31,11 +32,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let outcome = runtime.block_on(async {
-        let listeners = Listeners::bind(&config).await?;
-        serve(config, listeners, shutdown_signal()).await
-    });
-    match outcome {
+    match runtime.block_on(app::run(cli, shutdown_signal())) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!(error = %ErrorChain(&error), "printjob-gateway stopped");

@@ -9,5 +9,6 @@ mod deadlines;
 mod discovery;
 mod ids;
 mod shutdown;
+mod simulator;
 mod status_table;
 mod transport;

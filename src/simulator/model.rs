@@ -1,0 +1,280 @@
+//! The simulated Graph's state and its decisions: which answer a cancel gets, after which delay.
+//! Pure logic, no HTTP.
+
+use std::{collections::HashMap, time::Duration};
+
+use super::scenario::{JobState, Rule, Scenario};
+
+/// What the simulated Graph answers to one cancel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Answer {
+    /// Success with this 2xx status (Graph sends 204).
+    Accepted(u16),
+    /// A Graph-shaped error.
+    Failed(Failure),
+}
+
+/// A Graph-shaped error answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Failure {
+    pub status: u16,
+    pub code: String,
+    pub message: String,
+    pub retry_after: Option<String>,
+}
+
+/// How a call will be answered: after `delay`, with `answer`, or by the printers and jobs when
+/// no rule decided.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Plan {
+    pub delay: Option<Duration>,
+    pub answer: Option<Answer>,
+}
+
+/// The printers, their jobs, and the rules with the uses they have left.
+#[derive(Debug)]
+pub(crate) struct Model {
+    printers: HashMap<String, Printer>,
+    rules: Vec<(Rule, Option<u64>)>,
+}
+
+#[derive(Debug)]
+struct Printer {
+    jobs: HashMap<String, JobState>,
+    any_job: bool,
+}
+
+// === impl Model ===
+
+impl Model {
+    pub(crate) fn new(scenario: Scenario) -> Self {
+        let printers = scenario
+            .printers
+            .into_iter()
+            .map(|printer| {
+                let jobs = printer
+                    .jobs
+                    .into_iter()
+                    .map(|job| (job.id, job.state))
+                    .collect();
+                (
+                    printer.id,
+                    Printer {
+                        jobs,
+                        any_job: printer.any_job,
+                    },
+                )
+            })
+            .collect();
+        let rules = scenario
+            .rules
+            .into_iter()
+            .map(|rule| {
+                let uses = rule.times;
+                (rule, uses)
+            })
+            .collect();
+        Self { printers, rules }
+    }
+
+    /// The plan for a cancel of `job` on `printer`: the first rule that matches and has uses
+    /// left, which spends one use; or no rule at all.
+    pub(crate) fn plan(&mut self, printer: &str, job: &str) -> Plan {
+        let matching = self.rules.iter_mut().find(|(rule, uses)| {
+            uses.is_none_or(|left| left > 0)
+                && rule.printer.as_deref().is_none_or(|p| p == printer)
+                && rule.job.as_deref().is_none_or(|j| j == job)
+        });
+        let Some((rule, uses)) = matching else {
+            return Plan {
+                delay: None,
+                answer: None,
+            };
+        };
+        if let Some(left) = uses {
+            *left -= 1;
+        }
+        let answer = rule.status.map(|status| {
+            if (200..300).contains(&status) {
+                Answer::Accepted(status)
+            } else {
+                let (code, message) = usual_error(status);
+                Answer::Failed(Failure {
+                    status,
+                    code: rule.code.clone().unwrap_or_else(|| code.to_owned()),
+                    message: rule.message.clone().unwrap_or_else(|| message.to_owned()),
+                    retry_after: rule.retry_after.clone(),
+                })
+            }
+        });
+        Plan {
+            delay: rule.delay,
+            answer,
+        }
+    }
+
+    /// Cancels `job` on `printer` by the state machine: a pending, processing, paused or stopped
+    /// job becomes canceled; a completed, canceled or aborted one cannot be canceled (409
+    /// `notAllowed`); an unknown printer or job is 404 `itemNotFound`.
+    pub(crate) fn cancel(&mut self, printer: &str, job: &str) -> Answer {
+        let Some(found) = self.printers.get_mut(printer) else {
+            return not_found(format!("The printer '{printer}' was not found."));
+        };
+        let Some(state) = found.jobs.get_mut(job) else {
+            return if found.any_job {
+                Answer::Accepted(204)
+            } else {
+                not_found(format!(
+                    "The print job '{job}' was not found on printer '{printer}'."
+                ))
+            };
+        };
+        if !state.is_cancelable() {
+            return Answer::Failed(Failure {
+                status: 409,
+                code: "notAllowed".to_owned(),
+                message: format!(
+                    "The print job is already {} and cannot be canceled.",
+                    state.name()
+                ),
+                retry_after: None,
+            });
+        }
+        *state = JobState::Canceled;
+        Answer::Accepted(204)
+    }
+}
+
+fn not_found(message: String) -> Answer {
+    Answer::Failed(Failure {
+        status: 404,
+        code: "itemNotFound".to_owned(),
+        message,
+        retry_after: None,
+    })
+}
+
+/// The error code and message Graph usually sends with a status.
+pub(crate) fn usual_error(status: u16) -> (&'static str, &'static str) {
+    match status {
+        400 => ("invalidRequest", "The request is malformed or incorrect."),
+        401 => (
+            "InvalidAuthenticationToken",
+            "Access token has expired or is not yet valid.",
+        ),
+        403 => (
+            "accessDenied",
+            "The caller does not have permission to cancel this print job.",
+        ),
+        404 => ("itemNotFound", "The requested resource was not found."),
+        405 => (
+            "BadRequest",
+            "The HTTP method is not allowed for this resource.",
+        ),
+        409 => (
+            "notAllowed",
+            "The print job cannot be canceled in its current state.",
+        ),
+        429 => (
+            "TooManyRequests",
+            "Too many requests: retry after the time in the Retry-After header.",
+        ),
+        500 => ("generalException", "An unspecified error has occurred."),
+        502 => ("badGateway", "The gateway received an invalid response."),
+        503 => (
+            "serviceNotAvailable",
+            "The service is temporarily unavailable: retry later.",
+        ),
+        504 => ("gatewayTimeout", "The gateway timed out."),
+        _ => ("generalException", "A simulated error has occurred."),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn model(scenario: &str) -> Model {
+        Model::new(Scenario::parse(scenario, "test").unwrap())
+    }
+
+    #[test]
+    fn cancel_follows_the_job_state_machine() {
+        let mut model = Model::new(Scenario::builtin());
+        let failed = |answer: Answer| match answer {
+            Answer::Failed(failure) => (failure.status, failure.code),
+            other => panic!("expected a failure, got {other:?}"),
+        };
+
+        for job in ["1", "2", "6"] {
+            assert_eq!(
+                model.cancel("printer-1", job),
+                Answer::Accepted(204),
+                "job {job}"
+            );
+            assert_eq!(
+                failed(model.cancel("printer-1", job)),
+                (409, "notAllowed".into()),
+                "job {job} again"
+            );
+        }
+        for job in ["3", "4", "5"] {
+            assert_eq!(
+                failed(model.cancel("printer-1", job)),
+                (409, "notAllowed".into()),
+                "job {job}"
+            );
+        }
+        assert_eq!(
+            failed(model.cancel("printer-1", "99")),
+            (404, "itemNotFound".into())
+        );
+        assert_eq!(
+            failed(model.cancel("no-such-printer", "1")),
+            (404, "itemNotFound".into())
+        );
+        for _ in 0..3 {
+            assert_eq!(model.cancel("any-job-printer", "7"), Answer::Accepted(204));
+        }
+    }
+
+    #[test]
+    fn rules_apply_in_order_for_their_number_of_uses() {
+        let mut model = model(
+            r#"{"rules": [
+                {"printer": "p", "job": "1", "status": 500},
+                {"printer": "p", "status": 429, "retryAfter": 2.5, "times": 2},
+                {"status": 202, "delay": "10ms"}
+            ]}"#,
+        );
+        let status = |plan: Plan| match plan.answer {
+            Some(Answer::Failed(failure)) => (failure.status, failure.retry_after),
+            Some(Answer::Accepted(status)) => (status, None),
+            None => (0, None),
+        };
+
+        assert_eq!(status(model.plan("p", "1")), (500, None));
+        assert_eq!(status(model.plan("p", "2")), (429, Some("2.5".into())));
+        assert_eq!(status(model.plan("p", "2")), (429, Some("2.5".into())));
+        let third = model.plan("p", "2");
+        assert_eq!(third.delay, Some(Duration::from_millis(10)));
+        assert_eq!(status(third), (202, None));
+        assert_eq!(
+            status(model.plan("p", "1")),
+            (500, None),
+            "unlimited rules never run out"
+        );
+    }
+
+    #[test]
+    fn without_a_matching_rule_the_state_decides() {
+        let mut model = model(r#"{"rules": [{"printer": "other", "status": 503}]}"#);
+        assert_eq!(
+            model.plan("p", "1"),
+            Plan {
+                delay: None,
+                answer: None
+            }
+        );
+    }
+}

@@ -1,0 +1,368 @@
+//! What the simulator knows: printers, their jobs and the jobs' states, and scripted rules. Read
+//! from a JSON scenario file, or the built-in default.
+
+use std::{collections::HashSet, marker::PhantomData, path::Path, time::Duration};
+
+use serde::{
+    Deserialize, Deserializer, Serialize,
+    de::{Error as _, SeqAccess, Visitor},
+};
+
+/// The built-in scenario, used when no file is given. The README shows it.
+pub const DEFAULT_SCENARIO: &str = include_str!("default-scenario.json");
+
+/// A scenario: printers with their jobs, and rules that script answers.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Scenario {
+    /// The printers Graph knows. Any other printer ID answers 404.
+    #[serde(default, deserialize_with = "unique_printers")]
+    pub printers: Vec<PrinterSpec>,
+    /// Scripted answers, tried in order; the first that matches a call and has uses left applies.
+    #[serde(default)]
+    pub rules: Vec<Rule>,
+}
+
+/// A printer and its jobs.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct PrinterSpec {
+    /// The printer's ID.
+    pub id: String,
+    /// Its jobs, each with a state that cancels change.
+    #[serde(default, deserialize_with = "unique_jobs")]
+    pub jobs: Vec<JobSpec>,
+    /// When true, a job ID that is not listed counts as a job in progress, and canceling it
+    /// always succeeds without changing any state: for load tests that repeat one call.
+    #[serde(default)]
+    pub any_job: bool,
+}
+
+/// A print job.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct JobSpec {
+    /// The job's ID.
+    pub id: String,
+    /// Its processing state; `processing` when not given.
+    #[serde(default = "JobState::processing")]
+    pub state: JobState,
+}
+
+/// A print job's processing state, as Graph names them (`printJobProcessingState`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum JobState {
+    /// Waiting to be printed.
+    Pending,
+    /// Printing.
+    Processing,
+    /// Held.
+    Paused,
+    /// Stopped by an error.
+    Stopped,
+    /// Printed: cannot be canceled.
+    Completed,
+    /// Canceled: cannot be canceled again.
+    Canceled,
+    /// Ended by an error: cannot be canceled.
+    Aborted,
+}
+
+/// A scripted answer.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Rule {
+    /// The printer it applies to; every printer when absent.
+    #[serde(default)]
+    pub printer: Option<String>,
+    /// The job it applies to; every job when absent.
+    #[serde(default)]
+    pub job: Option<String>,
+    /// The HTTP status to answer with. A 2xx answers success without changing any state; an
+    /// error status answers a Graph-shaped JSON error. When absent, the call goes on to the
+    /// printers and jobs as usual (after `delay`).
+    #[serde(default, deserialize_with = "http_status")]
+    pub status: Option<u16>,
+    /// The Graph error code; a usual one for the status when absent.
+    #[serde(default)]
+    pub code: Option<String>,
+    /// The Graph error message; a usual one for the status when absent.
+    #[serde(default)]
+    pub message: Option<String>,
+    /// `Retry-After`: a number of seconds (fractions allowed, such as 2.128) or a string sent as
+    /// it is (such as an HTTP-date).
+    #[serde(default, deserialize_with = "retry_after")]
+    pub retry_after: Option<String>,
+    /// How long to wait before answering: a number of seconds or a string such as `"3s"`.
+    #[serde(default, deserialize_with = "delay")]
+    pub delay: Option<Duration>,
+    /// Applies to the first `times` matching calls only; to every matching call when absent.
+    #[serde(default)]
+    pub times: Option<u64>,
+}
+
+/// Why a scenario could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ScenarioError {
+    /// The file could not be read.
+    #[error("cannot read the scenario file {path}")]
+    Read {
+        /// The file.
+        path: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not a valid scenario; the message names the line and column.
+    #[error("invalid scenario {path}: {source}")]
+    Invalid {
+        /// The file.
+        path: String,
+        /// What is wrong, and where.
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+// === impl Scenario ===
+
+impl Scenario {
+    /// The built-in scenario.
+    pub fn builtin() -> Self {
+        Self::parse(DEFAULT_SCENARIO, "<built-in>").expect("the built-in scenario is valid")
+    }
+
+    /// Reads a scenario file.
+    pub fn load(path: &Path) -> Result<Self, ScenarioError> {
+        let shown = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ScenarioError::Read {
+            path: shown.clone(),
+            source,
+        })?;
+        Self::parse(&text, &shown)
+    }
+
+    /// Parses a scenario; `origin` names it in errors.
+    pub fn parse(text: &str, origin: &str) -> Result<Self, ScenarioError> {
+        serde_json::from_str(text).map_err(|source| ScenarioError::Invalid {
+            path: origin.to_owned(),
+            source,
+        })
+    }
+}
+
+// === impl JobState ===
+
+impl JobState {
+    fn processing() -> Self {
+        Self::Processing
+    }
+
+    /// Whether a job in this state can still be canceled.
+    pub fn is_cancelable(self) -> bool {
+        !matches!(self, Self::Completed | Self::Canceled | Self::Aborted)
+    }
+
+    /// The state's name, as Graph spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Processing => "processing",
+            Self::Paused => "paused",
+            Self::Stopped => "stopped",
+            Self::Completed => "completed",
+            Self::Canceled => "canceled",
+            Self::Aborted => "aborted",
+        }
+    }
+}
+
+fn unique_printers<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Vec<PrinterSpec>, D::Error> {
+    deserializer.deserialize_seq(UniqueIds::new("printer"))
+}
+
+fn unique_jobs<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<JobSpec>, D::Error> {
+    deserializer.deserialize_seq(UniqueIds::new("job"))
+}
+
+/// Items with an ID that must be unique in their list.
+trait Identified {
+    fn id(&self) -> &str;
+}
+
+impl Identified for PrinterSpec {
+    fn id(&self) -> &str {
+        &self.id
+    }
+}
+
+impl Identified for JobSpec {
+    fn id(&self) -> &str {
+        &self.id
+    }
+}
+
+/// Reads a list item by item, refusing empty and repeated IDs. The error names the ID; its
+/// line is where the list ends, since serde_json places errors after what it has read.
+struct UniqueIds<T> {
+    what: &'static str,
+    items: PhantomData<T>,
+}
+
+impl<T> UniqueIds<T> {
+    fn new(what: &'static str) -> Self {
+        Self {
+            what,
+            items: PhantomData,
+        }
+    }
+}
+
+impl<'de, T: Deserialize<'de> + Identified> Visitor<'de> for UniqueIds<T> {
+    type Value = Vec<T>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "a list of {}s", self.what)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let mut items: Vec<T> = Vec::new();
+        let mut seen = HashSet::new();
+        while let Some(item) = seq.next_element::<T>()? {
+            if item.id().is_empty() {
+                return Err(A::Error::custom(format!(
+                    "a {} ID must not be empty",
+                    self.what
+                )));
+            }
+            if !seen.insert(item.id().to_owned()) {
+                return Err(A::Error::custom(format!(
+                    "{} ID {:?} is listed twice",
+                    self.what,
+                    item.id()
+                )));
+            }
+            items.push(item);
+        }
+        Ok(items)
+    }
+}
+
+fn http_status<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<u16>, D::Error> {
+    let status = u16::deserialize(deserializer)?;
+    if !(200..=599).contains(&status) {
+        return Err(D::Error::custom(format!(
+            "status {status} is not an HTTP status from 200 to 599"
+        )));
+    }
+    Ok(Some(status))
+}
+
+/// A number of seconds, or a string: the forms a scenario writes durations and `Retry-After` in.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum SecondsOrText {
+    Seconds(f64),
+    Text(String),
+}
+
+fn retry_after<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<String>, D::Error> {
+    let text = match SecondsOrText::deserialize(deserializer)? {
+        SecondsOrText::Seconds(seconds) if seconds.is_finite() && seconds >= 0.0 => {
+            seconds.to_string()
+        }
+        SecondsOrText::Seconds(seconds) => {
+            return Err(D::Error::custom(format!(
+                "retryAfter {seconds} is not a number of seconds"
+            )));
+        }
+        SecondsOrText::Text(text) => text,
+    };
+    if text.is_empty() || !text.bytes().all(|b| b == b' ' || b.is_ascii_graphic()) {
+        return Err(D::Error::custom(
+            "retryAfter must be seconds or printable ASCII text",
+        ));
+    }
+    Ok(Some(text))
+}
+
+fn delay<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Duration>, D::Error> {
+    match SecondsOrText::deserialize(deserializer)? {
+        SecondsOrText::Seconds(seconds) => Duration::try_from_secs_f64(seconds)
+            .map(Some)
+            .map_err(|_| D::Error::custom(format!("delay {seconds} is not a number of seconds"))),
+        SecondsOrText::Text(text) => humantime::parse_duration(&text)
+            .map(Some)
+            .map_err(|error| D::Error::custom(format!("delay {text:?}: {error}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_builtin_scenario_parses() {
+        let scenario = Scenario::builtin();
+        assert!(scenario.printers.iter().any(|p| p.id == "printer-1"));
+        assert_eq!(scenario.rules[0].retry_after.as_deref(), Some("2"));
+        assert_eq!(scenario.rules[1].retry_after.as_deref(), Some("0.2"));
+        assert_eq!(scenario.rules[3].delay, Some(Duration::from_secs(3)));
+    }
+
+    #[test]
+    fn a_bad_scenario_is_an_error_naming_the_line() {
+        let cases = [
+            (
+                "{\n  \"printers\": [\n    {\"id\": \"p\", \"jobs\": [{\"id\": \"1\", \"state\": \"lost\"}]}\n  ]\n}",
+                "line 3",
+                "unknown variant `lost`",
+            ),
+            (
+                "{\n  \"rules\": [\n    {\"status\": 700}\n  ]\n}",
+                "line 3",
+                "not an HTTP status",
+            ),
+            (
+                "{\n  \"rules\": [\n    {\"delay\": \"soon\"}\n  ]\n}",
+                "line 3",
+                "delay \"soon\"",
+            ),
+            (
+                "{\n  \"printers\": [\n    {\"id\": \"p\"},\n    {\"id\": \"p\"}\n  ]\n}",
+                "line 5",
+                "printer ID \"p\" is listed twice",
+            ),
+            (
+                "{\n  \"printer\": []\n}",
+                "line 2",
+                "unknown field `printer`",
+            ),
+            (
+                "{\n  \"rules\": [\n    {\"retryAfter\": -1}\n  ]\n}",
+                "line 3",
+                "retryAfter -1",
+            ),
+            ("{\n  \"printers\": [\n", "line 3", "EOF"),
+        ];
+        for (text, line, problem) in cases {
+            let error = Scenario::parse(text, "test.json").unwrap_err().to_string();
+            assert!(
+                error.contains(line) && error.contains(problem) && error.contains("test.json"),
+                "{error}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_missing_file_is_an_error_naming_it() {
+        let error = Scenario::load(Path::new("/nonexistent/scenario.json")).unwrap_err();
+        assert!(
+            error.to_string().contains("/nonexistent/scenario.json"),
+            "{error}"
+        );
+    }
+}

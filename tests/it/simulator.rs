@@ -1,0 +1,285 @@
+//! The simulated Graph, through the real gateway and directly over HTTP, and as the `simulate`
+//! subcommand and `--demo` mode of the real binary.
+
+use std::{process::Command, time::Duration};
+
+use printjob_gateway::simulator::{self, Scenario, Simulator};
+use tokio::net::TcpListener;
+use tonic::Code;
+use tonic_types::StatusExt;
+
+use crate::support::{
+    TOKEN, TestGateway,
+    gateway::Call,
+    process::{BINARY, GatewayProcess},
+};
+
+/// A simulated Graph serving `scenario` on loopback, and its base URL.
+async fn start(scenario: Scenario) -> (Simulator, String) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/v1.0", listener.local_addr().unwrap());
+    let simulator = Simulator::new(scenario);
+    tokio::spawn(simulator::serve(
+        listener,
+        simulator.clone(),
+        std::future::pending(),
+    ));
+    (simulator, url)
+}
+
+#[tokio::test]
+async fn jobs_follow_their_states_through_the_gateway() {
+    let (_, url) = start(Scenario::builtin()).await;
+    let gateway = TestGateway::start(&url).await;
+    let cancel = |printer: &str, job: &str| gateway.call().ids(printer, job).send();
+
+    cancel("printer-1", "1")
+        .await
+        .expect("a processing job is canceled");
+    let again = cancel("printer-1", "1").await.unwrap_err();
+    assert_eq!(again.code(), Code::FailedPrecondition);
+    assert_eq!(
+        again.message(),
+        "The print job is already canceled and cannot be canceled."
+    );
+    let info = again.get_details_error_info().unwrap();
+    assert_eq!(
+        (info.reason.as_str(), info.metadata["httpStatus"].as_str()),
+        ("NOT_ALLOWED", "409")
+    );
+
+    cancel("printer-1", "2")
+        .await
+        .expect("a pending job is canceled");
+    for finished in ["3", "4", "5"] {
+        let status = cancel("printer-1", finished).await.unwrap_err();
+        assert_eq!(status.code(), Code::FailedPrecondition, "job {finished}");
+    }
+    assert_eq!(
+        cancel("printer-1", "404").await.unwrap_err().code(),
+        Code::NotFound
+    );
+    assert_eq!(
+        cancel("no-such-printer", "1").await.unwrap_err().code(),
+        Code::NotFound
+    );
+    assert_eq!(
+        cancel("forbidden-printer", "1").await.unwrap_err().code(),
+        Code::PermissionDenied
+    );
+    assert_eq!(
+        cancel("unavailable-printer", "1").await.unwrap_err().code(),
+        Code::Unavailable
+    );
+    for _ in 0..3 {
+        cancel("any-job-printer", "1")
+            .await
+            .expect("any job on any-job-printer");
+    }
+}
+
+#[tokio::test]
+async fn scripted_throttling_reaches_the_caller_as_retry_info() {
+    let (_, url) = start(Scenario::builtin()).await;
+    let gateway = TestGateway::start(&url).await;
+
+    let status = gateway
+        .call()
+        .ids("throttled-printer", "1")
+        .send()
+        .await
+        .unwrap_err();
+
+    assert_eq!(status.code(), Code::ResourceExhausted);
+    assert_eq!(
+        status.get_details_retry_info().unwrap().retry_delay,
+        Some(Duration::from_secs(2))
+    );
+    assert_eq!(
+        status.get_details_error_info().unwrap().reason,
+        "TOO_MANY_REQUESTS"
+    );
+}
+
+#[tokio::test]
+async fn rules_with_a_number_of_uses_run_out() {
+    let scenario = Scenario::parse(
+        r#"{
+            "printers": [{"id": "p", "anyJob": true}],
+            "rules": [{"printer": "p", "status": 503, "retryAfter": "1", "times": 2}]
+        }"#,
+        "test",
+    )
+    .unwrap();
+    let (simulator, url) = start(scenario).await;
+    let gateway = TestGateway::start(&url).await;
+    let cancel = || gateway.call().ids("p", "1").send();
+
+    assert_eq!(cancel().await.unwrap_err().code(), Code::Unavailable);
+    assert_eq!(cancel().await.unwrap_err().code(), Code::Unavailable);
+    cancel().await.expect("the rule is used up");
+    let statuses: Vec<u16> = simulator.received().iter().map(|r| r.status).collect();
+    assert_eq!(statuses, [503, 503, 204]);
+}
+
+#[tokio::test]
+async fn a_delay_rule_makes_a_job_slow() {
+    let scenario = Scenario::parse(
+        r#"{"printers": [{"id": "p", "jobs": [{"id": "y"}]}], "rules": [{"job": "y", "delay": "400ms"}]}"#,
+        "test",
+    )
+    .unwrap();
+    let (_, url) = start(scenario).await;
+    let gateway = TestGateway::start(&url).await;
+
+    let too_short = gateway
+        .call()
+        .ids("p", "y")
+        .timeout(Duration::from_millis(100))
+        .send()
+        .await;
+    assert_eq!(too_short.unwrap_err().code(), Code::DeadlineExceeded);
+    let started = std::time::Instant::now();
+    gateway
+        .call()
+        .ids("p", "y")
+        .send()
+        .await
+        .expect("the slow job is canceled");
+    assert!(started.elapsed() >= Duration::from_millis(400));
+}
+
+#[tokio::test]
+async fn it_answers_like_graph_and_records_what_it_received_without_the_token() {
+    let (simulator, url) = start(Scenario::builtin()).await;
+    let http = reqwest::Client::new();
+    let cancel_url = format!("{url}/print/printers/printer-1/jobs/2/cancel");
+
+    let anonymous = http
+        .post(&cancel_url)
+        .header("client-request-id", "abc")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anonymous.status(), 401);
+    assert!(
+        anonymous.headers()["www-authenticate"]
+            .to_str()
+            .unwrap()
+            .starts_with("Bearer")
+    );
+    assert_eq!(anonymous.headers()["client-request-id"], "abc");
+    let request_id = anonymous.headers()["request-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let body = json(anonymous).await;
+    assert_eq!(body["error"]["code"], "InvalidAuthenticationToken");
+    assert_eq!(
+        body["error"]["innerError"]["request-id"],
+        request_id.as_str()
+    );
+    assert_eq!(body["error"]["innerError"]["client-request-id"], "abc");
+    assert!(body["error"]["innerError"]["date"].is_string());
+
+    let accepted = http
+        .post(&cancel_url)
+        .bearer_auth(TOKEN)
+        .header("client-request-id", "def")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(accepted.status(), 204);
+    assert!(accepted.headers().contains_key("request-id"));
+
+    let listed = json(
+        http.get(url.replace("/v1.0", "/__requests"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(listed.as_array().unwrap().len(), 2);
+    assert_eq!(listed[0]["bearerToken"], false);
+    assert_eq!(listed[1]["bearerToken"], true);
+    assert_eq!(
+        listed[1]["path"],
+        "/v1.0/print/printers/printer-1/jobs/2/cancel"
+    );
+    assert_eq!(listed[1]["printerId"], "printer-1");
+    assert_eq!(listed[1]["printJobId"], "2");
+    assert_eq!(listed[1]["clientRequestId"], "def");
+    assert_eq!(listed[1]["status"], 204);
+    assert!(
+        !listed.to_string().contains(TOKEN),
+        "the token is never kept"
+    );
+    assert_eq!(simulator.received().len(), 2);
+}
+
+#[test]
+fn a_bad_scenario_file_stops_the_simulator_with_the_line() {
+    let path = std::env::temp_dir().join(format!(
+        "printjob-gateway-bad-scenario-{}.json",
+        std::process::id()
+    ));
+    std::fs::write(&path, "{\n  \"printers\": [\n    {\"id\": \"p\", \"jobs\": [{\"id\": \"1\", \"state\": \"lost\"}]}\n  ]\n}\n").unwrap();
+
+    let output = Command::new(BINARY)
+        .args(["simulate", "--listen", "127.0.0.1:0", "--scenario"])
+        .arg(&path)
+        .env_clear()
+        .output()
+        .unwrap();
+    std::fs::remove_file(&path).unwrap();
+
+    assert!(!output.status.success());
+    let logs = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        logs.contains("line 3") && logs.contains("unknown variant `lost`"),
+        "{logs}"
+    );
+}
+
+#[tokio::test]
+async fn demo_mode_serves_a_working_cancel_in_one_command() {
+    let demo = GatewayProcess::spawn(&["--demo"], &[]).await;
+
+    Call::to(demo.grpc_addr)
+        .ids("printer-1", "1")
+        .send()
+        .await
+        .expect("the demo's first command succeeds");
+    let status = Call::to(demo.grpc_addr)
+        .ids("printer-1", "3")
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition);
+
+    let (exit, output) = demo.terminate(Duration::from_secs(10)).await;
+    assert!(exit.success(), "{output}");
+    let expected = printjob_gateway::app::demo_instructions(
+        demo_grpc(&output),
+        "127.0.0.1:1".parse().unwrap(),
+    );
+    let first_command = expected.lines().find(|l| l.contains("grpcurl")).unwrap();
+    assert!(
+        output.contains(first_command.trim()),
+        "the demo prints the grpcurl command:\n{output}"
+    );
+}
+
+async fn json(response: reqwest::Response) -> serde_json::Value {
+    serde_json::from_slice(&response.bytes().await.unwrap()).unwrap()
+}
+
+/// The gRPC address the demo printed.
+fn demo_grpc(output: &str) -> std::net::SocketAddr {
+    let line = output
+        .lines()
+        .find(|l| l.starts_with("printjob-gateway demo:"))
+        .unwrap();
+    let after = line.split("serves gRPC on ").nth(1).unwrap();
+    after.split(',').next().unwrap().parse().unwrap()
+}
