@@ -283,3 +283,12 @@ fn demo_grpc(output: &str) -> std::net::SocketAddr {
     let after = line.split("serves gRPC on ").nth(1).unwrap();
     after.split(',').next().unwrap().parse().unwrap()
 }
+
+#[test]
+fn the_readme_shows_the_builtin_scenario_as_it_is() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    assert!(
+        readme.contains(printjob_gateway::simulator::scenario::DEFAULT_SCENARIO.trim()),
+        "README.md shows src/simulator/default-scenario.json verbatim"
+    );
+}
