@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     config::{Cli, Command, Config, SimulatorConfig},
     graph::GraphBaseUrl,
-    server::{Listeners, ServeError, serve},
+    server::{ListenAddr, Listeners, ServeError, serve},
     simulator::{self, Scenario, ScenarioError, Simulator},
 };
 
@@ -79,7 +79,10 @@ async fn demo(mut config: Config, shutdown: impl Future<Output = ()>) -> Result<
     config.graph_url = GraphBaseUrl::parse(&format!("http://{simulator_addr}/v1.0"))
         .expect("a loopback http URL is a valid Graph URL");
     let listeners = Listeners::bind(&config).await?;
-    let grpc_addr = listeners.grpc.local_addr().unwrap_or(config.listen);
+    let grpc_addr = listeners
+        .grpc
+        .local_addr()
+        .unwrap_or_else(|_| config.listen.clone());
 
     let stop_simulator = CancellationToken::new();
     let simulator = tokio::spawn(simulator::serve(
@@ -101,7 +104,11 @@ async fn demo(mut config: Config, shutdown: impl Future<Output = ()>) -> Result<
 }
 
 /// What the demo prints: where things are, and grpcurl commands to try.
-pub fn demo_instructions(grpc: SocketAddr, simulator: SocketAddr) -> String {
+pub fn demo_instructions(grpc: ListenAddr, simulator: SocketAddr) -> String {
+    let grpc = match grpc {
+        ListenAddr::Tcp(addr) => addr.to_string(),
+        ListenAddr::Unix(path) => format!("-unix {}", path.display()),
+    };
     let cancel = |printer: &str, job: &str| {
         format!(
             "  grpcurl -plaintext -H 'authorization: Bearer demo-token' -d '{{\"printer_id\":\"{printer}\",\"print_job_id\":\"{job}\"}}' {grpc} graph.print.v1.PrintJobService/Cancel\n"

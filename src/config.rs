@@ -5,7 +5,10 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum, error::ErrorKind};
 
-use crate::graph::{GraphBaseUrl, GraphSettings};
+use crate::{
+    graph::{GraphBaseUrl, GraphSettings},
+    server::{ListenAddr, TlsFiles},
+};
 
 /// printjob-gateway: cancels Universal Print jobs through Microsoft Graph for gRPC callers.
 ///
@@ -45,13 +48,14 @@ pub enum Command {
 /// The gateway's settings.
 #[derive(Debug, Clone, Args)]
 pub struct Config {
-    /// Address of the gRPC API: PrintJobService, gRPC health and server reflection.
+    /// Address of the gRPC API: PrintJobService, gRPC health and server reflection. A TCP address,
+    /// or unix:/path/to/socket for a Unix domain socket (created with mode 0660).
     #[arg(
         long,
         env = "PRINTJOB_GATEWAY_LISTEN",
         default_value = "127.0.0.1:50051"
     )]
-    pub listen: SocketAddr,
+    pub listen: ListenAddr,
 
     /// Address of the admin listener: gRPC health for Kubernetes probes.
     #[arg(
@@ -86,6 +90,19 @@ pub struct Config {
     /// with UNAVAILABLE and the process exits.
     #[arg(long, env = "PRINTJOB_GATEWAY_SHUTDOWN_GRACE", default_value = "20s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
+
+    /// TLS certificate chain (PEM) of the gRPC API; with --tls-key, the API speaks only TLS.
+    #[arg(long, env = "PRINTJOB_GATEWAY_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// TLS private key (PEM) of the gRPC API.
+    #[arg(long, env = "PRINTJOB_GATEWAY_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// CA certificates (PEM) that callers' certificates must chain to (mTLS): callers without
+    /// one are refused. Needs --tls-cert and --tls-key.
+    #[arg(long, env = "PRINTJOB_GATEWAY_TLS_CLIENT_CA", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
 
     /// Starts a simulated Graph on loopback and serves the gateway in front of it, with the
     /// simulator's built-in printers and jobs, and prints grpcurl commands to try.
@@ -178,6 +195,15 @@ impl Config {
             ));
         }
         Ok(())
+    }
+
+    /// The TLS files of the gRPC API, when TLS is on.
+    pub fn tls(&self) -> Option<TlsFiles> {
+        Some(TlsFiles {
+            cert: self.tls_cert.clone()?,
+            key: self.tls_key.clone()?,
+            client_ca: self.tls_client_ca.clone(),
+        })
     }
 
     /// The settings of the HTTP client that talks to Graph.

@@ -1,5 +1,6 @@
 //! The accept loop: serves an axum router (the gRPC routes, and on the admin listener plain HTTP
-//! too) over HTTP/2 with the gateway's limits, and drains connections gracefully on stop.
+//! too) over HTTP/2 with the gateway's limits, optionally over TLS, and drains connections
+//! gracefully on stop.
 //!
 //! The gateway runs hyper directly instead of `tonic::transport::Server` for one reason: that
 //! server wraps every call in its own `grpc-timeout` timer, which ends calls with CANCELLED. The
@@ -13,8 +14,10 @@ use hyper_util::{
     server::{conn::auto, graceful::GracefulShutdown},
     service::TowerToHyperService,
 };
-use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
+
+use super::listen::{ApiListener, BoxedConnection};
 
 /// The most HTTP/2 header bytes a call may send. Entra access tokens are a few kilobytes; large
 /// group claims can double that.
@@ -25,6 +28,9 @@ const MAX_CONCURRENT_STREAMS: u32 = 1024;
 /// connections of vanished callers are closed.
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a TLS handshake may take, so that a connection that never finishes one does not
+/// hold a task forever.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long to wait after a failed `accept` (such as running out of file descriptors) before
 /// trying again, so that the loop does not spin.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
@@ -41,18 +47,19 @@ pub(crate) enum Protocols {
 /// Accepts connections on `listener` and serves `router` on them until `stop` fires; then closes
 /// the listener, asks every connection to finish (HTTP/2 GOAWAY), and returns once all have.
 pub(crate) async fn serve_connections(
-    listener: TcpListener,
+    listener: ApiListener,
     router: axum::Router,
     protocols: Protocols,
+    tls: Option<TlsAcceptor>,
     stop: CancellationToken,
 ) {
     let builder = connection_builder(protocols);
     let graceful = GracefulShutdown::new();
     loop {
-        let stream = tokio::select! {
+        let connection = tokio::select! {
             () = stop.cancelled() => break,
             accepted = listener.accept() => match accepted {
-                Ok((stream, _peer)) => stream,
+                Ok(connection) => connection,
                 Err(error) => {
                     tracing::warn!(%error, "cannot accept a connection");
                     tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
@@ -60,16 +67,24 @@ pub(crate) async fn serve_connections(
                 }
             },
         };
-        // Calls are small request/response pairs: sending them at once matters more than
-        // coalescing packets.
-        let _ = stream.set_nodelay(true);
+        let builder = builder.clone();
         let service = TowerToHyperService::new(router.clone());
-        let connection = builder
-            .serve_connection(TokioIo::new(stream), service)
-            .into_owned();
-        let connection = graceful.watch(connection);
+        let watcher = graceful.watcher();
+        let tls = tls.clone();
         tokio::spawn(async move {
-            if let Err(error) = connection.await {
+            let connection: BoxedConnection = match tls {
+                None => connection,
+                Some(tls) => {
+                    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, tls.accept(connection)).await
+                    {
+                        Ok(Ok(encrypted)) => Box::pin(encrypted),
+                        Ok(Err(error)) => return tracing::debug!(%error, "TLS handshake failed"),
+                        Err(_) => return tracing::debug!("TLS handshake timed out"),
+                    }
+                }
+            };
+            let connection = builder.serve_connection(TokioIo::new(connection), service);
+            if let Err(error) = watcher.watch(connection.into_owned()).await {
                 tracing::debug!(%error, "connection ended with an error");
             }
         });

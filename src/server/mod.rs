@@ -2,9 +2,11 @@
 //! on shutdown: health turns NOT_SERVING, the API listener closes, calls in flight get the grace
 //! period to finish, and the ones still waiting for Graph then end with UNAVAILABLE.
 
-use std::{future::Future, io, net::SocketAddr, time::Duration};
+use std::{future::Future, io, time::Duration};
 
 mod conn;
+mod listen;
+mod tls;
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -12,6 +14,10 @@ use tonic::service::Routes;
 use tonic_health::{ServingStatus, server::HealthReporter};
 
 use self::conn::{Protocols, serve_connections};
+pub use self::{
+    listen::{ApiListener, ListenAddr, ListenAddrError, SOCKET_MODE},
+    tls::{TlsError, TlsFiles},
+};
 
 use crate::{
     Config,
@@ -31,8 +37,8 @@ const FLUSH_AFTER_ABORT: Duration = Duration::from_secs(1);
 /// addresses and no connection is refused in between.
 #[derive(Debug)]
 pub struct Listeners {
-    /// The gRPC API.
-    pub grpc: TcpListener,
+    /// The gRPC API: TCP or a Unix domain socket.
+    pub grpc: ApiListener,
     /// The admin listener (gRPC health for probes, and reflection).
     pub admin: TcpListener,
 }
@@ -44,7 +50,7 @@ pub enum ServeError {
     #[error("cannot listen on {addr}")]
     Bind {
         /// The address from the settings.
-        addr: SocketAddr,
+        addr: ListenAddr,
         /// What the operating system said.
         #[source]
         source: io::Error,
@@ -52,6 +58,9 @@ pub enum ServeError {
     /// The HTTP client for Graph could not be built.
     #[error(transparent)]
     GraphClient(#[from] GraphClientError),
+    /// The TLS certificate, key or client CA is unusable.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
     /// Server reflection could not read the descriptor set.
     #[error("cannot build server reflection")]
     Reflection(#[from] tonic_reflection::server::Error),
@@ -62,17 +71,19 @@ pub enum ServeError {
 impl Listeners {
     /// Binds the addresses in `config`.
     pub async fn bind(config: &Config) -> Result<Self, ServeError> {
-        Ok(Self {
-            grpc: bind(config.listen).await?,
-            admin: bind(config.admin_listen).await?,
-        })
+        let failed = |addr: &ListenAddr| {
+            let addr = addr.clone();
+            move |source| ServeError::Bind { addr, source }
+        };
+        let grpc = ApiListener::bind(&config.listen)
+            .await
+            .map_err(failed(&config.listen))?;
+        let admin_addr = ListenAddr::Tcp(config.admin_listen);
+        let admin = TcpListener::bind(config.admin_listen)
+            .await
+            .map_err(failed(&admin_addr))?;
+        Ok(Self { grpc, admin })
     }
-}
-
-async fn bind(addr: SocketAddr) -> Result<TcpListener, ServeError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| ServeError::Bind { addr, source })
 }
 
 /// Serves until `shutdown` completes, then drains within `config.shutdown_grace` and returns.
@@ -94,7 +105,11 @@ pub async fn serve(
     let reflection_v1 = reflection(API_DESCRIPTORS).build_v1()?;
     let reflection_v1alpha = reflection(API_DESCRIPTORS).build_v1alpha()?;
 
-    let grpc_addr = listeners.grpc.local_addr().unwrap_or(config.listen);
+    let tls = config.tls().as_ref().map(tls::acceptor).transpose()?;
+    let grpc_addr = listeners
+        .grpc
+        .local_addr()
+        .unwrap_or_else(|_| config.listen.clone());
     let admin_addr = listeners.admin.local_addr().unwrap_or(config.admin_listen);
     let grpc_routes = Routes::new(health_service.clone())
         .add_service(reflection_v1)
@@ -108,16 +123,19 @@ pub async fn serve(
 
     let stop_accepting = CancellationToken::new();
     let stop_admin = CancellationToken::new();
+    let tls_enabled = tls.is_some();
     let mut grpc = tokio::spawn(serve_connections(
         listeners.grpc,
         grpc_routes.into_axum_router(),
         Protocols::Http2,
+        tls,
         stop_accepting.clone(),
     ));
     let mut admin = tokio::spawn(serve_connections(
-        listeners.admin,
+        listeners.admin.into(),
         admin_routes.into_axum_router(),
         Protocols::Http1AndHttp2,
+        None,
         stop_admin.clone(),
     ));
 
@@ -125,6 +143,7 @@ pub async fn serve(
     tracing::info!(
         grpc = %grpc_addr,
         admin = %admin_addr,
+        tls = tls_enabled,
         graph = %config.graph_url,
         version = env!("CARGO_PKG_VERSION"),
         "printjob-gateway serving"

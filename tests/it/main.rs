@@ -8,6 +8,7 @@ mod cancel;
 mod deadlines;
 mod discovery;
 mod ids;
+mod listen;
 mod shutdown;
 mod simulator;
 mod status_table;

@@ -260,7 +260,7 @@ async fn demo_mode_serves_a_working_cancel_in_one_command() {
     let (exit, output) = demo.terminate(Duration::from_secs(10)).await;
     assert!(exit.success(), "{output}");
     let expected = printjob_gateway::app::demo_instructions(
-        demo_grpc(&output),
+        printjob_gateway::server::ListenAddr::Tcp(demo_grpc(&output)),
         "127.0.0.1:1".parse().unwrap(),
     );
     let first_command = expected.lines().find(|l| l.contains("grpcurl")).unwrap();
@@ -286,7 +286,8 @@ fn demo_grpc(output: &str) -> std::net::SocketAddr {
 
 #[test]
 fn the_readme_shows_the_builtin_scenario_as_it_is() {
-    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
     assert!(
         readme.contains(printjob_gateway::simulator::scenario::DEFAULT_SCENARIO.trim()),
         "README.md shows src/simulator/default-scenario.json verbatim"

@@ -7,7 +7,7 @@ use printjob_gateway::{
     Config, Listeners,
     proto::{CancelRequest, CancelResponse, PrintJobServiceClient},
     serve,
-    server::ServeError,
+    server::{ListenAddr, ServeError},
 };
 use tokio::{sync::oneshot, task::JoinHandle};
 use tonic::{
@@ -49,7 +49,9 @@ impl TestGateway {
         .chain(settings.iter().copied());
         let config = Config::try_load_from(args).unwrap();
         let listeners = Listeners::bind(&config).await.unwrap();
-        let grpc_addr = listeners.grpc.local_addr().unwrap();
+        let ListenAddr::Tcp(grpc_addr) = listeners.grpc.local_addr().unwrap() else {
+            panic!("TestGateway serves the API on TCP");
+        };
         let admin_addr = listeners.admin.local_addr().unwrap();
         let (shutdown, signal) = oneshot::channel::<()>();
         let task = tokio::spawn(serve(config, listeners, async {

@@ -1,0 +1,240 @@
+//! Listening modes: a Unix domain socket for the sidecar, and TLS (with optional client
+//! certificates) for the shared service.
+
+use std::{os::unix::fs::PermissionsExt, path::Path, time::Duration};
+
+use hyper_util::rt::TokioIo;
+use printjob_gateway::{Config, Listeners, serve};
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+use tokio::{net::UnixStream, sync::oneshot};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+
+use crate::support::{FakeGraph, gateway::Call};
+
+/// The settings and bound listeners of a gateway in front of `graph`.
+async fn start(graph: &FakeGraph, settings: &[&str]) -> (Listeners, Config) {
+    let mut args = vec!["printjob-gateway", "--admin-listen", "127.0.0.1:0"];
+    let url = graph.url();
+    args.extend(["--graph-url", &url]);
+    args.extend_from_slice(settings);
+    let config = Config::try_load_from(args).unwrap();
+    let listeners = Listeners::bind(&config).await.unwrap();
+    (listeners, config)
+}
+
+/// Serves in the background until `stop` fires; returns when `serve` has returned.
+fn spawn(
+    listeners: Listeners,
+    config: Config,
+) -> (oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
+    let (stop, signal) = oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        serve(config, listeners, async {
+            let _ = signal.await;
+        })
+        .await
+        .unwrap();
+    });
+    (stop, task)
+}
+
+async fn unix_channel(path: &Path) -> Channel {
+    let path = path.to_owned();
+    Endpoint::from_static("http://localhost")
+        .connect_with_connector(tower::service_fn(move |_| {
+            let path = path.clone();
+            async move { Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(path).await?)) }
+        }))
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_unix_socket_serves_cancels_with_group_permissions_and_is_removed_at_exit() {
+    let graph = FakeGraph::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("printjob-gateway.sock");
+    let listen = format!("unix:{}", socket.display());
+    let (listeners, config) = start(&graph, &["--listen", &listen]).await;
+    let (stop, task) = spawn(listeners, config);
+
+    let mode = std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o660, "the socket is rw for owner and group only");
+    Call::to("127.0.0.1:1".parse().unwrap())
+        .send_on(unix_channel(&socket).await)
+        .await
+        .expect("a cancel over the socket");
+    assert_eq!(graph.requests().len(), 1);
+
+    stop.send(()).unwrap();
+    task.await.unwrap();
+    assert!(!socket.exists(), "the socket file is removed at exit");
+}
+
+#[tokio::test]
+async fn a_stale_socket_file_is_replaced_but_a_live_one_is_not() {
+    let graph = FakeGraph::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("gw.sock");
+    let listen = format!("unix:{}", socket.display());
+    drop(std::os::unix::net::UnixListener::bind(&socket).unwrap());
+    assert!(
+        socket.exists(),
+        "a socket file left behind by a process that is gone"
+    );
+
+    let (listeners, config) = start(&graph, &["--listen", &listen]).await;
+    let (_stop, _task) = spawn(listeners, config.clone());
+
+    let second = Listeners::bind(&config).await;
+    let error = second.expect_err("the socket is in use").to_string();
+    assert!(error.contains("cannot listen on unix:"), "{error}");
+    Call::to("127.0.0.1:1".parse().unwrap())
+        .send_on(unix_channel(&socket).await)
+        .await
+        .expect("the first gateway still serves");
+}
+
+/// A CA, a server certificate for `localhost` and a client certificate, as PEM files in `dir`.
+struct Pki {
+    ca: String,
+    client_cert: String,
+    client_key: String,
+}
+
+fn make_pki(dir: &Path) -> Pki {
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+    let issue = |name: &str| {
+        let key = KeyPair::generate().unwrap();
+        let cert = CertificateParams::new(vec![name.to_owned()])
+            .unwrap()
+            .signed_by(&key, &ca)
+            .unwrap();
+        (cert.pem(), key.serialize_pem())
+    };
+    let (server_cert, server_key) = issue("localhost");
+    let (client_cert, client_key) = issue("caller.example");
+    for (name, pem) in [
+        ("ca.pem", ca.pem()),
+        ("server.pem", server_cert),
+        ("server.key", server_key),
+    ] {
+        std::fs::write(dir.join(name), pem).unwrap();
+    }
+    Pki {
+        ca: ca.pem(),
+        client_cert,
+        client_key,
+    }
+}
+
+async fn tls_call(addr: std::net::SocketAddr, tls: ClientTlsConfig) -> Result<(), tonic::Status> {
+    let endpoint = Endpoint::from_shared(format!("https://{addr}"))
+        .unwrap()
+        .tls_config(tls.domain_name("localhost"))
+        .unwrap()
+        .connect_timeout(Duration::from_secs(5));
+    let channel = endpoint
+        .connect()
+        .await
+        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+    Call::to(addr).send_on(channel).await.map(drop)
+}
+
+fn tls_args(dir: &Path) -> Vec<String> {
+    let file = |name: &str| dir.join(name).display().to_string();
+    vec![
+        "--listen".into(),
+        "127.0.0.1:0".into(),
+        "--tls-cert".into(),
+        file("server.pem"),
+        "--tls-key".into(),
+        file("server.key"),
+    ]
+}
+
+fn grpc_addr(listeners: &Listeners) -> std::net::SocketAddr {
+    match listeners.grpc.local_addr().unwrap() {
+        printjob_gateway::server::ListenAddr::Tcp(addr) => addr,
+        other => panic!("{other}"),
+    }
+}
+
+#[tokio::test]
+async fn tls_serves_callers_that_trust_the_certificate_and_refuses_plaintext() {
+    let graph = FakeGraph::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let pki = make_pki(dir.path());
+    let args = tls_args(dir.path());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (listeners, config) = start(&graph, &args).await;
+    let addr = grpc_addr(&listeners);
+    let (_stop, _task) = spawn(listeners, config);
+
+    let trusted = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&pki.ca));
+    tls_call(addr, trusted).await.expect("a TLS call");
+    let plaintext = Call::to(addr).send().await;
+    assert!(plaintext.is_err(), "plaintext is refused: {plaintext:?}");
+    assert_eq!(graph.requests().len(), 1);
+}
+
+#[tokio::test]
+async fn with_a_client_ca_callers_must_present_a_certificate() {
+    let graph = FakeGraph::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let pki = make_pki(dir.path());
+    let mut args = tls_args(dir.path());
+    args.extend([
+        "--tls-client-ca".into(),
+        dir.path().join("ca.pem").display().to_string(),
+    ]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (listeners, config) = start(&graph, &args).await;
+    let addr = grpc_addr(&listeners);
+    let (_stop, _task) = spawn(listeners, config);
+
+    let anonymous = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&pki.ca));
+    let refused = tls_call(addr, anonymous).await;
+    assert!(
+        refused.is_err(),
+        "a caller without a certificate is refused: {refused:?}"
+    );
+    assert!(graph.requests().is_empty());
+
+    let identified = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(&pki.ca))
+        .identity(Identity::from_pem(&pki.client_cert, &pki.client_key));
+    tls_call(addr, identified)
+        .await
+        .expect("a caller with a certificate");
+    assert_eq!(graph.requests().len(), 1);
+}
+
+#[test]
+fn a_tls_key_without_a_certificate_is_refused_at_start() {
+    let error = Config::try_load_from(["printjob-gateway", "--tls-key", "/k.pem"]).unwrap_err();
+    assert!(error.to_string().contains("--tls-cert"), "{error}");
+}
+
+#[tokio::test]
+async fn an_unreadable_certificate_stops_start_up_with_its_path() {
+    let graph = FakeGraph::start().await;
+    let args = [
+        "--listen",
+        "127.0.0.1:0",
+        "--tls-cert",
+        "/nonexistent/cert.pem",
+        "--tls-key",
+        "/nonexistent/key.pem",
+    ];
+    let (listeners, config) = start(&graph, &args).await;
+
+    let error = serve(config, listeners, std::future::pending())
+        .await
+        .unwrap_err();
+
+    let chain = printjob_gateway::telemetry::ErrorChain(&error).to_string();
+    assert!(chain.contains("/nonexistent/cert.pem"), "{chain}");
+}
