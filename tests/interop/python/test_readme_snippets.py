@@ -1,0 +1,122 @@
+"""The README's "Calling it" snippets, run exactly as printed: documentation that cannot rot.
+
+Each snippet is a fenced block whose first line is a marker comment (`# interop-test: grpcurl`,
+`# interop-test: python-stubs`, `# interop-test: python`, `// interop-test: node`). The blocks are
+taken from README.md verbatim and run with the environment the README names (GATEWAY, TOKEN,
+PRINTER_ID, PRINT_JOB_ID), from the repository root (Node) or from a scratch directory that links
+proto/ (Python, whose stub command writes into the current directory).
+"""
+
+import json
+import os
+import pathlib
+import re
+import shutil
+import subprocess
+
+import pytest
+
+from conftest import REPO
+
+README = REPO / "README.md"
+NODE_MODULES = REPO / "tests" / "interop" / "node" / "node_modules"
+FENCE = re.compile(r"^```(\w*)\n(.*?)^```$", re.S | re.M)
+
+
+def snippet(language, marker):
+    text = README.read_text(encoding="utf-8")
+    section = text.split("\n## Calling it\n", 1)
+    assert len(section) == 2, "README.md has no '## Calling it' section"
+    section = section[1].split("\n## ", 1)[0]
+    blocks = [
+        body
+        for lang, body in FENCE.findall(section)
+        if lang == language and body.splitlines()[0].strip() in (f"# {marker}", f"// {marker}")
+    ]
+    assert len(blocks) == 1, f"expected one ```{language} block marked {marker!r} in 'Calling it'"
+    return blocks[0]
+
+
+def run(command, cwd, **env):
+    environment = {**os.environ, **env}
+    return subprocess.run(
+        command,
+        cwd=cwd,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+OUTCOMES = {
+    # PRINTER_ID, PRINT_JOB_ID: what every snippet must print
+    "ok": ("any-job-printer", "readme-{language}", 0),
+    "not_found": ("printer-1", "no-such-job", 1),
+}
+
+
+@pytest.fixture(scope="module")
+def python_dir(tmp_path_factory):
+    """A scratch directory with proto/ in it, where the README's stub command has run."""
+    directory = tmp_path_factory.mktemp("readme-python")
+    (directory / "proto").symlink_to(REPO / "proto", target_is_directory=True)
+    result = run(["bash", "-euc", snippet("sh", "interop-test: python-stubs")], directory)
+    assert result.returncode == 0, result.stderr
+    assert (directory / "graph/print/v1/print_job_service_pb2_grpc.py").is_file()
+    (directory / "cancel_job.py").write_text(snippet("python", "interop-test: python"))
+    return directory
+
+
+def snippet_command(language, python_dir):
+    if language == "grpcurl":
+        return ["bash", "-euc", snippet("sh", "interop-test: grpcurl")], REPO, {}
+    if language == "python":
+        return ["python", "cancel_job.py"], python_dir, {}
+    if language == "node":
+        script = python_dir.parent / "cancel-job.js"
+        script.write_text(snippet("js", "interop-test: node"))
+        # The README's `npm install` is tests/interop/node's pinned node_modules here.
+        return ["node", str(script)], REPO, {"NODE_PATH": str(NODE_MODULES)}
+    raise AssertionError(language)
+
+
+@pytest.mark.parametrize("outcome", ["ok", "not_found"])
+@pytest.mark.parametrize("language", ["grpcurl", "python", "node"])
+def test_snippet(language, outcome, python_dir, gateway):
+    if language != "grpcurl":
+        assert shutil.which("python" if language == "python" else "node")
+    printer_id, print_job_id, exit_code = OUTCOMES[outcome]
+    print_job_id = print_job_id.format(language=language)
+    command, cwd, env = snippet_command(language, python_dir)
+    result = run(
+        command,
+        cwd,
+        GATEWAY=gateway,
+        TOKEN="readme-token",
+        PRINTER_ID=printer_id,
+        PRINT_JOB_ID=print_job_id,
+        **env,
+    )
+    output = result.stdout + result.stderr
+    print(output)
+    if language == "grpcurl":
+        if outcome == "ok":
+            assert result.returncode == 0, output
+            assert json.loads(result.stdout) == {}, output
+        else:
+            assert result.returncode == 64 + 5, output
+            assert "  Code: NotFound\n" in result.stderr
+            assert '"graphErrorCode":"itemNotFound"' in result.stderr
+        return
+    assert result.returncode == exit_code, output
+    lines = result.stdout.splitlines()
+    assert re.fullmatch(r"  request-id=[0-9a-f-]{36} client-request-id=[0-9a-f-]{36}", lines[1]), output
+    if outcome == "ok":
+        assert lines[0] == f"OK: canceled job {print_job_id} on printer {printer_id}", output
+        assert len(lines) == 2, output
+    else:
+        assert lines[0].startswith("NOT_FOUND: "), output
+        assert re.search(r"^  ErrorInfo: .*ITEM_NOT_FOUND.*itemNotFound", result.stdout, re.M), output
+        assert re.search(r"^  RequestInfo: .*client-request-id=", result.stdout, re.M), output
