@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# The benchmark of issue 8, in one command, on a fresh Debian machine:
+#
+#   bench/run.sh            full run (about 5 minutes); writes the results section of BENCHMARKS.md
+#   bench/run.sh --smoke    a few thousand calls, no 10,000-in-flight step, under a minute; checks
+#                           that the harness works and the numbers are sane, enforces no target,
+#                           and writes nothing outside target/ (for CI)
+#
+# Other options go to bench/harness.py (`bench/run.sh --help`), such as --calls, --rounds, --out.
+# Exit status: 0 done (full run: every target met), 1 the harness failed or a sanity check did not
+# hold, 3 full run done but a target missed.
+#
+# It installs h2load (nghttp2-client) and nginx (nginx-light) with apt-get when missing, puts its
+# Python helper's one dependency (h2) in a virtualenv under target/, builds the gateway with
+# `cargo build --release --locked`, and stops every process it started, also on failure.
+set -euo pipefail
+
+repo="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$repo"
+
+for arg in "$@"; do
+    if [ "$arg" = "-h" ] || [ "$arg" = "--help" ]; then
+        sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'
+        exec python3 "$repo/bench/harness.py" --help
+    fi
+done
+
+step() { printf '\n==> %s\n' "$*"; }
+
+need_apt=()
+command -v h2load >/dev/null 2>&1 || need_apt+=(nghttp2-client)
+command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need_apt+=(nginx-light)
+if [ "${#need_apt[@]}" -gt 0 ]; then
+    step "apt-get install ${need_apt[*]}"
+    if [ "$(id -u)" -ne 0 ]; then
+        echo "bench/run.sh: ${need_apt[*]} missing, and installing them needs root" >&2
+        exit 1
+    fi
+    apt-get update -qq
+    # policy-rc.d or not, the packaged nginx service is not what the benchmark runs.
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+fi
+export PATH="$PATH:/usr/sbin"
+
+venv="$repo/target/bench-venv"
+if [ ! -x "$venv/bin/python" ]; then
+    step "virtualenv $venv"
+    python3 -m venv "$venv"
+fi
+"$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r "$repo/bench/requirements.txt"
+
+step "cargo build --release --locked"
+cargo build --release --locked
+
+# 10,000 calls in flight need 10,000 upstream sockets in the gateway and as many in the simulator.
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+
+step "benchmark"
+exec "$venv/bin/python" "$repo/bench/harness.py" \
+    --binary "$repo/target/release/printjob-gateway" \
+    --repo "$repo" \
+    --work-dir "$repo/target/bench" \
+    --command-line "bench/run.sh${*:+ $*}" \
+    "$@"
