@@ -7,7 +7,9 @@ use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum, error::ErrorKind
 
 use crate::{
     graph::{GraphBaseUrl, GraphSettings},
+    retry::RetryPolicy,
     server::{ListenAddr, TlsFiles},
+    service::{CallPolicy, Deadlines},
 };
 
 /// printjob-gateway: cancels Universal Print jobs through Microsoft Graph for gRPC callers.
@@ -85,6 +87,21 @@ pub struct Config {
     /// Longest time to open a connection to Graph, TLS handshake included.
     #[arg(long, env = "PRINTJOB_GATEWAY_CONNECT_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
     pub connect_timeout: Duration,
+
+    /// Most attempts per call to Graph, the first included: 429, 503, 504 and connections that
+    /// could not be made are retried; 1 turns retries off.
+    #[arg(long, env = "PRINTJOB_GATEWAY_MAX_ATTEMPTS", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=10))]
+    pub max_attempts: u32,
+
+    /// Longest Retry-After from Graph that the gateway waits for before retrying; longer ones
+    /// are cut to it.
+    #[arg(long, env = "PRINTJOB_GATEWAY_RETRY_AFTER_MAX", default_value = "10s", value_parser = parse_duration)]
+    pub retry_after_max: Duration,
+
+    /// Most calls in flight at once; beyond it calls fail fast with RESOURCE_EXHAUSTED instead of
+    /// queueing.
+    #[arg(long, env = "PRINTJOB_GATEWAY_MAX_IN_FLIGHT", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub max_in_flight: u64,
 
     /// On SIGTERM or SIGINT, how long calls in flight may take to finish before they are ended
     /// with UNAVAILABLE and the process exits.
@@ -204,6 +221,21 @@ impl Config {
             key: self.tls_key.clone()?,
             client_ca: self.tls_client_ca.clone(),
         })
+    }
+
+    /// How calls are bounded: deadlines, retries, and calls in flight.
+    pub fn call_policy(&self) -> CallPolicy {
+        CallPolicy {
+            deadlines: Deadlines {
+                default: self.default_timeout,
+                max: self.max_timeout,
+            },
+            retry: RetryPolicy {
+                max_attempts: self.max_attempts,
+                retry_after_max: self.retry_after_max,
+            },
+            max_in_flight: usize::try_from(self.max_in_flight).unwrap_or(usize::MAX),
+        }
     }
 
     /// The settings of the HTTP client that talks to Graph.

@@ -1,6 +1,8 @@
 //! `CancelError`: every way a Cancel call can fail. [`crate::status`] turns it into the status the
 //! caller sees.
 
+use std::time::Duration;
+
 use crate::{auth::AuthError, graph::GraphError, request::InvalidField};
 
 /// Why a Cancel call did not succeed.
@@ -18,10 +20,31 @@ pub enum CancelError {
         /// Whether a request to Graph had been started.
         graph_called: bool,
     },
-    /// Graph refused the call, or could not be reached.
-    #[error(transparent)]
-    Graph(#[from] GraphError),
+    /// Graph refused the call, or could not be reached (after the retries the policy allows).
+    #[error("{source}")]
+    Graph {
+        /// The last attempt's outcome.
+        source: GraphError,
+        /// The wait the gateway would have made before another attempt, when it stopped only
+        /// because that wait would have ended past the deadline.
+        retry_delay: Option<Duration>,
+    },
+    /// The gateway already has as many calls in flight as it allows.
+    #[error("the gateway is at its limit of {limit} calls in flight: retry shortly")]
+    Overloaded {
+        /// The limit.
+        limit: usize,
+    },
     /// The gateway is shutting down and its grace period ended before Graph answered.
     #[error("the gateway shut down before Graph answered")]
     ShuttingDown,
+}
+
+impl From<GraphError> for CancelError {
+    fn from(source: GraphError) -> Self {
+        Self::Graph {
+            source,
+            retry_delay: None,
+        }
+    }
 }

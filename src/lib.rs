@@ -13,6 +13,7 @@
 //!   the Graph call within the call's deadline, and answers.
 //! - [`request`]: the validated domain types a call becomes (`CancelTarget`, `ClientRequestId`,
 //!   the deadline).
+//! - [`retry`]: which Graph outcomes are tried again, how long to wait, never past the deadline.
 //! - [`auth`]: `BearerToken`, read from the `authorization` metadata; it never prints.
 //! - [`graph`]: the only module that knows Graph: its URLs, headers and JSON errors.
 //! - [`error`]: `CancelError`, every way a call can fail; [`status`] maps it, through the one
@@ -30,6 +31,7 @@ pub mod error;
 pub mod graph;
 pub mod proto;
 pub mod request;
+pub mod retry;
 pub mod server;
 pub mod service;
 pub mod simulator;

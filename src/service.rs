@@ -2,9 +2,9 @@
 //! makes the Graph call within the call's deadline, and answers with the status and correlation
 //! metadata the caller needs.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
-use tokio::time::Instant;
+use tokio::{sync::Semaphore, time::Instant};
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 use tracing::{Instrument, Span, field};
@@ -15,6 +15,7 @@ use crate::{
     graph::{GraphAcceptance, GraphClient},
     proto::{CancelRequest, CancelResponse, PrintJobService},
     request::{CancelTarget, ClientRequestId, caller_timeout},
+    retry::{Attempted, RetryPolicy},
     status::correlation_metadata,
     telemetry::ErrorChain,
 };
@@ -32,11 +33,25 @@ pub struct Deadlines {
     pub max: Duration,
 }
 
+/// How calls are bounded: in time, in retries and in number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CallPolicy {
+    /// How long a call may take.
+    pub deadlines: Deadlines,
+    /// How Graph calls are retried.
+    pub retry: RetryPolicy,
+    /// The most calls in flight at once; beyond it calls fail fast with RESOURCE_EXHAUSTED
+    /// instead of queueing without bound.
+    pub max_in_flight: usize,
+}
+
 /// Serves `graph.print.v1.PrintJobService`. Cheap to clone: it holds handles only.
 #[derive(Debug, Clone)]
 pub struct PrintJobGateway {
     graph: GraphClient,
-    deadlines: Deadlines,
+    policy: CallPolicy,
+    /// One permit per call in flight, shared by every connection.
+    in_flight: Arc<Semaphore>,
     /// Fires when the shutdown grace period is over: calls still waiting for Graph then end
     /// with UNAVAILABLE instead of being cut off mid-stream.
     abort: CancellationToken,
@@ -66,10 +81,11 @@ impl Deadlines {
 impl PrintJobGateway {
     /// A service that calls Graph through `graph` and ends calls still in flight when `abort`
     /// fires.
-    pub fn new(graph: GraphClient, deadlines: Deadlines, abort: CancellationToken) -> Self {
+    pub fn new(graph: GraphClient, policy: CallPolicy, abort: CancellationToken) -> Self {
         Self {
             graph,
-            deadlines,
+            policy,
+            in_flight: Arc::new(Semaphore::new(policy.max_in_flight)),
             abort,
         }
     }
@@ -80,8 +96,16 @@ impl PrintJobGateway {
         request: Request<CancelRequest>,
         started: Instant,
         client_request_id: &ClientRequestId,
-    ) -> Result<GraphAcceptance, CancelError> {
-        let deadline = started + self.deadlines.for_call(caller_timeout(request.metadata()));
+    ) -> Attempted<Result<GraphAcceptance, CancelError>> {
+        let not_sent = |error: CancelError| Attempted {
+            outcome: Err(error),
+            attempts: 0,
+        };
+        let deadline = started
+            + self
+                .policy
+                .deadlines
+                .for_call(caller_timeout(request.metadata()));
         let token = BearerToken::from_metadata(request.metadata());
         let target = CancelTarget::try_from(request.into_inner());
         if let Ok(target) = &target {
@@ -89,19 +113,22 @@ impl PrintJobGateway {
             span.record("printer_id", target.printer_id.as_str());
             span.record("print_job_id", target.print_job_id.as_str());
         }
-        let token = token?;
-        let target = target?;
-
+        let (token, target) = match (token, target) {
+            (Ok(token), Ok(target)) => (token, target),
+            (Err(error), _) => return not_sent(error.into()),
+            (_, Err(error)) => return not_sent(error.into()),
+        };
         if Instant::now() >= deadline {
-            return Err(CancelError::DeadlineExceeded {
+            return not_sent(CancelError::DeadlineExceeded {
                 graph_called: false,
             });
         }
-        let call = self.graph.cancel(&target, &token, client_request_id);
-        match tokio::time::timeout_at(deadline, call).await {
-            Ok(outcome) => Ok(outcome?),
-            Err(_elapsed) => Err(CancelError::DeadlineExceeded { graph_called: true }),
-        }
+        self.policy
+            .retry
+            .run(deadline, |_attempt| {
+                self.graph.cancel(&target, &token, client_request_id)
+            })
+            .await
     }
 }
 
@@ -121,15 +148,22 @@ impl PrintJobService for PrintJobGateway {
             graph_request_id = field::Empty,
             http_status = field::Empty,
             grpc_code = field::Empty,
+            attempts = field::Empty,
             latency_ms = field::Empty,
         );
         async move {
-            let outcome = tokio::select! {
-                biased;
-                () = self.abort.cancelled() => Err(CancelError::ShuttingDown),
-                outcome = self.cancel_job(request, started, &client_request_id) => outcome,
+            // Fail fast beyond the limit: a queue of calls would only grow while Graph is slow.
+            let Ok(_permit) = self.in_flight.try_acquire() else {
+                let limit = self.policy.max_in_flight;
+                let error = CancelError::Overloaded { limit };
+                return answer(Attempted { outcome: Err(error), attempts: 0 }, started, &client_request_id);
             };
-            answer(outcome, started, &client_request_id)
+            let attempted = tokio::select! {
+                biased;
+                () = self.abort.cancelled() => Attempted { outcome: Err(CancelError::ShuttingDown), attempts: 0 },
+                attempted = self.cancel_job(request, started, &client_request_id) => attempted,
+            };
+            answer(attempted, started, &client_request_id)
         }
         .instrument(span)
         .await
@@ -138,11 +172,13 @@ impl PrintJobService for PrintJobGateway {
 
 /// Records the outcome on the call's span, writes the access log line, and builds the answer.
 fn answer(
-    outcome: Result<GraphAcceptance, CancelError>,
+    attempted: Attempted<Result<GraphAcceptance, CancelError>>,
     started: Instant,
     client_request_id: &ClientRequestId,
 ) -> Result<Response<CancelResponse>, Status> {
+    let Attempted { outcome, attempts } = attempted;
     let span = Span::current();
+    span.record("attempts", attempts);
     // Whole microseconds: precise enough, and short in the logs.
     span.record("latency_ms", started.elapsed().as_micros() as f64 / 1e3);
     match outcome {

@@ -2,7 +2,7 @@
 //! rich error details (`google.rpc.ErrorInfo`, `RequestInfo`, `RetryInfo`, `BadRequest`) that go
 //! with every error.
 
-use std::collections::HashMap;
+use std::{collections::HashMap, time::Duration};
 
 use http::StatusCode;
 use tonic::{
@@ -22,6 +22,10 @@ use crate::{
 pub const GRAPH_DOMAIN: &str = "graph.microsoft.com";
 /// `ErrorInfo.domain` of errors that the gateway itself reports.
 pub const GATEWAY_DOMAIN: &str = "printjob-gateway";
+
+/// The wait suggested to callers turned away because the gateway is at its limit of calls in
+/// flight: short, since calls in flight usually end within a Graph round trip.
+pub const OVERLOADED_RETRY_DELAY: Duration = Duration::from_millis(500);
 
 /// Response metadata: Graph's request ID, whenever Graph answered.
 pub const REQUEST_ID: &str = "request-id";
@@ -67,8 +71,12 @@ impl CancelError {
             Self::Unauthenticated(_) => Code::Unauthenticated,
             Self::InvalidArgument(_) => Code::InvalidArgument,
             Self::DeadlineExceeded { .. } => Code::DeadlineExceeded,
-            Self::Graph(GraphError::Rejected(rejection)) => code_for_http_status(rejection.status),
-            Self::Graph(GraphError::Unreachable(_) | GraphError::Transport(_)) => Code::Unavailable,
+            Self::Graph {
+                source: GraphError::Rejected(rejection),
+                ..
+            } => code_for_http_status(rejection.status),
+            Self::Graph { .. } => Code::Unavailable,
+            Self::Overloaded { .. } => Code::ResourceExhausted,
             Self::ShuttingDown => Code::Unavailable,
         }
     }
@@ -76,7 +84,10 @@ impl CancelError {
     /// The HTTP status Graph answered with, when it answered.
     pub fn http_status(&self) -> Option<StatusCode> {
         match self {
-            Self::Graph(GraphError::Rejected(rejection)) => Some(rejection.status),
+            Self::Graph {
+                source: GraphError::Rejected(rejection),
+                ..
+            } => Some(rejection.status),
             _ => None,
         }
     }
@@ -84,7 +95,19 @@ impl CancelError {
     /// Graph's `request-id`, when Graph answered.
     pub fn graph_request_id(&self) -> Option<&str> {
         match self {
-            Self::Graph(GraphError::Rejected(rejection)) => rejection.request_id.as_deref(),
+            Self::Graph {
+                source: GraphError::Rejected(rejection),
+                ..
+            } => rejection.request_id.as_deref(),
+            _ => None,
+        }
+    }
+
+    /// How long the caller should wait before trying again, when the gateway can tell.
+    fn retry_delay(&self) -> Option<Duration> {
+        match self {
+            Self::Graph { retry_delay, .. } => *retry_delay,
+            Self::Overloaded { .. } => Some(OVERLOADED_RETRY_DELAY),
             _ => None,
         }
     }
@@ -95,9 +118,10 @@ impl CancelError {
         let mut details = ErrorDetails::new();
         let mut metadata = correlation_metadata(client_request_id, self.graph_request_id());
         let message = match self {
-            Self::Graph(GraphError::Rejected(rejection)) => {
-                describe_rejection(rejection, &mut details, &mut metadata)
-            }
+            Self::Graph {
+                source: GraphError::Rejected(rejection),
+                ..
+            } => describe_rejection(rejection, &mut details, &mut metadata),
             _ => {
                 let (reason, extra) = self.gateway_reason();
                 details.set_error_info(reason, GATEWAY_DOMAIN, extra);
@@ -107,6 +131,12 @@ impl CancelError {
                 self.gateway_message()
             }
         };
+        // Graph's own Retry-After, set above, wins over the gateway's estimate.
+        if details.retry_info().is_none() {
+            if let Some(delay) = self.retry_delay() {
+                details.set_retry_info(Some(delay));
+            }
+        }
         details.set_request_info(
             self.graph_request_id()
                 .unwrap_or(client_request_id.as_str()),
@@ -125,8 +155,12 @@ impl CancelError {
                 graph_called: false,
             } => "DEADLINE_SPENT_BEFORE_CALL",
             Self::DeadlineExceeded { graph_called: true } => "GRAPH_DEADLINE_EXCEEDED",
-            Self::Graph(GraphError::Unreachable(_)) => "GRAPH_UNREACHABLE",
-            Self::Graph(_) => "GRAPH_CONNECTION_FAILED",
+            Self::Graph {
+                source: GraphError::Unreachable(_),
+                ..
+            } => "GRAPH_UNREACHABLE",
+            Self::Graph { .. } => "GRAPH_CONNECTION_FAILED",
+            Self::Overloaded { .. } => "OVERLOADED",
             Self::ShuttingDown => "SHUTTING_DOWN",
         };
         let mut metadata = HashMap::new();
@@ -140,10 +174,11 @@ impl CancelError {
     /// caller's token or a raw error chain, which the logs carry instead.
     fn gateway_message(&self) -> String {
         match self {
-            Self::Graph(GraphError::Unreachable(_)) => {
-                "cannot connect to Microsoft Graph".to_owned()
-            }
-            Self::Graph(_) => {
+            Self::Graph {
+                source: GraphError::Unreachable(_),
+                ..
+            } => "cannot connect to Microsoft Graph".to_owned(),
+            Self::Graph { .. } => {
                 "the connection to Microsoft Graph failed before it answered".to_owned()
             }
             other => other.to_string(),

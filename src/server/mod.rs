@@ -23,7 +23,7 @@ use crate::{
     Config,
     graph::{GraphClient, GraphClientError},
     proto::{FILE_DESCRIPTOR_SET, PrintJobServiceServer},
-    service::{Deadlines, PrintJobGateway},
+    service::PrintJobGateway,
 };
 
 /// The largest request message accepted, in bytes. A CancelRequest with two IDs of the longest
@@ -94,11 +94,7 @@ pub async fn serve(
 ) -> Result<(), ServeError> {
     let graph = GraphClient::new(&config.graph_settings())?;
     let abort_calls = CancellationToken::new();
-    let deadlines = Deadlines {
-        default: config.default_timeout,
-        max: config.max_timeout,
-    };
-    let gateway = PrintJobGateway::new(graph, deadlines, abort_calls.clone());
+    let gateway = PrintJobGateway::new(graph, config.call_policy(), abort_calls.clone());
     let (health, health_service) = tonic_health::server::health_reporter();
     set_health(&health, ServingStatus::NotServing).await;
 

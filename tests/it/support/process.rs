@@ -74,6 +74,23 @@ impl GatewayProcess {
         }
     }
 
+    /// The most memory the process has held so far (VmHWM), in KiB.
+    pub fn peak_rss_kib(&self) -> u64 {
+        self.status_kib("VmHWM:")
+    }
+
+    /// The memory the process holds now (VmRSS), in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        self.status_kib("VmRSS:")
+    }
+
+    fn status_kib(&self, field: &str) -> u64 {
+        let pid = self.child.id().expect("the process is running");
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let line = status.lines().find(|l| l.starts_with(field)).unwrap();
+        line.split_whitespace().nth(1).unwrap().parse().unwrap()
+    }
+
     /// Sends SIGTERM (or another signal) to the process.
     pub fn signal(&self, signal: &str) {
         let pid = self.child.id().expect("the process is running").to_string();

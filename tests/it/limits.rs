@@ -1,0 +1,91 @@
+//! Overload protection and request limits: beyond the cap on calls in flight, calls fail fast
+//! with RESOURCE_EXHAUSTED; oversized messages and headers are refused; the gateway serves on.
+
+use std::time::{Duration, Instant};
+
+use tonic::Code;
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
+use tonic_types::StatusExt;
+
+use crate::support::{FakeGraph, Reply, TestGateway};
+
+#[tokio::test]
+async fn beyond_the_cap_calls_fail_fast_and_health_still_answers() {
+    let graph = FakeGraph::replying(Reply::no_content().delayed(Duration::from_millis(1500))).await;
+    let gateway = TestGateway::start_with(&graph.url(), &["--max-in-flight", "2"]).await;
+    let channel = gateway.channel().await;
+
+    let first = tokio::spawn(gateway.call().send_on(channel.clone()));
+    let second = tokio::spawn(gateway.call().send_on(channel.clone()));
+    graph.wait_for_requests(2).await;
+    let started = Instant::now();
+    let status = gateway.call().send_on(channel.clone()).await.unwrap_err();
+
+    assert!(
+        started.elapsed() < Duration::from_millis(500),
+        "failed fast: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(status.code(), Code::ResourceExhausted);
+    let info = status.get_details_error_info().unwrap();
+    assert_eq!(
+        (info.reason.as_str(), info.domain.as_str()),
+        ("OVERLOADED", "printjob-gateway")
+    );
+    assert!(status.get_details_retry_info().is_some());
+    let health = HealthClient::new(channel.clone())
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        health.into_inner().status(),
+        ServingStatus::Serving,
+        "health is never rejected"
+    );
+    assert_eq!(
+        graph.requests().len(),
+        2,
+        "the rejected call never reached Graph"
+    );
+
+    first.await.unwrap().unwrap();
+    second.await.unwrap().unwrap();
+    gateway
+        .call()
+        .send_on(channel)
+        .await
+        .expect("room again once calls finish");
+}
+
+#[tokio::test]
+async fn an_oversized_message_is_refused_without_calling_graph() {
+    let graph = FakeGraph::start().await;
+    let gateway = TestGateway::start(&graph.url()).await;
+    let huge = "x".repeat(64 * 1024);
+
+    let status = gateway.call().ids(&huge, "1").send().await.unwrap_err();
+
+    assert!(
+        matches!(status.code(), Code::OutOfRange | Code::ResourceExhausted),
+        "{status:?}"
+    );
+    assert!(graph.requests().is_empty());
+    gateway.call().send().await.expect("the gateway serves on");
+}
+
+#[tokio::test]
+async fn an_oversized_header_list_is_refused_and_the_gateway_serves_on() {
+    let graph = FakeGraph::start().await;
+    let gateway = TestGateway::start(&graph.url()).await;
+    let huge_token = format!("Bearer {}", "a".repeat(64 * 1024));
+
+    let outcome = gateway.call().authorization(Some(&huge_token)).send().await;
+
+    assert!(outcome.is_err(), "{outcome:?}");
+    assert!(graph.requests().is_empty());
+    gateway.call().send().await.expect("the gateway serves on");
+}

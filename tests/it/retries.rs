@@ -1,0 +1,199 @@
+//! The retry policy: 429, 503 and 504 are retried honouring Retry-After, definite answers never
+//! are, attempts are bounded, and no wait ever runs past the caller's deadline.
+
+use std::time::{Duration, Instant};
+
+use printjob_gateway::simulator::{self, Scenario, Simulator};
+use tokio::net::TcpListener;
+use tonic::Code;
+use tonic_types::StatusExt;
+
+use crate::support::TestGateway;
+
+/// A simulated Graph where printer `p` accepts any job, after the given rules.
+async fn graph_with_rules(rules: &str) -> (Simulator, String) {
+    let scenario = format!(r#"{{"printers": [{{"id": "p", "anyJob": true}}], "rules": {rules}}}"#);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/v1.0", listener.local_addr().unwrap());
+    let simulator = Simulator::new(Scenario::parse(&scenario, "test").unwrap());
+    tokio::spawn(simulator::serve(
+        listener,
+        simulator.clone(),
+        std::future::pending(),
+    ));
+    (simulator, url)
+}
+
+fn statuses(simulator: &Simulator) -> Vec<u16> {
+    simulator.received().iter().map(|r| r.status).collect()
+}
+
+#[tokio::test]
+async fn throttling_is_retried_after_the_fractional_retry_after() {
+    let (simulator, url) =
+        graph_with_rules(r#"[{"status": 429, "retryAfter": 0.15, "times": 2}]"#).await;
+    let gateway = TestGateway::start(&url).await;
+    let started = Instant::now();
+
+    gateway
+        .call()
+        .ids("p", "1")
+        .send()
+        .await
+        .expect("the third attempt succeeds");
+
+    assert_eq!(statuses(&simulator), [429, 429, 204]);
+    assert!(
+        started.elapsed() >= Duration::from_millis(300),
+        "waited {:?}",
+        started.elapsed()
+    );
+    let ids: Vec<_> = simulator
+        .received()
+        .iter()
+        .map(|r| r.client_request_id.clone())
+        .collect();
+    assert!(
+        ids.windows(2).all(|w| w[0] == w[1]),
+        "one client-request-id for the whole call"
+    );
+}
+
+#[tokio::test]
+async fn unavailable_and_gateway_timeout_are_retried_with_backoff() {
+    for status in [503, 504] {
+        let (simulator, url) =
+            graph_with_rules(&format!(r#"[{{"status": {status}, "times": 1}}]"#)).await;
+        let gateway = TestGateway::start(&url).await;
+        let started = Instant::now();
+
+        gateway
+            .call()
+            .ids("p", "1")
+            .send()
+            .await
+            .expect("the retry succeeds");
+
+        assert_eq!(statuses(&simulator), [status, 204]);
+        assert!(
+            started.elapsed() >= Duration::from_millis(200),
+            "backed off {:?}",
+            started.elapsed()
+        );
+    }
+}
+
+#[tokio::test]
+async fn definite_answers_are_never_retried() {
+    for status in [400, 401, 403, 404, 409, 500, 501, 502] {
+        let (simulator, url) = graph_with_rules(&format!(r#"[{{"status": {status}}}]"#)).await;
+        let gateway = TestGateway::start(&url).await;
+
+        gateway
+            .call()
+            .ids("p", "1")
+            .send()
+            .await
+            .expect_err("an error");
+
+        assert_eq!(statuses(&simulator), [status], "HTTP {status} is sent once");
+    }
+}
+
+#[tokio::test]
+async fn attempts_are_bounded_by_the_setting() {
+    for (max_attempts, expected) in [("1", 1), ("3", 3), ("5", 5)] {
+        let (simulator, url) = graph_with_rules(r#"[{"status": 503, "retryAfter": 0.01}]"#).await;
+        let gateway = TestGateway::start_with(&url, &["--max-attempts", max_attempts]).await;
+
+        let status = gateway.call().ids("p", "1").send().await.unwrap_err();
+
+        assert_eq!(status.code(), Code::Unavailable);
+        assert_eq!(
+            simulator.received().len(),
+            expected,
+            "--max-attempts {max_attempts}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_wait_past_the_deadline_answers_at_once_with_retry_info() {
+    let (simulator, url) = graph_with_rules(r#"[{"status": 429, "retryAfter": 5}]"#).await;
+    let gateway = TestGateway::start(&url).await;
+    let started = Instant::now();
+
+    let status = gateway
+        .call()
+        .ids("p", "1")
+        .timeout(Duration::from_secs(2))
+        .send()
+        .await
+        .unwrap_err();
+
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "answered at once: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(status.code(), Code::ResourceExhausted);
+    assert_eq!(
+        status.get_details_retry_info().unwrap().retry_delay,
+        Some(Duration::from_secs(5))
+    );
+    assert_eq!(simulator.received().len(), 1);
+}
+
+#[tokio::test]
+async fn a_backoff_past_the_deadline_answers_at_once_with_the_backoff_as_retry_info() {
+    let (simulator, url) = graph_with_rules(r#"[{"status": 503}]"#).await;
+    let gateway = TestGateway::start(&url).await;
+    let started = Instant::now();
+
+    let status = gateway
+        .call()
+        .ids("p", "1")
+        .timeout(Duration::from_millis(150))
+        .send()
+        .await
+        .unwrap_err();
+
+    assert!(
+        started.elapsed() < Duration::from_millis(150),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(status.code(), Code::Unavailable);
+    let delay = status
+        .get_details_retry_info()
+        .expect("RetryInfo")
+        .retry_delay
+        .unwrap();
+    assert!(
+        delay >= Duration::from_millis(200) && delay <= Duration::from_millis(400),
+        "{delay:?}"
+    );
+    assert_eq!(simulator.received().len(), 1);
+}
+
+#[tokio::test]
+async fn a_long_retry_after_is_cut_to_the_ceiling() {
+    let (simulator, url) =
+        graph_with_rules(r#"[{"status": 429, "retryAfter": 60, "times": 1}]"#).await;
+    let gateway = TestGateway::start_with(&url, &["--retry-after-max", "100ms"]).await;
+    let started = Instant::now();
+
+    gateway
+        .call()
+        .ids("p", "1")
+        .send()
+        .await
+        .expect("retried after the ceiling");
+
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(statuses(&simulator), [429, 204]);
+}
