@@ -6,7 +6,7 @@
 #   bash deploy/build-image.sh [OUT_LAYOUT]     default: target/image/oci, tagged with the version
 #
 # Needs: cargo/rustc, umoci and ca-certificates (Debian packages; installed here with apt-get when
-# missing and we are root), and root (the image's files are owned by root and 65532).
+# missing), and root (the image's files are owned by root).
 # The static build uses its own CARGO_TARGET_DIR (target/static) so that it leaves the normal
 # build cache alone.
 set -euo pipefail
@@ -21,7 +21,7 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR_STATIC:-$repo/target/static}"
 work="$repo/target/image/work"
 
 if [ "$(id -u)" -ne 0 ]; then
-    echo "build-image.sh: run as root (the image's files must be owned by root and 65532)" >&2
+    echo "build-image.sh: run as root (the image's files must be owned by root)" >&2
     exit 1
 fi
 need_apt=()

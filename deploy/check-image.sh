@@ -79,8 +79,6 @@ drwxr-xr-x root:root ./etc
 drwxr-xr-x root:root ./etc/ssl
 drwxr-xr-x root:root ./etc/ssl/certs
 -rw-r--r-- root:root ./etc/ssl/certs/ca-certificates.crt
-drwxr-xr-x root:root ./home
-drwx------ 65532:65532 ./home/nonroot
 drwxrwxrwt root:root ./tmp
 drwxr-xr-x root:root ./usr
 drwxr-xr-x root:root ./usr/local
@@ -164,7 +162,7 @@ from_image() {
         hide_ca="mount --bind /dev/null $root/etc/ssl/certs/ca-certificates.crt && "
         shift
     fi
-    local env=(PATH=/usr/local/bin HOSTNAME=printjob-gateway-check HOME=/home/nonroot)
+    local env=(PATH=/usr/local/bin HOSTNAME=printjob-gateway-check)
     while [ "$1" != "--" ]; do
         env+=("$1")
         shift

@@ -8,11 +8,13 @@
 #                                      looks first on Debian-like systems
 #   /etc/passwd, /etc/group            root and nonroot (65532), as in distroless; no login shell
 #   /etc/nsswitch.conf                 `hosts: files dns` for the static glibc resolver
-#   /home/nonroot (65532, 0700), /tmp (1777)
+#   /tmp (1777)
+#
+# Every file is owned by root, so a Dockerfile COPY gives the same tree whatever it does with owners.
 #
 # There is no shell, no package manager and no libc: the binaries are static.
 #
-# Usage: rootfs.sh GATEWAY_BINARY SLEEP_BINARY CA_BUNDLE OUT_DIR   (as root, for the ownership)
+# Usage: rootfs.sh GATEWAY_BINARY SLEEP_BINARY CA_BUNDLE OUT_DIR   (as root, so that root owns it)
 set -euo pipefail
 
 if [ "$#" -ne 4 ]; then
@@ -35,16 +37,17 @@ fi
 
 rm -rf "$out"
 install -d -m 0755 "$out" "$out/usr" "$out/usr/local" "$out/usr/local/bin" "$out/etc" \
-    "$out/etc/ssl" "$out/etc/ssl/certs" "$out/home"
+    "$out/etc/ssl" "$out/etc/ssl/certs"
 install -m 0755 "$gateway" "$out/usr/local/bin/printjob-gateway"
 install -m 0755 "$sleep_bin" "$out/usr/local/bin/sleep"
 install -m 0644 "$ca_bundle" "$out/etc/ssl/certs/ca-certificates.crt"
 
-# The same users as distroless' nonroot images. /sbin/nologin does not exist here: nobody logs in.
+# The users of distroless' images, without home directories: the gateway writes nothing.
+# /sbin/nologin does not exist here: nobody logs in.
 cat >"$out/etc/passwd" <<'PASSWD'
 root:x:0:0:root:/root:/sbin/nologin
 nobody:x:65534:65534:nobody:/nonexistent:/sbin/nologin
-nonroot:x:65532:65532:nonroot:/home/nonroot:/sbin/nologin
+nonroot:x:65532:65532:nonroot:/nonexistent:/sbin/nologin
 PASSWD
 cat >"$out/etc/group" <<'GROUP'
 root:x:0:
@@ -58,5 +61,4 @@ hosts: files dns
 NSS
 chmod 0644 "$out/etc/passwd" "$out/etc/group" "$out/etc/nsswitch.conf"
 
-install -d -m 0700 -o 65532 -g 65532 "$out/home/nonroot"
 install -d -m 1777 "$out/tmp"
