@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import grpc_h2  # noqa: E402
+grpc_h2 = None  # imported in main(), after --help, since it needs the virtualenv's h2
 
 CANCEL_PATH = "/graph.print.v1.PrintJobService/Cancel"
 UPSTREAM_PATH = "/v1.0/print/printers/any-job-printer/jobs/1/cancel"
@@ -814,6 +814,10 @@ def main() -> int:
     parser.add_argument("--streams", type=int, default=8)
     parser.add_argument("--command-line", default="bench/run.sh")
     args = parser.parse_args()
+    global grpc_h2
+    import grpc_h2 as module
+
+    grpc_h2 = module
     try:
         return run(args)
     except HarnessError as e:

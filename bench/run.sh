@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # The benchmark of issue 8, in one command, on a fresh Debian machine:
 #
-#   bench/run.sh            full run (about 5 minutes); writes the results section of BENCHMARKS.md
+#   bench/run.sh            full run (about a minute, plus the build); writes the results section of BENCHMARKS.md
 #   bench/run.sh --smoke    a few thousand calls, no 10,000-in-flight step, under a minute; checks
 #                           that the harness works and the numbers are sane, enforces no target,
 #                           and writes nothing outside target/ (for CI)
+#
+#   bench/run.sh --setup-only   install the tools and build, then stop (bench/profile.sh uses it)
 #
 # Other options go to bench/harness.py (`bench/run.sh --help`), such as --calls, --rounds, --out.
 # Exit status: 0 done (full run: every target met), 1 the harness failed or a sanity check did not
@@ -18,10 +20,14 @@ set -euo pipefail
 repo="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$repo"
 
+setup_only=false
 for arg in "$@"; do
     if [ "$arg" = "-h" ] || [ "$arg" = "--help" ]; then
-        sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'
+        sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'
         exec python3 "$repo/bench/harness.py" --help
+    fi
+    if [ "$arg" = "--setup-only" ]; then
+        setup_only=true
     fi
 done
 
@@ -51,6 +57,9 @@ fi
 
 step "cargo build --release --locked"
 cargo build --release --locked
+if [ "$setup_only" = true ]; then
+    exit 0
+fi
 
 # 10,000 calls in flight need 10,000 upstream sockets in the gateway and as many in the simulator.
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
