@@ -224,6 +224,10 @@ cancel() { # PRINTER JOB grpcurl-target-args...; prints grpcurl's output, never 
 
 expect_identity() { # PID: UID/GID 65532, only group 65532, no capabilities, PID 1 in its namespace
     local pid="$1" status
+    [ -n "$pid" ] && [ -r "/proc/$pid/status" ] || {
+        show_logs
+        fail "the gateway is not running"
+    }
     status="$(cat "/proc/$pid/status")"
     grep -Eq '^Uid:\s+65532\s+65532\s+65532\s+65532$' <<<"$status" || fail "UID is not 65532: $(grep '^Uid' <<<"$status")"
     grep -Eq '^Gid:\s+65532\s+65532\s+65532\s+65532$' <<<"$status" || fail "GID is not 65532: $(grep '^Gid' <<<"$status")"
@@ -236,6 +240,10 @@ expect_identity() { # PID: UID/GID 65532, only group 65532, no capabilities, PID
 
 stop_and_expect_0() { # LAUNCHER:CHILD NAME: SIGTERM to the process from the image, then its exit status
     local launcher="${1%%:*}" child="${1##*:}" name="$2" start rc=0
+    [ -n "$child" ] || {
+        show_logs
+        fail "$name is not running"
+    }
     start=$(date +%s%N)
     kill -TERM "$child"
     wait "$launcher" || rc=$?
@@ -286,6 +294,14 @@ inside() {
     [ -e "$work/fakes.ready" ] || fail "the DNS and TLS stand-ins did not start"
 
     from_image simulator -- simulate --listen 127.0.0.1:8089
+    for i in $(seq 1 100); do
+        (exec 3<>/dev/tcp/127.0.0.1/8089) 2>/dev/null && break
+        sleep 0.1
+    done
+    (exec 3<>/dev/tcp/127.0.0.1/8089) 2>/dev/null || {
+        show_logs
+        fail "the simulator does not listen on 127.0.0.1:8089"
+    }
 
     say "2. TCP on loopback, Graph at http://localhost:8089/v1.0 (the simulator, from the image)"
     from_image gateway-tcp \
