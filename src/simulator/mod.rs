@@ -16,7 +16,10 @@ pub mod scenario;
 use std::{
     collections::VecDeque,
     future::Future,
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
 };
 
 use axum::{
@@ -50,6 +53,8 @@ pub struct Simulator {
 struct Shared {
     model: Mutex<Model>,
     received: Mutex<VecDeque<ReceivedRequest>>,
+    /// Every request received since the start, including those no longer in `received`.
+    received_count: AtomicU64,
 }
 
 /// One request the simulator received, as `GET /__requests` shows it.
@@ -92,6 +97,7 @@ impl Simulator {
             shared: Arc::new(Shared {
                 model: Mutex::new(Model::new(scenario)),
                 received: Mutex::new(VecDeque::new()),
+                received_count: AtomicU64::new(0),
             }),
         }
     }
@@ -99,6 +105,11 @@ impl Simulator {
     /// The requests received so far (the newest [`MAX_RECORDED`]), oldest first.
     pub fn received(&self) -> Vec<ReceivedRequest> {
         lock(&self.shared.received).iter().cloned().collect()
+    }
+
+    /// How many requests it has received since it started (`/__requests` paths excluded).
+    pub fn received_count(&self) -> u64 {
+        self.shared.received_count.load(Ordering::Relaxed)
     }
 
     /// The HTTP routes.
@@ -283,6 +294,10 @@ async fn record(State(simulator): State<Simulator>, request: Request, next: Next
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default()
         .to_owned();
+    simulator
+        .shared
+        .received_count
+        .fetch_add(1, Ordering::Relaxed);
     let mut received = lock(&simulator.shared.received);
     if received.len() == MAX_RECORDED {
         received.pop_front();

@@ -7,6 +7,7 @@ use tonic::Code;
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };
+use tonic_types::StatusExt;
 
 use crate::support::{
     FakeGraph, Reply, TOKEN,
@@ -182,8 +183,8 @@ async fn the_access_log_line_carries_what_an_operator_greps_for() {
 }
 
 #[tokio::test]
-async fn sigterm_drains_a_call_in_flight_and_exits_zero() {
-    let graph = FakeGraph::replying(Reply::no_content().delayed(Duration::from_millis(500))).await;
+async fn sigterm_drains_a_call_in_flight_refuses_new_connections_and_exits_zero() {
+    let graph = FakeGraph::replying(Reply::no_content().delayed(Duration::from_millis(1500))).await;
     let gateway = GatewayProcess::spawn(&["--graph-url", &graph.url()], &[]).await;
     let channel = connect(gateway.grpc_addr).await;
     let health = HealthClient::new(connect(gateway.admin_addr).await)
@@ -196,7 +197,22 @@ async fn sigterm_drains_a_call_in_flight_and_exits_zero() {
 
     let in_flight = tokio::spawn(Call::to(gateway.grpc_addr).send_on(channel));
     graph.wait_for_requests(1).await;
-    let (status, logs) = gateway.terminate(Duration::from_secs(10)).await;
+    gateway.signal("TERM");
+    let refused = tokio::time::timeout(Duration::from_secs(1), async {
+        while tokio::net::TcpStream::connect(gateway.grpc_addr)
+            .await
+            .is_ok()
+        {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    assert!(
+        refused.is_ok(),
+        "new connections are refused while draining"
+    );
+    assert!(!in_flight.is_finished(), "the call is still in flight");
+    let (status, logs) = gateway.wait(Duration::from_secs(10)).await;
 
     assert!(status.success(), "exit status {status:?}\n{logs}");
     in_flight
@@ -204,4 +220,36 @@ async fn sigterm_drains_a_call_in_flight_and_exits_zero() {
         .unwrap()
         .expect("the call in flight completed OK");
     assert!(logs.contains("SIGTERM received"), "{logs}");
+}
+
+#[tokio::test]
+async fn sigterm_ends_a_call_longer_than_the_grace_period_cleanly_and_exits_zero() {
+    let graph = FakeGraph::replying(Reply::no_content().delayed(Duration::from_secs(30))).await;
+    let gateway = GatewayProcess::spawn(
+        &["--graph-url", &graph.url(), "--shutdown-grace", "500ms"],
+        &[],
+    )
+    .await;
+
+    let in_flight = tokio::spawn(
+        Call::to(gateway.grpc_addr)
+            .timeout(Duration::from_secs(25))
+            .send(),
+    );
+    graph.wait_for_requests(1).await;
+    let started = std::time::Instant::now();
+    let (status, logs) = gateway.terminate(Duration::from_secs(10)).await;
+
+    assert!(status.success(), "exit status {status:?}\n{logs}");
+    assert!(
+        started.elapsed() < Duration::from_millis(2500),
+        "exited after {:?}",
+        started.elapsed()
+    );
+    let ended = in_flight.await.unwrap().unwrap_err();
+    assert_eq!(ended.code(), Code::Unavailable, "{ended:?}");
+    assert_eq!(
+        ended.get_details_error_info().unwrap().reason,
+        "SHUTTING_DOWN"
+    );
 }

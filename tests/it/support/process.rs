@@ -102,8 +102,13 @@ impl GatewayProcess {
     }
 
     /// Sends SIGTERM and waits for the process to exit, at most `within`.
-    pub async fn terminate(mut self, within: Duration) -> (ExitStatus, String) {
+    pub async fn terminate(self, within: Duration) -> (ExitStatus, String) {
         self.signal("TERM");
+        self.wait(within).await
+    }
+
+    /// Waits for the process to exit, at most `within`, and returns everything it wrote.
+    pub async fn wait(mut self, within: Duration) -> (ExitStatus, String) {
         let status = tokio::time::timeout(within, self.child.wait())
             .await
             .expect("the process exits in time")

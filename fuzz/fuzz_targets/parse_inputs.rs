@@ -1,0 +1,69 @@
+//! Feeds arbitrary bytes to every parser that sees input from outside: the `authorization`
+//! value, the request IDs (and the URL they become), `grpc-timeout`, Graph's `Retry-After` and
+//! error bodies, listen addresses, Graph base URLs and simulator scenarios. Besides "no panic",
+//! it checks the one property that matters most: a valid ID pair always makes a URL with exactly
+//! one path segment per ID, and no query or fragment.
+
+#![no_main]
+
+use std::time::{Duration, SystemTime};
+
+use http::{HeaderMap, HeaderValue, StatusCode};
+use libfuzzer_sys::fuzz_target;
+use printjob_gateway::{
+    auth::BearerToken,
+    graph::{GraphBaseUrl, GraphRejection, parse_retry_after},
+    proto::CancelRequest,
+    request::{CancelTarget, caller_timeout},
+    server::ListenAddr,
+    simulator::Scenario,
+};
+
+fuzz_target!(|data: &[u8]| {
+    let _ = BearerToken::parse(data);
+
+    let text = String::from_utf8_lossy(data);
+    let (printer_id, print_job_id) = text.split_once('\n').unwrap_or((&text, "1"));
+    let request = CancelRequest {
+        printer_id: printer_id.to_owned(),
+        print_job_id: print_job_id.to_owned(),
+    };
+    if let Ok(target) = CancelTarget::try_from(request) {
+        let base = GraphBaseUrl::parse("https://graph.microsoft.com/v1.0").unwrap();
+        let url = base.cancel_url(&target);
+        let path = url.strip_prefix("https://graph.microsoft.com").unwrap();
+        assert_eq!(path.split('/').count(), 8, "{url}");
+        assert!(!path.contains('?') && !path.contains('#'), "{url}");
+    }
+
+    if let Ok(value) = HeaderValue::from_bytes(data) {
+        let _ = parse_retry_after(
+            &value,
+            SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000),
+        );
+        let mut metadata = tonic::metadata::MetadataMap::new();
+        if let Ok(value) = tonic::metadata::AsciiMetadataValue::try_from(data) {
+            metadata.insert("grpc-timeout", value);
+            let _ = caller_timeout(&metadata);
+        }
+        let mut headers = HeaderMap::new();
+        headers.insert("retry-after", value.clone());
+        headers.insert("request-id", value);
+        let _ = GraphRejection::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            &headers,
+            data,
+            SystemTime::now(),
+        );
+    }
+    let _ = GraphRejection::new(
+        StatusCode::NOT_FOUND,
+        &HeaderMap::new(),
+        data,
+        SystemTime::now(),
+    );
+
+    let _ = text.parse::<ListenAddr>();
+    let _ = GraphBaseUrl::parse(&text);
+    let _ = Scenario::parse(&text, "fuzz");
+});
