@@ -413,6 +413,12 @@ class Bench:
         self.slow_body = tmp / "cancel-slow.bin"
         self.slow_body.write_bytes(grpc_h2.cancel_request("slow", "1"))
 
+    def supports(self, flag: str) -> bool:
+        """Whether this build of the gateway has `flag` (the harness also runs older builds)."""
+        if not hasattr(self, "_help"):
+            self._help = subprocess.run([self.binary, "--help"], capture_output=True, text=True, timeout=30).stdout
+        return flag in self._help
+
     def check(self, ok: bool, what: str) -> None:
         if not ok:
             self.problems.append(what)
@@ -487,8 +493,12 @@ class Bench:
                 return False
 
         wait_until(sim_up, 20, "simulator answering", proc=sim)
+        extra = ["--default-timeout", "600s", "--max-timeout", "600s", "--connect-timeout", "120s"]
+        if self.supports("--max-in-flight"):
+            # The cap on calls in flight (default 1,000) would answer the rest RESOURCE_EXHAUSTED.
+            extra += ["--max-in-flight", str(n)]
         gateway = start_gateway(self.binary, f"http://127.0.0.1:{sim_port}/v1.0", self.tmp, f"gateway-inflight-{n}",
-                                extra=["--default-timeout", "600s", "--max-timeout", "600s", "--connect-timeout", "120s"])
+                                extra=extra)
         idle_kib = status_kib(gateway.pid, "VmRSS")
         load_log = self.tmp / f"h2load-inflight-{n}.out"
         argv = ["h2load", "-n", str(n), "-c", str(connections), "-m", str(streams), "-t", "1", "-d", str(self.slow_body)]
@@ -773,7 +783,8 @@ def report(results: dict) -> str:
                      f"{up['rps']:,.0f} | {fwd['cpu_us_per_call'] / rej['cpu_us_per_call']:.2f} | {fwd['rps'] / serial:.2f} |")
     lines += [
         "",
-        "Calls in flight against a slow upstream (the Graph simulator holding every call for 300 s; a fresh gateway per step; "
+        "Calls in flight against a slow upstream (the Graph simulator holding every call for 300 s; a fresh gateway per step, "
+        "started with `--max-in-flight N` where the build has that cap, and long timeouts; "
         "N counted as N ESTABLISHED gateway→simulator connections, since over HTTP/1.1 each waiting call holds one; "
         "RSS is the highest of 10 readings 100 ms apart once N is reached):",
         "",
@@ -809,7 +820,7 @@ def main() -> int:
     parser.add_argument("--work-dir", required=True, help="where h2load logs and JSON results go")
     parser.add_argument("--out", help="results file (default: BENCHMARKS.md in a full run, none in smoke mode)")
     parser.add_argument("--calls", type=int, help="calls per measurement (default 100000; smoke 3000)")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--streams", type=int, default=8)
     parser.add_argument("--command-line", default="bench/run.sh")
