@@ -7,6 +7,9 @@
 #                           and writes nothing outside target/ (for CI)
 #
 #   bench/run.sh --setup-only   install the tools and build, then stop (bench/profile.sh uses it)
+#   bench/run.sh --rev REV      benchmark commit REV (git archive, built under target/bench-rev/)
+#                               instead of the work tree, e.g. to compare two builds or to leave
+#                               uncommitted changes out
 #
 # Other options go to bench/harness.py (`bench/run.sh --help`), such as --calls, --rounds, --out.
 # Exit status: 0 done (full run: every target met), 1 the harness failed or a sanity check did not
@@ -21,9 +24,21 @@ repo="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$repo"
 
 setup_only=false
+rev=""
+args=()
+while [ "$#" -gt 0 ]; do
+    if [ "$1" = "--rev" ]; then
+        rev="${2:?--rev needs a commit}"
+        shift 2
+        continue
+    fi
+    args+=("$1")
+    shift
+done
+set -- "${args[@]+"${args[@]}"}"
 for arg in "$@"; do
     if [ "$arg" = "-h" ] || [ "$arg" = "--help" ]; then
-        sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'
+        sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'
         exec python3 "$repo/bench/harness.py" --help
     fi
     if [ "$arg" = "--setup-only" ]; then
@@ -55,8 +70,24 @@ if [ ! -x "$venv/bin/python" ]; then
 fi
 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r "$repo/bench/requirements.txt"
 
-step "cargo build --release --locked"
-cargo build --release --locked
+binary="$repo/target/release/printjob-gateway"
+label="$(git -C "$repo" describe --always --dirty 2>/dev/null || echo unknown)"
+if [ -n "$rev" ]; then
+    sha="$(git -C "$repo" rev-parse --verify "$rev^{commit}")"
+    tree="$repo/target/bench-rev/src-$sha"
+    if [ ! -f "$tree/Cargo.toml" ]; then
+        rm -rf "$tree"
+        mkdir -p "$tree"
+        git -C "$repo" archive "$sha" | tar -x -C "$tree"
+    fi
+    step "cargo build --release --locked (commit $sha)"
+    cargo build --release --locked --manifest-path "$tree/Cargo.toml" --target-dir "$repo/target/bench-rev/target"
+    binary="$repo/target/bench-rev/target/release/printjob-gateway"
+    label="$(git -C "$repo" describe --always "$sha")"
+else
+    step "cargo build --release --locked"
+    cargo build --release --locked
+fi
 if [ "$setup_only" = true ]; then
     exit 0
 fi
@@ -66,8 +97,9 @@ ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 
 step "benchmark"
 exec "$venv/bin/python" "$repo/bench/harness.py" \
-    --binary "$repo/target/release/printjob-gateway" \
+    --binary "$binary" \
+    --gateway-label "$label" \
     --repo "$repo" \
     --work-dir "$repo/target/bench" \
-    --command-line "bench/run.sh${*:+ $*}" \
+    --command-line "bench/run.sh${rev:+ --rev $label}${*:+ $*}" \
     "$@"
