@@ -15,6 +15,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for include in INCLUDES {
         println!("cargo:rerun-if-changed={include}");
     }
+    println!("cargo:rustc-env=PRINTJOB_GATEWAY_GIT_HASH={}", git_hash());
 
     let reflected = protox::compile([SERVICE_PROTO, ERROR_DETAILS_PROTO], INCLUDES)?;
     let out_dir = PathBuf::from(env::var("OUT_DIR")?);
@@ -28,4 +29,27 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_client(true)
         .compile_fds(protox::compile([SERVICE_PROTO], INCLUDES)?)?;
     Ok(())
+}
+
+/// The commit being built, for the `build_info` metric: `PRINTJOB_GATEWAY_GIT_HASH` when the
+/// build sets it (an image build without `.git`), else `git rev-parse`, else `unknown`.
+fn git_hash() -> String {
+    println!("cargo:rerun-if-env-changed=PRINTJOB_GATEWAY_GIT_HASH");
+    if let Ok(hash) = env::var("PRINTJOB_GATEWAY_GIT_HASH") {
+        return hash;
+    }
+    for path in [".git/HEAD", ".git/refs/heads", ".git/packed-refs"] {
+        if std::path::Path::new(path).exists() {
+            println!("cargo:rerun-if-changed={path}");
+        }
+    }
+    std::process::Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .output()
+        .ok()
+        .filter(|output| output.status.success())
+        .and_then(|output| String::from_utf8(output.stdout).ok())
+        .map(|hash| hash.trim().to_owned())
+        .filter(|hash| !hash.is_empty())
+        .unwrap_or_else(|| "unknown".to_owned())
 }

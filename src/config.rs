@@ -34,9 +34,9 @@ pub struct Cli {
     #[command(flatten)]
     pub gateway: Config,
 
-    /// Logging, for the gateway and every subcommand.
+    /// Logs and traces, for the gateway and every subcommand.
     #[command(flatten)]
-    pub log: LogSettings,
+    pub telemetry: TelemetrySettings,
 }
 
 /// What the binary can run besides the gateway.
@@ -127,9 +127,9 @@ pub struct Config {
     pub demo: bool,
 }
 
-/// How logs are written.
+/// How logs are written and traces exported.
 #[derive(Debug, Clone, Args)]
-pub struct LogSettings {
+pub struct TelemetrySettings {
     /// Log format: human-readable text or one JSON object per line.
     #[arg(long, global = true, env = "PRINTJOB_GATEWAY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -137,6 +137,21 @@ pub struct LogSettings {
     /// Which logs to write, in RUST_LOG syntax, such as `info` or `printjob_gateway=debug,info`.
     #[arg(long, global = true, env = "RUST_LOG", default_value = "info", value_parser = parse_log_filter)]
     pub log_filter: String,
+
+    /// OTLP/gRPC endpoint to export traces to, such as http://otel-collector:4317. Unset: no
+    /// exporter runs. The other standard OTEL_* variables (OTEL_EXPORTER_OTLP_HEADERS,
+    /// OTEL_EXPORTER_OTLP_TIMEOUT, OTEL_RESOURCE_ATTRIBUTES, OTEL_BSP_*) apply too.
+    #[arg(long, global = true, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
+
+    /// The service name traces carry.
+    #[arg(
+        long,
+        global = true,
+        env = "OTEL_SERVICE_NAME",
+        default_value = "printjob-gateway"
+    )]
+    pub otel_service_name: String,
 }
 
 /// The simulated Graph's settings.
@@ -309,6 +324,6 @@ mod tests {
         };
         assert_eq!(simulator.listen, "127.0.0.1:1".parse().unwrap());
         assert_eq!(simulator.scenario, None);
-        assert_eq!(cli.log.log_format, LogFormat::Json);
+        assert_eq!(cli.telemetry.log_format, LogFormat::Json);
     }
 }

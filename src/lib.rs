@@ -20,6 +20,7 @@
 //!   HTTP-to-gRPC table, to the `tonic::Status` the caller sees.
 //! - [`simulator`]: a simulated Graph cancel endpoint with printers, job states and scripted
 //!   answers, for demos and for testing callers without Universal Print.
+//! - [`metrics`]: the Prometheus metrics handle.
 //! - [`telemetry`]: the tracing subscriber, the one place that installs process-wide state.
 
 #![forbid(unsafe_code)]
@@ -29,6 +30,7 @@ pub mod auth;
 pub mod config;
 pub mod error;
 pub mod graph;
+pub mod metrics;
 pub mod proto;
 pub mod request;
 pub mod retry;

@@ -13,30 +13,34 @@ use printjob_gateway::{
 
 fn main() -> ExitCode {
     let cli = Cli::load();
-    if let Err(error) = telemetry::init(cli.log.log_format, &cli.log.log_filter) {
-        // Logging is what failed, so stderr is the only place left to say so.
-        let _ = writeln!(
-            std::io::stderr(),
-            "printjob-gateway: {}",
-            ErrorChain(&error)
-        );
-        return ExitCode::FAILURE;
-    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
     {
         Ok(runtime) => runtime,
-        Err(error) => {
-            tracing::error!(%error, "cannot start the async runtime");
-            return ExitCode::FAILURE;
-        }
+        Err(error) => return fail(&error),
     };
-    match runtime.block_on(app::run(cli, shutdown_signal())) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            tracing::error!(error = %ErrorChain(&error), "printjob-gateway stopped");
+    runtime.block_on(async {
+        // Telemetry starts inside the runtime: the OTLP exporter's connection lives on it.
+        let telemetry = match telemetry::init(&cli.telemetry) {
+            Ok(telemetry) => telemetry,
+            Err(error) => return fail(&error),
+        };
+        let outcome = app::run(cli, shutdown_signal()).await;
+        if let Err(error) = &outcome {
+            tracing::error!(error = %ErrorChain(error), "printjob-gateway stopped");
+        }
+        telemetry.shutdown().await;
+        if outcome.is_ok() {
+            ExitCode::SUCCESS
+        } else {
             ExitCode::FAILURE
         }
-    }
+    })
+}
+
+/// Reports a failure to start before logging is up: stderr is the only place left to say so.
+fn fail(error: &(dyn std::error::Error + 'static)) -> ExitCode {
+    let _ = writeln!(std::io::stderr(), "printjob-gateway: {}", ErrorChain(error));
+    ExitCode::FAILURE
 }

@@ -15,10 +15,12 @@ use std::{future::Future, time::Duration};
 
 use backon::{BackoffBuilder, ExponentialBuilder};
 use tokio::time::Instant;
+use tracing::{Instrument, field};
 
 use crate::{
     error::CancelError,
     graph::{GraphAcceptance, GraphError},
+    metrics::{GraphFailure, Metrics, RetryReason},
 };
 
 /// The first backoff wait; it doubles on each retry.
@@ -44,23 +46,16 @@ pub struct Attempted<T> {
     pub attempts: u32,
 }
 
-/// Why a Graph outcome may be tried again.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Retryable {
-    /// Graph answered 429, 503 or 504.
-    Status(u16),
-    /// Nothing was sent: the connection could not be made.
-    NotSent,
-}
-
 // === impl RetryPolicy ===
 
 impl RetryPolicy {
     /// Calls `attempt` until it succeeds, fails definitively, runs out of attempts, or the next
-    /// wait would not fit before `deadline`. `attempt` gets the attempt number, from 1.
+    /// wait would not fit before `deadline`. `attempt` gets the attempt number, from 1. Each
+    /// attempt runs in a client span (`graph.cancel`) and is counted in `metrics`.
     pub async fn run<F, Fut>(
         &self,
         deadline: Instant,
+        metrics: &Metrics,
         mut attempt: F,
     ) -> Attempted<Result<GraphAcceptance, CancelError>>
     where
@@ -75,74 +70,126 @@ impl RetryPolicy {
             .without_max_times()
             .build();
         let mut attempts = 0;
-        loop {
+        let outcome = loop {
             attempts += 1;
-            let error = match tokio::time::timeout_at(deadline, attempt(attempts)).await {
-                Ok(Ok(acceptance)) => {
-                    return Attempted {
-                        outcome: Ok(acceptance),
-                        attempts,
-                    };
-                }
-                Ok(Err(error)) => error,
-                Err(_elapsed) => {
-                    let error = CancelError::DeadlineExceeded { graph_called: true };
-                    return Attempted {
-                        outcome: Err(error),
-                        attempts,
-                    };
-                }
+            let error = match observed(attempt(attempts), attempts, deadline, metrics).await {
+                Ok(acceptance) => break Ok(acceptance),
+                Err(Timeout) => break Err(CancelError::DeadlineExceeded { graph_called: true }),
+                Err(Failed(error)) => error,
             };
             let Some(reason) = retryable(&error) else {
-                return Attempted {
-                    outcome: Err(error.into()),
-                    attempts,
-                };
+                break Err(error.into());
             };
             if attempts >= self.max_attempts {
-                return Attempted {
-                    outcome: Err(error.into()),
-                    attempts,
-                };
+                break Err(error.into());
             }
             let wait = match &error {
-                GraphError::Rejected(rejection) if rejection.retry_after.is_some() => rejection
+                GraphError::Rejected(rejection) => rejection
                     .retry_after
-                    .unwrap_or_default()
-                    .min(self.retry_after_max),
-                _ => backoff.next().unwrap_or(BACKOFF_MAX),
-            };
+                    .map(|wait| wait.min(self.retry_after_max)),
+                _ => None,
+            }
+            .unwrap_or_else(|| backoff.next().unwrap_or(BACKOFF_MAX));
+            let wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX);
             if Instant::now() + wait >= deadline {
                 tracing::info!(
                     attempt = attempts,
-                    ?reason,
-                    wait_ms = wait.as_millis() as u64,
+                    reason = reason.as_str(),
+                    wait_ms,
                     "not retrying: the wait would end past the deadline"
                 );
-                let outcome = Err(CancelError::Graph {
+                break Err(CancelError::Graph {
                     source: error,
                     retry_delay: Some(wait),
                 });
-                return Attempted { outcome, attempts };
             }
             tracing::info!(
                 attempt = attempts,
-                ?reason,
-                wait_ms = wait.as_millis() as u64,
+                reason = reason.as_str(),
+                wait_ms,
                 "retrying the Graph call"
             );
+            metrics.retried(reason);
             tokio::time::sleep(wait).await;
+        };
+        Attempted { outcome, attempts }
+    }
+}
+
+/// Why an attempt did not succeed.
+enum AttemptFailed {
+    /// The deadline ran out while waiting.
+    Timeout,
+    /// Graph refused, or could not be reached.
+    Failed(GraphError),
+}
+
+use AttemptFailed::{Failed, Timeout};
+
+/// Runs one attempt within the deadline, in a client span, and counts it.
+async fn observed(
+    attempt: impl Future<Output = Result<GraphAcceptance, GraphError>>,
+    number: u32,
+    deadline: Instant,
+    metrics: &Metrics,
+) -> Result<GraphAcceptance, AttemptFailed> {
+    let span = tracing::info_span!(
+        "graph.cancel",
+        otel.kind = "client",
+        otel.name = "POST /print/printers/{printerId}/jobs/{printJobId}/cancel",
+        otel.status_code = field::Empty,
+        http.request.method = "POST",
+        http.response.status_code = field::Empty,
+        attempt = number,
+    );
+    let started = Instant::now();
+    let outcome = tokio::time::timeout_at(deadline, attempt)
+        .instrument(span.clone())
+        .await;
+    let elapsed = started.elapsed();
+    let http_status = match &outcome {
+        Ok(Ok(acceptance)) => Some(acceptance.status),
+        Ok(Err(GraphError::Rejected(rejection))) => Some(rejection.status),
+        Ok(Err(GraphError::Unreachable(_))) => {
+            metrics.graph_failed(GraphFailure::Unreachable);
+            None
+        }
+        Ok(Err(GraphError::Transport(_))) => {
+            metrics.graph_failed(GraphFailure::Transport);
+            None
+        }
+        Err(_) => {
+            metrics.graph_failed(GraphFailure::Timeout);
+            None
+        }
+    };
+    if let Some(status) = http_status {
+        metrics.graph_answered(status.as_u16(), elapsed);
+        span.record("http.response.status_code", status.as_u16());
+    }
+    match outcome {
+        Ok(Ok(acceptance)) => Ok(acceptance),
+        Ok(Err(error)) => {
+            span.record("otel.status_code", "ERROR");
+            Err(Failed(error))
+        }
+        Err(_) => {
+            span.record("otel.status_code", "ERROR");
+            Err(Timeout)
         }
     }
 }
 
-fn retryable(error: &GraphError) -> Option<Retryable> {
+/// Why an outcome may be tried again, or `None` when it may not.
+fn retryable(error: &GraphError) -> Option<RetryReason> {
     match error {
         GraphError::Rejected(rejection) => match rejection.status.as_u16() {
-            status @ (429 | 503 | 504) => Some(Retryable::Status(status)),
+            429 => Some(RetryReason::Throttled),
+            503 => Some(RetryReason::Unavailable),
+            504 => Some(RetryReason::GatewayTimeout),
             _ => None,
         },
-        GraphError::Unreachable(_) => Some(Retryable::NotSent),
+        GraphError::Unreachable(_) => Some(RetryReason::Unreachable),
         GraphError::Transport(_) => None,
     }
 }

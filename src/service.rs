@@ -6,19 +6,23 @@ use std::{sync::Arc, time::Duration};
 
 use tokio::{sync::Semaphore, time::Instant};
 use tokio_util::sync::CancellationToken;
-use tonic::{Request, Response, Status};
+use tonic::{Code, Request, Response, Status};
 use tracing::{Instrument, Span, field};
 
 use crate::{
     auth::BearerToken,
     error::CancelError,
     graph::{GraphAcceptance, GraphClient},
+    metrics::{Metrics, code_name},
     proto::{CancelRequest, CancelResponse, PrintJobService},
     request::{CancelTarget, ClientRequestId, caller_timeout},
     retry::{Attempted, RetryPolicy},
     status::correlation_metadata,
-    telemetry::ErrorChain,
+    telemetry::{self, ErrorChain},
 };
+
+/// The method this service serves, as metrics and logs name it.
+const METHOD: &str = "Cancel";
 
 /// The most time the gateway keeps back from a caller's deadline, so that its answer, with the
 /// details and correlation IDs, reaches the caller before the caller's own timer gives up.
@@ -49,6 +53,7 @@ pub struct CallPolicy {
 #[derive(Debug, Clone)]
 pub struct PrintJobGateway {
     graph: GraphClient,
+    metrics: Metrics,
     policy: CallPolicy,
     /// One permit per call in flight, shared by every connection.
     in_flight: Arc<Semaphore>,
@@ -79,11 +84,17 @@ impl Deadlines {
 // === impl PrintJobGateway ===
 
 impl PrintJobGateway {
-    /// A service that calls Graph through `graph` and ends calls still in flight when `abort`
-    /// fires.
-    pub fn new(graph: GraphClient, policy: CallPolicy, abort: CancellationToken) -> Self {
+    /// A service that calls Graph through `graph`, counts calls in `metrics`, and ends calls
+    /// still in flight when `abort` fires.
+    pub fn new(
+        graph: GraphClient,
+        metrics: Metrics,
+        policy: CallPolicy,
+        abort: CancellationToken,
+    ) -> Self {
         Self {
             graph,
+            metrics,
             policy,
             in_flight: Arc::new(Semaphore::new(policy.max_in_flight)),
             abort,
@@ -125,7 +136,7 @@ impl PrintJobGateway {
         }
         self.policy
             .retry
-            .run(deadline, |_attempt| {
+            .run(deadline, &self.metrics, |_attempt| {
                 self.graph.cancel(&target, &token, client_request_id)
             })
             .await
@@ -142,6 +153,12 @@ impl PrintJobService for PrintJobGateway {
         let client_request_id = ClientRequestId::from_metadata(request.metadata());
         let span = tracing::info_span!(
             "cancel",
+            otel.kind = "server",
+            otel.name = "graph.print.v1.PrintJobService/Cancel",
+            otel.status_code = field::Empty,
+            rpc.system = "grpc",
+            rpc.grpc.status_code = field::Empty,
+            method = METHOD,
             printer_id = field::Empty,
             print_job_id = field::Empty,
             client_request_id = client_request_id.as_str(),
@@ -150,63 +167,103 @@ impl PrintJobService for PrintJobGateway {
             grpc_code = field::Empty,
             attempts = field::Empty,
             latency_ms = field::Empty,
+            trace_id = field::Empty,
         );
+        telemetry::continue_trace(&span, request.metadata());
+        if let Some(trace_id) = telemetry::trace_id(&span, request.metadata()) {
+            span.record("trace_id", trace_id);
+        }
         async move {
             // Fail fast beyond the limit: a queue of calls would only grow while Graph is slow.
             let Ok(_permit) = self.in_flight.try_acquire() else {
+                self.metrics.overloaded();
                 let limit = self.policy.max_in_flight;
-                let error = CancelError::Overloaded { limit };
-                return answer(Attempted { outcome: Err(error), attempts: 0 }, started, &client_request_id);
+                let attempted = Attempted { outcome: Err(CancelError::Overloaded { limit }), attempts: 0 };
+                return self.answer(attempted, started, &client_request_id);
             };
+            let _in_flight = self.metrics.in_flight();
             let attempted = tokio::select! {
                 biased;
                 () = self.abort.cancelled() => Attempted { outcome: Err(CancelError::ShuttingDown), attempts: 0 },
                 attempted = self.cancel_job(request, started, &client_request_id) => attempted,
             };
-            answer(attempted, started, &client_request_id)
+            self.answer(attempted, started, &client_request_id)
         }
         .instrument(span)
         .await
     }
 }
 
-/// Records the outcome on the call's span, writes the access log line, and builds the answer.
-fn answer(
-    attempted: Attempted<Result<GraphAcceptance, CancelError>>,
-    started: Instant,
-    client_request_id: &ClientRequestId,
-) -> Result<Response<CancelResponse>, Status> {
-    let Attempted { outcome, attempts } = attempted;
-    let span = Span::current();
-    span.record("attempts", attempts);
-    // Whole microseconds: precise enough, and short in the logs.
-    span.record("latency_ms", started.elapsed().as_micros() as f64 / 1e3);
-    match outcome {
-        Ok(acceptance) => {
-            span.record("http_status", acceptance.status.as_u16());
-            span.record("grpc_code", "Ok");
-            if let Some(id) = &acceptance.request_id {
-                span.record("graph_request_id", id.as_str());
+impl PrintJobGateway {
+    /// Records the outcome on the call's span and in the metrics, writes the access log line,
+    /// and builds the answer.
+    fn answer(
+        &self,
+        attempted: Attempted<Result<GraphAcceptance, CancelError>>,
+        started: Instant,
+        client_request_id: &ClientRequestId,
+    ) -> Result<Response<CancelResponse>, Status> {
+        let Attempted { outcome, attempts } = attempted;
+        let span = Span::current();
+        span.record("attempts", attempts);
+        let latency = started.elapsed();
+        // Whole microseconds: precise enough, and short in the logs.
+        span.record("latency_ms", latency.as_micros() as f64 / 1e3);
+        let answer = match outcome {
+            Ok(acceptance) => {
+                span.record("http_status", acceptance.status.as_u16());
+                if let Some(id) = &acceptance.request_id {
+                    span.record("graph_request_id", id.as_str());
+                }
+                let mut response = Response::new(CancelResponse {});
+                *response.metadata_mut() =
+                    correlation_metadata(client_request_id, acceptance.request_id.as_deref());
+                Ok(response)
             }
-            tracing::info!("cancel accepted by Graph");
-            let mut response = Response::new(CancelResponse {});
-            *response.metadata_mut() =
-                correlation_metadata(client_request_id, acceptance.request_id.as_deref());
-            Ok(response)
+            Err(error) => {
+                if let Some(http_status) = error.http_status() {
+                    span.record("http_status", http_status.as_u16());
+                }
+                if let Some(id) = error.graph_request_id() {
+                    span.record("graph_request_id", id);
+                }
+                Err((error.to_status(client_request_id), error))
+            }
+        };
+        let code = answer
+            .as_ref()
+            .map_or_else(|(status, _)| status.code(), |_| Code::Ok);
+        span.record("grpc_code", code_name(code));
+        span.record("rpc.grpc.status_code", code as i32);
+        if is_server_error(code) {
+            span.record("otel.status_code", "ERROR");
         }
-        Err(error) => {
-            let status = error.to_status(client_request_id);
-            if let Some(http_status) = error.http_status() {
-                span.record("http_status", http_status.as_u16());
+        self.metrics.call_answered(METHOD, code, latency);
+        match answer {
+            Ok(response) => {
+                tracing::info!("cancel accepted by Graph");
+                Ok(response)
             }
-            if let Some(id) = error.graph_request_id() {
-                span.record("graph_request_id", id);
+            Err((status, error)) => {
+                tracing::info!(error = %ErrorChain(&error), "cancel failed");
+                Err(status)
             }
-            span.record("grpc_code", field::debug(status.code()));
-            tracing::info!(error = %ErrorChain(&error), "cancel failed");
-            Err(status)
         }
     }
+}
+
+/// Whether a code means the server failed, which OpenTelemetry's gRPC conventions mark as an
+/// error on server spans; the others are the caller's problem.
+fn is_server_error(code: Code) -> bool {
+    matches!(
+        code,
+        Code::Unknown
+            | Code::DeadlineExceeded
+            | Code::Unimplemented
+            | Code::Internal
+            | Code::Unavailable
+            | Code::DataLoss
+    )
 }
 
 #[cfg(test)]

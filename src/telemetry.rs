@@ -1,10 +1,29 @@
-//! The tracing subscriber: the one place that installs process-wide state.
+//! Logs and traces: the tracing subscriber (text or JSON), and, when an OTLP endpoint is set,
+//! OpenTelemetry: W3C trace context read from callers and sent to Graph, and spans exported over
+//! OTLP/gRPC. This is the one place that installs process-wide state.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use http::{HeaderMap, HeaderName, HeaderValue};
+use opentelemetry::{
+    Context, global,
+    propagation::{Extractor, Injector},
+    trace::{TraceContextExt, TracerProvider as _},
+};
+use opentelemetry_otlp::{SpanExporter, WithExportConfig};
+use opentelemetry_sdk::{Resource, propagation::TraceContextPropagator, trace::SdkTracerProvider};
+use tonic::metadata::MetadataMap;
+use tracing::Span;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::{EnvFilter, fmt, prelude::*};
 
-use crate::config::LogFormat;
+use crate::config::{LogFormat, TelemetrySettings};
 
-/// Why logging could not be set up.
+/// Whether OpenTelemetry is on. When it is off, nothing reads or writes trace context, so it
+/// costs nothing.
+static TRACING: AtomicBool = AtomicBool::new(false);
+
+/// Why logging or tracing could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum TelemetryError {
     /// The log filter is not valid RUST_LOG syntax.
@@ -13,25 +32,165 @@ pub enum TelemetryError {
     /// A global subscriber is already installed.
     #[error("logging is already set up")]
     AlreadySet(#[from] tracing_subscriber::util::TryInitError),
+    /// The OTLP exporter could not be built.
+    #[error("cannot set up the OTLP trace exporter")]
+    Exporter(#[from] opentelemetry_otlp::ExporterBuildError),
 }
 
-/// Installs the global subscriber: logs to stdout, as text or JSON, filtered by `filter`.
-pub fn init(format: LogFormat, filter: &str) -> Result<(), TelemetryError> {
-    let filter = EnvFilter::try_new(filter)?;
-    let registry = tracing_subscriber::registry().with(filter);
-    match format {
-        LogFormat::Text => registry.with(fmt::layer()).try_init()?,
-        LogFormat::Json => registry
-            .with(
+/// Keeps the trace exporter alive; [`Telemetry::shutdown`] flushes the spans not yet sent.
+#[derive(Debug)]
+pub struct Telemetry {
+    provider: Option<SdkTracerProvider>,
+}
+
+/// Installs the global subscriber (logs to stdout, as text or JSON) and, when
+/// `settings.otlp_endpoint` is set, the OpenTelemetry layer, exporter and W3C propagator.
+///
+/// Call it inside the Tokio runtime: the OTLP/gRPC exporter's connection lives on it.
+pub fn init(settings: &TelemetrySettings) -> Result<Telemetry, TelemetryError> {
+    let filter = EnvFilter::try_new(&settings.log_filter)?;
+    let provider = settings
+        .otlp_endpoint
+        .as_deref()
+        .map(|endpoint| tracer_provider(endpoint, &settings.otel_service_name))
+        .transpose()?;
+    let otel = provider.as_ref().map(|provider| {
+        tracing_opentelemetry::layer()
+            .with_tracer(provider.tracer("printjob-gateway"))
+            .with_tracked_inactivity(false)
+    });
+    let (text, json) = match settings.log_format {
+        LogFormat::Text => (Some(fmt::layer()), None),
+        LogFormat::Json => (
+            None,
+            Some(
                 fmt::layer()
                     .json()
                     .flatten_event(true)
                     .with_current_span(true)
                     .with_span_list(false),
-            )
-            .try_init()?,
+            ),
+        ),
+    };
+    tracing_subscriber::registry()
+        .with(otel)
+        .with(filter)
+        .with(text)
+        .with(json)
+        .try_init()?;
+    if provider.is_some() {
+        global::set_text_map_propagator(TraceContextPropagator::new());
+        TRACING.store(true, Ordering::Release);
     }
-    Ok(())
+    Ok(Telemetry { provider })
+}
+
+fn tracer_provider(
+    endpoint: &str,
+    service_name: &str,
+) -> Result<SdkTracerProvider, TelemetryError> {
+    let exporter = SpanExporter::builder()
+        .with_tonic()
+        .with_endpoint(endpoint)
+        .build()?;
+    Ok(SdkTracerProvider::builder()
+        .with_batch_exporter(exporter)
+        .with_resource(
+            Resource::builder()
+                .with_service_name(service_name.to_owned())
+                .build(),
+        )
+        .build())
+}
+
+// === impl Telemetry ===
+
+impl Telemetry {
+    /// Sends the spans not yet exported and stops the exporter.
+    pub async fn shutdown(self) {
+        if let Some(provider) = self.provider {
+            // The exporter's thread waits on the runtime to send: do not block a runtime worker.
+            let flushed = tokio::task::spawn_blocking(move || provider.shutdown()).await;
+            if let Ok(Err(error)) = flushed {
+                tracing::warn!(%error, "cannot flush traces");
+            }
+        }
+    }
+}
+
+/// Whether OpenTelemetry is on.
+pub fn tracing_enabled() -> bool {
+    TRACING.load(Ordering::Acquire)
+}
+
+/// Makes `span` a child of the caller's span, from the W3C `traceparent`/`tracestate` metadata.
+pub fn continue_trace(span: &Span, metadata: &MetadataMap) {
+    if tracing_enabled() {
+        let parent = global::get_text_map_propagator(|propagator| {
+            propagator.extract(&MetadataExtractor(metadata))
+        });
+        let _ = span.set_parent(parent);
+    }
+}
+
+/// The W3C trace context of the current span, as headers for the Graph request.
+pub fn trace_headers() -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    if tracing_enabled() {
+        let context = Span::current().context();
+        global::get_text_map_propagator(|propagator| {
+            propagator.inject_context(&context, &mut HeaderInjector(&mut headers))
+        });
+    }
+    headers
+}
+
+/// The trace ID of a call, for its log line: the span's when OpenTelemetry is on, else the
+/// caller's `traceparent`, if it sent a valid one.
+pub fn trace_id(span: &Span, metadata: &MetadataMap) -> Option<String> {
+    if tracing_enabled() {
+        let context: Context = span.context();
+        let trace_id = context.span().span_context().trace_id();
+        return (trace_id != opentelemetry::trace::TraceId::INVALID).then(|| trace_id.to_string());
+    }
+    let traceparent = metadata.get("traceparent")?.to_str().ok()?;
+    let mut parts = traceparent.split('-');
+    let (version, trace_id) = (parts.next()?, parts.next()?);
+    let valid = version.len() == 2
+        && trace_id.len() == 32
+        && trace_id
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        && trace_id.bytes().any(|b| b != b'0');
+    valid.then(|| trace_id.to_owned())
+}
+
+struct MetadataExtractor<'a>(&'a MetadataMap);
+
+impl Extractor for MetadataExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|value| value.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0
+            .keys()
+            .filter_map(|key| match key {
+                tonic::metadata::KeyRef::Ascii(key) => Some(key.as_str()),
+                tonic::metadata::KeyRef::Binary(_) => None,
+            })
+            .collect()
+    }
+}
+
+struct HeaderInjector<'a>(&'a mut HeaderMap);
+
+impl Injector for HeaderInjector<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        if let (Ok(name), Ok(value)) = (HeaderName::try_from(key), HeaderValue::try_from(value)) {
+            self.0.insert(name, value);
+        }
+    }
 }
 
 /// Displays an error and its sources on one line, for logs.
@@ -46,5 +205,38 @@ impl std::fmt::Display for ErrorChain<'_> {
             source = error.source();
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_callers_trace_id_is_read_from_a_valid_traceparent() {
+        let cases = [
+            (
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+                Some("4bf92f3577b34da6a3ce929d0e0e4736"),
+            ),
+            (
+                "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+                None,
+            ),
+            (
+                "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+                None,
+            ),
+            ("garbage", None),
+        ];
+        for (traceparent, expected) in cases {
+            let mut metadata = MetadataMap::new();
+            metadata.insert("traceparent", traceparent.parse().unwrap());
+            assert_eq!(
+                trace_id(&Span::none(), &metadata).as_deref(),
+                expected,
+                "{traceparent}"
+            );
+        }
     }
 }

@@ -109,6 +109,7 @@ impl GraphClient {
             .header(CLIENT_REQUEST_ID, client_request_id.header_value().clone())
             .header(header::ACCEPT, "application/json")
             .header(header::CONTENT_LENGTH, 0)
+            .headers(crate::telemetry::trace_headers())
             .send()
             .await
             .map_err(classify)?;

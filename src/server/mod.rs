@@ -4,6 +4,7 @@
 
 use std::{future::Future, io, time::Duration};
 
+mod admin;
 mod conn;
 mod listen;
 mod tls;
@@ -15,6 +16,7 @@ use tonic_health::{ServingStatus, server::HealthReporter};
 
 use self::conn::{Protocols, serve_connections};
 pub use self::{
+    admin::Readiness,
     listen::{ApiListener, ListenAddr, ListenAddrError, SOCKET_MODE},
     tls::{TlsError, TlsFiles},
 };
@@ -22,6 +24,7 @@ pub use self::{
 use crate::{
     Config,
     graph::{GraphClient, GraphClientError},
+    metrics::Metrics,
     proto::{FILE_DESCRIPTOR_SET, PrintJobServiceServer},
     service::PrintJobGateway,
 };
@@ -94,9 +97,19 @@ pub async fn serve(
 ) -> Result<(), ServeError> {
     let graph = GraphClient::new(&config.graph_settings())?;
     let abort_calls = CancellationToken::new();
-    let gateway = PrintJobGateway::new(graph, config.call_policy(), abort_calls.clone());
-    let (health, health_service) = tonic_health::server::health_reporter();
-    set_health(&health, ServingStatus::NotServing).await;
+    let metrics = Metrics::new();
+    let gateway = PrintJobGateway::new(
+        graph,
+        metrics.clone(),
+        config.call_policy(),
+        abort_calls.clone(),
+    );
+    let (reporter, health_service) = tonic_health::server::health_reporter();
+    let health = Health {
+        reporter,
+        readiness: Readiness::default(),
+    };
+    health.set(false).await;
 
     let reflection_v1 = reflection(API_DESCRIPTORS).build_v1()?;
     let reflection_v1alpha = reflection(API_DESCRIPTORS).build_v1alpha()?;
@@ -129,13 +142,13 @@ pub async fn serve(
     ));
     let mut admin = tokio::spawn(serve_connections(
         listeners.admin.into(),
-        admin_routes.into_axum_router(),
+        admin::router(admin_routes, metrics, health.readiness.clone()),
         Protocols::Http1AndHttp2,
         None,
         stop_admin.clone(),
     ));
 
-    set_health(&health, ServingStatus::Serving).await;
+    health.set(true).await;
     tracing::info!(
         grpc = %grpc_addr,
         admin = %admin_addr,
@@ -152,7 +165,7 @@ pub async fn serve(
     }
 
     tracing::info!(grace = ?config.shutdown_grace, "shutting down: draining calls in flight");
-    set_health(&health, ServingStatus::NotServing).await;
+    health.set(false).await;
     stop_accepting.cancel();
     if tokio::time::timeout(config.shutdown_grace, &mut grpc)
         .await
@@ -216,15 +229,25 @@ fn reflection(descriptor_sets: &[&'static [u8]]) -> tonic_reflection::server::Bu
         .include_reflection_service(false)
 }
 
-/// The overall health (`""`) and the API's, which always change together.
-async fn set_health(health: &HealthReporter, status: ServingStatus) {
-    health.set_service_status("", status).await;
-    health
-        .set_service_status(
-            <PrintJobServiceServer<PrintJobGateway> as tonic::server::NamedService>::NAME,
-            status,
-        )
-        .await;
+/// Every view of the gateway's health, which always change together: gRPC health for the
+/// whole server (`""`) and for the API, and HTTP readiness.
+struct Health {
+    reporter: HealthReporter,
+    readiness: Readiness,
+}
+
+impl Health {
+    async fn set(&self, serving: bool) {
+        let status = if serving {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        };
+        let api = <PrintJobServiceServer<PrintJobGateway> as tonic::server::NamedService>::NAME;
+        self.reporter.set_service_status("", status).await;
+        self.reporter.set_service_status(api, status).await;
+        self.readiness.set(serving);
+    }
 }
 
 /// The accept loops only end when told to; one that ends early has panicked.

@@ -162,6 +162,10 @@ async fn the_access_log_line_carries_what_an_operator_greps_for() {
     Call::to(gateway.grpc_addr)
         .ids("printer-7", "99")
         .metadata("x-request-id", guid)
+        .metadata(
+            "traceparent",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        )
         .send()
         .await
         .unwrap_err();
@@ -178,7 +182,10 @@ async fn the_access_log_line_carries_what_an_operator_greps_for() {
     assert_eq!(span["client_request_id"], guid);
     assert_eq!(span["graph_request_id"], "graph-request-id-404");
     assert_eq!(span["http_status"], 404);
-    assert_eq!(span["grpc_code"], "NotFound");
+    assert_eq!(span["grpc_code"], "NOT_FOUND");
+    assert_eq!(span["method"], "Cancel");
+    assert_eq!(span["attempts"], 1);
+    assert_eq!(span["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
     assert!(span["latency_ms"].is_number());
 }
 

@@ -11,6 +11,7 @@ mod faults;
 mod ids;
 mod limits;
 mod listen;
+mod observability;
 mod properties;
 mod retries;
 mod shutdown;

@@ -152,7 +152,7 @@ async fn a_delay_rule_makes_a_job_slow() {
 #[tokio::test]
 async fn it_answers_like_graph_and_records_what_it_received_without_the_token() {
     let (simulator, url) = start(Scenario::builtin()).await;
-    let http = reqwest::Client::new();
+    let http = crate::support::http_client();
     let cancel_url = format!("{url}/print/printers/printer-1/jobs/2/cancel");
 
     let anonymous = http

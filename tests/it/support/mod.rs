@@ -12,3 +12,11 @@ pub use gateway::TestGateway;
 /// A bearer token that tests look for in places where it must never appear.
 pub const TOKEN: &str =
     "eyJ0eXAiOiJKV1QiLCJhbGciOiJSUzI1NiJ9.c2VjcmV0LXRva2VuLXZhbHVl.c2lnbmF0dXJl";
+
+/// A plain HTTP client for the tests' own requests (admin endpoints, the simulator).
+pub fn http_client() -> reqwest::Client {
+    // reqwest is built without a crypto provider of its own; the gateway installs ring, and so
+    // must a test that may run before any gateway has started.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::new()
+}

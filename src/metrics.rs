@@ -1,0 +1,350 @@
+//! Prometheus metrics, served as text at `GET /metrics` on the admin listener. A handle built
+//! once in `serve` and cloned where calls and attempts are counted. No label ever carries a
+//! token, an ID or any other unbounded value: only the method, the gRPC code, the HTTP status,
+//! and small fixed sets of reasons.
+
+use std::{fmt::Write as _, sync::Arc, time::Duration};
+
+use prometheus_client::{
+    encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder, text::encode},
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    registry::{Registry, Unit},
+};
+
+/// Bucket bounds, in seconds, for a cloud API that usually answers in tens to hundreds of
+/// milliseconds and may be held for up to the longest deadline (30 s by default).
+const LATENCY_BUCKETS: [f64; 14] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 15.0, 30.0, 60.0,
+];
+
+/// The gateway's metrics. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    registry: Registry,
+    calls: Family<CallLabels, Counter>,
+    call_duration: Family<MethodLabels, Histogram>,
+    graph_responses: Family<StatusLabels, Counter>,
+    graph_failures: Family<FailureLabels, Counter>,
+    graph_duration: Histogram,
+    retries: Family<RetryLabels, Counter>,
+    in_flight: Gauge,
+    overload_rejections: Counter,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CallLabels {
+    method: &'static str,
+    code: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MethodLabels {
+    method: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StatusLabels {
+    status: u16,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FailureLabels {
+    kind: GraphFailure,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RetryLabels {
+    reason: RetryReason,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BuildLabels {
+    version: &'static str,
+    git_hash: &'static str,
+}
+
+/// A Graph attempt that got no HTTP answer.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
+pub enum GraphFailure {
+    /// No connection could be made; nothing was sent.
+    Unreachable,
+    /// The connection failed after the request may have been sent.
+    Transport,
+    /// The call's deadline ran out while waiting.
+    Timeout,
+}
+
+/// Why an attempt was retried.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
+pub enum RetryReason {
+    /// Graph answered 429.
+    Throttled,
+    /// Graph answered 503.
+    Unavailable,
+    /// Graph answered 504.
+    GatewayTimeout,
+    /// No connection could be made.
+    Unreachable,
+}
+
+// === impl GraphFailure ===
+
+impl GraphFailure {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Unreachable => "unreachable",
+            Self::Transport => "transport",
+            Self::Timeout => "timeout",
+        }
+    }
+}
+
+impl EncodeLabelValue for GraphFailure {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
+        encoder.write_str(self.as_str())
+    }
+}
+
+// === impl RetryReason ===
+
+impl RetryReason {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Throttled => "throttled",
+            Self::Unavailable => "unavailable",
+            Self::GatewayTimeout => "gateway_timeout",
+            Self::Unreachable => "unreachable",
+        }
+    }
+}
+
+impl EncodeLabelValue for RetryReason {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
+        encoder.write_str(self.as_str())
+    }
+}
+
+// === impl Metrics ===
+
+impl Metrics {
+    /// Registers every metric under the `printjob_gateway` prefix.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("printjob_gateway");
+        let calls = Family::<CallLabels, Counter>::default();
+        registry.register(
+            "calls",
+            "gRPC calls answered, by method and gRPC code",
+            calls.clone(),
+        );
+        let call_duration = Family::<MethodLabels, Histogram>::new_with_constructor(
+            latency_histogram as fn() -> Histogram,
+        );
+        registry.register_with_unit(
+            "call_duration",
+            "Time from a call's arrival to its answer",
+            Unit::Seconds,
+            call_duration.clone(),
+        );
+        let graph_responses = Family::<StatusLabels, Counter>::default();
+        registry.register(
+            "graph_responses",
+            "HTTP answers from Graph, by status, one per attempt",
+            graph_responses.clone(),
+        );
+        let graph_failures = Family::<FailureLabels, Counter>::default();
+        registry.register(
+            "graph_failures",
+            "Graph attempts that got no HTTP answer, by kind",
+            graph_failures.clone(),
+        );
+        let graph_duration = latency_histogram();
+        registry.register_with_unit(
+            "graph_request_duration",
+            "Time Graph took to answer one attempt (status and headers)",
+            Unit::Seconds,
+            graph_duration.clone(),
+        );
+        let retries = Family::<RetryLabels, Counter>::default();
+        registry.register(
+            "graph_retries",
+            "Graph attempts retried, by reason",
+            retries.clone(),
+        );
+        let in_flight = Gauge::default();
+        registry.register(
+            "calls_in_flight",
+            "Cancel calls being served now",
+            in_flight.clone(),
+        );
+        let overload_rejections = Counter::default();
+        registry.register(
+            "overload_rejections",
+            "Calls refused with RESOURCE_EXHAUSTED because the gateway was at its limit of calls in flight",
+            overload_rejections.clone(),
+        );
+        let build_info = Family::<BuildLabels, Gauge>::default();
+        build_info
+            .get_or_create(&BuildLabels {
+                version: env!("CARGO_PKG_VERSION"),
+                git_hash: env!("PRINTJOB_GATEWAY_GIT_HASH"),
+            })
+            .set(1);
+        registry.register(
+            "build_info",
+            "The running build: version and git commit",
+            build_info,
+        );
+        Self {
+            inner: Arc::new(Inner {
+                registry,
+                calls,
+                call_duration,
+                graph_responses,
+                graph_failures,
+                graph_duration,
+                retries,
+                in_flight,
+                overload_rejections,
+            }),
+        }
+    }
+
+    /// Counts an answered call and its duration.
+    pub fn call_answered(&self, method: &'static str, code: tonic::Code, duration: Duration) {
+        self.inner
+            .calls
+            .get_or_create(&CallLabels {
+                method,
+                code: code_name(code),
+            })
+            .inc();
+        self.inner
+            .call_duration
+            .get_or_create(&MethodLabels { method })
+            .observe(duration.as_secs_f64());
+    }
+
+    /// Counts an HTTP answer from Graph and how long it took.
+    pub fn graph_answered(&self, status: u16, duration: Duration) {
+        self.inner
+            .graph_responses
+            .get_or_create(&StatusLabels { status })
+            .inc();
+        self.inner.graph_duration.observe(duration.as_secs_f64());
+    }
+
+    /// Counts an attempt that got no HTTP answer.
+    pub fn graph_failed(&self, kind: GraphFailure) {
+        self.inner
+            .graph_failures
+            .get_or_create(&FailureLabels { kind })
+            .inc();
+    }
+
+    /// Counts a retry.
+    pub fn retried(&self, reason: RetryReason) {
+        self.inner
+            .retries
+            .get_or_create(&RetryLabels { reason })
+            .inc();
+    }
+
+    /// Counts a call turned away at the limit of calls in flight.
+    pub fn overloaded(&self) {
+        self.inner.overload_rejections.inc();
+    }
+
+    /// Counts a call in flight until the returned guard is dropped.
+    pub fn in_flight(&self) -> InFlight {
+        self.inner.in_flight.inc();
+        InFlight(self.inner.in_flight.clone())
+    }
+
+    /// The metrics in the Prometheus (OpenMetrics) text format.
+    pub fn encode(&self) -> String {
+        let mut text = String::new();
+        // Writing into a String cannot fail.
+        let _ = encode(&mut text, &self.inner.registry);
+        text
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A call in flight, counted until dropped.
+#[derive(Debug)]
+pub struct InFlight(Gauge);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+fn latency_histogram() -> Histogram {
+    Histogram::new(LATENCY_BUCKETS)
+}
+
+/// The gRPC code as grpc-go and the gRPC docs name it, such as `NOT_FOUND`.
+pub fn code_name(code: tonic::Code) -> &'static str {
+    use tonic::Code::*;
+    match code {
+        Ok => "OK",
+        Cancelled => "CANCELLED",
+        Unknown => "UNKNOWN",
+        InvalidArgument => "INVALID_ARGUMENT",
+        DeadlineExceeded => "DEADLINE_EXCEEDED",
+        NotFound => "NOT_FOUND",
+        AlreadyExists => "ALREADY_EXISTS",
+        PermissionDenied => "PERMISSION_DENIED",
+        ResourceExhausted => "RESOURCE_EXHAUSTED",
+        FailedPrecondition => "FAILED_PRECONDITION",
+        Aborted => "ABORTED",
+        OutOfRange => "OUT_OF_RANGE",
+        Unimplemented => "UNIMPLEMENTED",
+        Internal => "INTERNAL",
+        Unavailable => "UNAVAILABLE",
+        DataLoss => "DATA_LOSS",
+        Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_prometheus_conventions() {
+        let metrics = Metrics::new();
+        metrics.call_answered("Cancel", tonic::Code::NotFound, Duration::from_millis(20));
+        metrics.graph_answered(404, Duration::from_millis(15));
+        metrics.graph_failed(GraphFailure::Unreachable);
+        metrics.retried(RetryReason::Throttled);
+        metrics.overloaded();
+        let text = metrics.encode();
+        for expected in [
+            r#"printjob_gateway_calls_total{method="Cancel",code="NOT_FOUND"} 1"#,
+            r#"printjob_gateway_call_duration_seconds_bucket{le="0.025",method="Cancel"} 1"#,
+            r#"printjob_gateway_graph_responses_total{status="404"} 1"#,
+            r#"printjob_gateway_graph_failures_total{kind="unreachable"} 1"#,
+            "printjob_gateway_graph_request_duration_seconds_count 1",
+            r#"printjob_gateway_graph_retries_total{reason="throttled"} 1"#,
+            "printjob_gateway_calls_in_flight 0",
+            "printjob_gateway_overload_rejections_total 1",
+            r#"printjob_gateway_build_info{version=""#,
+        ] {
+            assert!(text.contains(expected), "{expected} in\n{text}");
+        }
+    }
+}

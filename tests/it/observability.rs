@@ -1,0 +1,351 @@
+//! What an operator sees: Prometheus metrics that change as calls happen and stay bounded, HTTP
+//! health endpoints that flip while draining, and OpenTelemetry traces linked to the caller's
+//! trace, exported to a real OTLP/gRPC collector on loopback.
+
+use std::{collections::BTreeSet, time::Duration};
+
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+    trace_service_server::{TraceService, TraceServiceServer},
+};
+use opentelemetry_proto::tonic::trace::v1::Span as OtlpSpan;
+use printjob_gateway::simulator::{self, Scenario, Simulator};
+use tokio::{net::TcpListener, sync::mpsc};
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::support::{
+    FakeGraph, Reply, TestGateway, gateway::Call, http_client, process::GatewayProcess,
+};
+
+async fn get(url: &str) -> (u16, String) {
+    let response = http_client().get(url).send().await.unwrap();
+    (response.status().as_u16(), response.text().await.unwrap())
+}
+
+async fn scrape(gateway: &TestGateway) -> String {
+    let (status, text) = get(&format!("http://{}/metrics", gateway.admin_addr)).await;
+    assert_eq!(status, 200);
+    text
+}
+
+/// The value of the sample that starts with `series ` (name and labels), or 0 when absent.
+fn sample(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .map_or(0.0, |value| value.parse().unwrap())
+}
+
+#[tokio::test]
+async fn metrics_change_as_calls_happen() {
+    let graph = FakeGraph::start().await;
+    let gateway = TestGateway::start_with(&graph.url(), &["--max-attempts", "1"]).await;
+    let ok = r#"printjob_gateway_calls_total{method="Cancel",code="OK"}"#;
+    let not_found = r#"printjob_gateway_calls_total{method="Cancel",code="NOT_FOUND"}"#;
+    let unauthenticated = r#"printjob_gateway_calls_total{method="Cancel",code="UNAUTHENTICATED"}"#;
+    let graph_204 = r#"printjob_gateway_graph_responses_total{status="204"}"#;
+    let graph_404 = r#"printjob_gateway_graph_responses_total{status="404"}"#;
+    let graph_latency = "printjob_gateway_graph_request_duration_seconds_count";
+
+    let before = scrape(&gateway).await;
+    assert!(
+        before.contains("printjob_gateway_build_info{version=\"0.1.0\",git_hash=\""),
+        "{before}"
+    );
+    gateway.call().send().await.unwrap();
+    gateway.call().authorization(None).send().await.unwrap_err();
+    graph.set_reply(Reply::graph_error(404, "itemNotFound", "Not found."));
+    gateway.call().send().await.unwrap_err();
+    let after = scrape(&gateway).await;
+
+    for (series, added) in [
+        (ok, 1.0),
+        (not_found, 1.0),
+        (unauthenticated, 1.0),
+        (graph_204, 1.0),
+        (graph_404, 1.0),
+        (graph_latency, 2.0),
+    ] {
+        assert_eq!(
+            sample(&after, series) - sample(&before, series),
+            added,
+            "{series}\n{after}"
+        );
+    }
+    assert_eq!(sample(&after, "printjob_gateway_calls_in_flight"), 0.0);
+    assert!(after.contains("# TYPE printjob_gateway_call_duration_seconds histogram"));
+}
+
+#[tokio::test]
+async fn retries_and_overload_rejections_are_counted() {
+    let throttled =
+        Reply::graph_error(429, "TooManyRequests", "Slow down.").header("retry-after", "0.01");
+    let graph = FakeGraph::replying(throttled).await;
+    let gateway = TestGateway::start_with(
+        &graph.url(),
+        &["--max-attempts", "3", "--max-in-flight", "1"],
+    )
+    .await;
+
+    gateway.call().send().await.unwrap_err();
+    let text = scrape(&gateway).await;
+    assert_eq!(
+        sample(
+            &text,
+            r#"printjob_gateway_graph_retries_total{reason="throttled"}"#
+        ),
+        2.0,
+        "{text}"
+    );
+    assert_eq!(
+        sample(
+            &text,
+            r#"printjob_gateway_graph_responses_total{status="429"}"#
+        ),
+        3.0,
+        "{text}"
+    );
+
+    graph.set_reply(Reply::no_content().delayed(Duration::from_millis(800)));
+    let in_flight = tokio::spawn(gateway.call().send());
+    graph.wait_for_requests(4).await;
+    assert_eq!(
+        sample(&scrape(&gateway).await, "printjob_gateway_calls_in_flight"),
+        1.0
+    );
+    gateway.call().send().await.unwrap_err();
+    in_flight.await.unwrap().unwrap();
+    let text = scrape(&gateway).await;
+    assert_eq!(
+        sample(&text, "printjob_gateway_overload_rejections_total"),
+        1.0,
+        "{text}"
+    );
+    assert_eq!(sample(&text, "printjob_gateway_calls_in_flight"), 0.0);
+}
+
+#[tokio::test]
+async fn labels_stay_bounded_under_many_distinct_ids_and_tokens() {
+    let graph = FakeGraph::start().await;
+    let gateway = TestGateway::start(&graph.url()).await;
+    let channel = gateway.channel().await;
+    let series = |text: &str| -> BTreeSet<String> {
+        text.lines()
+            .filter(|line| !line.starts_with('#'))
+            .map(|line| line.rsplit_once(' ').unwrap().0.to_owned())
+            .collect()
+    };
+    gateway.call().send_on(channel.clone()).await.unwrap();
+    let first = series(&scrape(&gateway).await);
+
+    for i in 0..300 {
+        let id = format!("printer-{i}-{}", uuid::Uuid::new_v4());
+        let token = format!("Bearer token{i}x{}", uuid::Uuid::new_v4().simple());
+        gateway
+            .call()
+            .ids(&id, &id)
+            .authorization(Some(&token))
+            .send_on(channel.clone())
+            .await
+            .unwrap();
+    }
+    let text = scrape(&gateway).await;
+
+    assert_eq!(series(&text), first, "no new series for new IDs or tokens");
+    assert!(!text.contains("printer-1-") && !text.contains("token1x"));
+}
+
+#[tokio::test]
+async fn health_endpoints_answer_plain_http_and_readiness_flips_during_drain() {
+    let graph = FakeGraph::replying(Reply::no_content().delayed(Duration::from_millis(1500))).await;
+    let mut gateway = TestGateway::start(&graph.url()).await;
+    let admin = gateway.admin_addr;
+    assert_eq!(get(&format!("http://{admin}/healthz")).await.0, 200);
+    assert_eq!(get(&format!("http://{admin}/readyz")).await.0, 200);
+
+    let in_flight = tokio::spawn(gateway.call().send());
+    graph.wait_for_requests(1).await;
+    gateway.begin_shutdown();
+    let not_ready = tokio::time::timeout(Duration::from_secs(1), async {
+        while get(&format!("http://{admin}/readyz")).await.0 != 503 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+
+    assert!(not_ready.is_ok(), "/readyz answers 503 while draining");
+    assert!(!in_flight.is_finished(), "the drain is still going on");
+    assert_eq!(
+        get(&format!("http://{admin}/healthz")).await.0,
+        200,
+        "still alive while draining"
+    );
+    in_flight
+        .await
+        .unwrap()
+        .expect("the call in flight completes");
+    gateway.shut_down().await.unwrap();
+}
+
+/// An OTLP/gRPC trace collector on loopback that hands over every span it receives.
+struct Collector(mpsc::UnboundedSender<OtlpSpan>);
+
+#[tonic::async_trait]
+impl TraceService for Collector {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        for resource in request.into_inner().resource_spans {
+            for scope in resource.scope_spans {
+                for span in scope.spans {
+                    let _ = self.0.send(span);
+                }
+            }
+        }
+        Ok(tonic::Response::new(ExportTraceServiceResponse {
+            partial_success: None,
+        }))
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn attribute(span: &OtlpSpan, key: &str) -> Option<String> {
+    use opentelemetry_proto::tonic::common::v1::any_value::Value;
+    let value = span
+        .attributes
+        .iter()
+        .find(|kv| kv.key == key)?
+        .value
+        .as_ref()?
+        .value
+        .as_ref()?;
+    Some(match value {
+        Value::StringValue(text) => text.clone(),
+        Value::IntValue(number) => number.to_string(),
+        other => format!("{other:?}"),
+    })
+}
+
+#[tokio::test]
+async fn traces_reach_an_otlp_collector_linked_to_the_callers_trace() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let collector_addr = listener.local_addr().unwrap();
+    let (spans_tx, mut spans) = mpsc::unbounded_channel();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(TraceServiceServer::new(Collector(spans_tx)))
+            .serve_with_incoming(TcpListenerStream::new(listener)),
+    );
+    let graph_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let graph_url = format!("http://{}/v1.0", graph_listener.local_addr().unwrap());
+    let scenario = r#"{"printers": [{"id": "p", "anyJob": true}], "rules": [{"printer": "p", "status": 503, "retryAfter": 0.05, "times": 1}]}"#;
+    let graph = Simulator::new(Scenario::parse(scenario, "test").unwrap());
+    tokio::spawn(simulator::serve(
+        graph_listener,
+        graph.clone(),
+        std::future::pending(),
+    ));
+    let endpoint = format!("http://{collector_addr}");
+    let gateway = GatewayProcess::spawn(
+        &["--graph-url", &graph_url],
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+            ("OTEL_BSP_SCHEDULE_DELAY", "50"),
+        ],
+    )
+    .await;
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let caller_span = "00f067aa0ba902b7";
+
+    Call::to(gateway.grpc_addr)
+        .ids("p", "1")
+        .metadata("traceparent", &format!("00-{trace_id}-{caller_span}-01"))
+        .send()
+        .await
+        .expect("OK after one retry");
+
+    let mut received = Vec::new();
+    let all_in = tokio::time::timeout(Duration::from_secs(20), async {
+        while received
+            .iter()
+            .filter(|s: &&OtlpSpan| hex(&s.trace_id) == trace_id)
+            .count()
+            < 3
+        {
+            received.push(spans.recv().await.unwrap());
+        }
+    })
+    .await;
+    assert!(
+        all_in.is_ok(),
+        "3 spans of the caller's trace arrive: {received:#?}"
+    );
+    let ours: Vec<&OtlpSpan> = received
+        .iter()
+        .filter(|s| hex(&s.trace_id) == trace_id)
+        .collect();
+    let server = ours
+        .iter()
+        .find(|s| s.name == "graph.print.v1.PrintJobService/Cancel")
+        .expect("a server span");
+    assert_eq!(
+        hex(&server.parent_span_id),
+        caller_span,
+        "the server span's parent is the caller's span"
+    );
+    assert_eq!(server.kind, 2, "SPAN_KIND_SERVER");
+    let mut clients: Vec<&&OtlpSpan> = ours.iter().filter(|s| s.kind == 3).collect();
+    clients.sort_by_key(|s| attribute(s, "attempt"));
+    assert_eq!(clients.len(), 2, "one client span per Graph attempt");
+    assert_eq!(attribute(clients[0], "attempt").as_deref(), Some("1"));
+    assert_eq!(
+        attribute(clients[0], "http.response.status_code").as_deref(),
+        Some("503")
+    );
+    assert_eq!(attribute(clients[1], "attempt").as_deref(), Some("2"));
+    assert_eq!(
+        attribute(clients[1], "http.response.status_code").as_deref(),
+        Some("204")
+    );
+    for client in &clients {
+        assert_eq!(
+            client.parent_span_id, server.span_id,
+            "client spans are children of the server span"
+        );
+    }
+
+    let sent: Vec<String> = graph
+        .received()
+        .iter()
+        .map(|r| r.traceparent.clone().expect("traceparent sent to Graph"))
+        .collect();
+    for (traceparent, client) in sent.iter().zip(&clients) {
+        assert_eq!(
+            traceparent,
+            &format!("00-{trace_id}-{}-01", hex(&client.span_id)),
+            "Graph sees the attempt's span as parent"
+        );
+    }
+    gateway.terminate(Duration::from_secs(10)).await;
+}
+
+#[tokio::test]
+async fn without_an_otlp_endpoint_no_trace_context_is_sent_to_graph() {
+    let graph = FakeGraph::start().await;
+    let gateway = TestGateway::start(&graph.url()).await;
+
+    gateway
+        .call()
+        .metadata(
+            "traceparent",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        )
+        .send()
+        .await
+        .unwrap();
+
+    assert!(!graph.requests()[0].headers.contains_key("traceparent"));
+}
