@@ -117,7 +117,7 @@ pub fn demo_instructions(grpc: ListenAddr, simulator: SocketAddr) -> String {
     format!(
         "printjob-gateway demo: the gateway serves gRPC on {grpc}, in front of a simulated Graph at http://{simulator}/v1.0\n\
          \n\
-         Cancel a print job (answers {{}}):\n{}\
+         Cancel a print job (answers OK, an empty response):\n{}\
          \n\
          Cancel a job that has already completed (answers FAILED_PRECONDITION, with Graph's error in the details):\n{}\
          \n\
