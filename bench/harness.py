@@ -646,8 +646,12 @@ def summarise(results: dict, smoke: bool) -> dict:
         "upstream_p50_ms": median_of(runs["upstream"], "p50_ms"), "upstream_p99_ms": median_of(runs["upstream"], "p99_ms"),
         "nginx_cpu_us_forward": median_of(runs["forward"], "nginx_cpu_us_per_call"),
         "nginx_cpu_us_upstream": median_of(runs["upstream"], "nginx_cpu_us_per_call"),
-        "cpu_ratio": fwd_cpu / rej_cpu if rej_cpu else float("inf"),
-        "throughput_ratio": fwd_rps / serial,
+        # Each round measures the three paths back to back, so a ratio within one round shares the
+        # machine's state of that moment; the median of the per-round ratios is the figure judged.
+        "cpu_ratio": statistics.median(f["cpu_us_per_call"] / r["cpu_us_per_call"]
+                                       for r, f in zip(runs["reject"], runs["forward"])),
+        "throughput_ratio": statistics.median(f["rps"] * (1 / r["rps"] + 1 / u["rps"])
+                                              for r, f, u in zip(runs["reject"], runs["forward"], runs["upstream"])),
         "idle_rss_kib": results["startup"]["idle_rss_kib"],
         "startup_ms": results["startup"]["median_ms"],
         "peak_rss_kib": results["peak_rss_kib_load_gateway"],
@@ -728,8 +732,8 @@ def report(results: dict) -> str:
         f"- Machine: {m['nproc']} CPUs ({m['cpu']}), {m['memory_gib']} GiB, Linux {m['kernel']}; load average at the end {' '.join(m['loadavg'])} (shared machine)",
         f"- Tools: {m['h2load']}, {m['nginx']}, {m['rustc']}",
         f"- Load: h2load over h2c, {load['connections']} connections × {load['streams']} streams, one h2load thread, "
-        f"{load['calls']:,} calls per measurement, {results['rounds']} interleaved rounds (reject, forward, upstream), medians shown; "
-        "warmed up first. Gateway: `target/release/printjob-gateway --log-filter warn` (at `info` it writes a line per call).",
+        f"{load['calls']:,} calls per measurement, {results['rounds']} rounds of reject, forward and upstream back to back, medians shown; "
+        "warmed up first. The gateway runs with `--log-filter warn` (at `info` it writes a line per call), its other settings at their defaults.",
         "- Upstream: nginx (one process, `return 204`) on loopback; the gateway speaks HTTP/1.1 to it, h2load reaches it over h2c. "
         "Every forwarded call was checked against nginx's `stub_status` request count, and sample calls' `grpc-status` were read "
         f"(forwarded: {results['sample_calls']['forwarded_grpc_status']}, no token: {results['sample_calls']['rejected_grpc_status']}).",
@@ -740,8 +744,8 @@ def report(results: dict) -> str:
         "|---|---|---|---|",
     ]
     t = s["targets"]
-    lines.append(f"| CPU per forwarded call ÷ CPU per rejected call | {t['cpu_ratio']['value']:.2f} ({s['forward_cpu_us']:.1f} µs ÷ {s['reject_cpu_us']:.1f} µs) | ≤ 2.0 | {mark(t['cpu_ratio']['pass'])} |")
-    lines.append(f"| Forwarded throughput ÷ serial limit 1/(1/reject + 1/upstream) | {t['throughput_ratio']['value']:.2f} ({s['forward_rps']:,.0f} ÷ {s['serial_limit_rps']:,.0f} calls/s) | ≥ 0.9 | {mark(t['throughput_ratio']['pass'])} |")
+    lines.append(f"| CPU per forwarded call ÷ CPU per rejected call (median of the rounds' ratios) | {t['cpu_ratio']['value']:.2f} (medians: {s['forward_cpu_us']:.1f} µs and {s['reject_cpu_us']:.1f} µs) | ≤ 2.0 | {mark(t['cpu_ratio']['pass'])} |")
+    lines.append(f"| Forwarded throughput ÷ serial limit 1/(1/reject + 1/upstream) (median of the rounds' ratios) | {t['throughput_ratio']['value']:.2f} (medians: {s['forward_rps']:,.0f} and {s['serial_limit_rps']:,.0f} calls/s) | ≥ 0.9 | {mark(t['throughput_ratio']['pass'])} |")
     if "kib_per_call_10k" in t:
         lines.append(f"| RSS per call in flight at 10,000 | {t['kib_per_call_10k']['value']:.2f} KiB | ≤ 8 KiB | {mark(t['kib_per_call_10k']['pass'])} |")
     else:
