@@ -19,6 +19,7 @@ import datetime
 import json
 import os
 import platform
+import shutil
 import signal
 import socket
 import statistics
@@ -596,6 +597,7 @@ def run(args) -> int:
         print(f"   idle {res['idle_rss_kib']} KiB -> {res['rss_kib']} KiB with {n} in flight: "
               f"{res['kib_per_call']:.2f} KiB per call (reached in {res['seconds_to_reach']} s)", flush=True)
     PROCS.stop_all()
+    shutil.rmtree(tmp, ignore_errors=True)  # kept when a step failed, for its logs
 
     summary = summarise(results, smoke)
     results["summary"] = summary
@@ -810,7 +812,8 @@ def write_section(path: Path, text: str) -> None:
         if BEGIN_MARK in current and END_MARK in current:
             head, rest = current.split(BEGIN_MARK, 1)
             _, tail_text = rest.split(END_MARK, 1)
-            path.write_text(head + block + tail_text.lstrip("\n"))
+            tail_text = tail_text.lstrip("\n")
+            path.write_text(head + block + ("\n" + tail_text if tail_text else ""))
             return
         path.write_text(current.rstrip("\n") + "\n\n" + block)
         return

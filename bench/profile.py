@@ -163,6 +163,7 @@ def main() -> int:
         if perf_works():
             perf_split[kind] = perf_profile(bench, kind, load, native, nginx, out)
     harness.PROCS.stop_all()
+    shutil.rmtree(tmp, ignore_errors=True)
 
     if bench.problems:
         print("CHECKS FAILED:\n  " + "\n  ".join(bench.problems))
