@@ -6,7 +6,7 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum, error::ErrorKind};
 
 use crate::{
-    graph::{GraphBaseUrl, GraphSettings},
+    graph::{GraphBaseUrl, GraphProtocol, GraphSettings},
     retry::RetryPolicy,
     server::{ListenAddr, TlsFiles},
     service::{CallPolicy, Deadlines},
@@ -75,6 +75,17 @@ pub struct Config {
         default_value = "https://graph.microsoft.com/v1.0"
     )]
     pub graph_url: GraphBaseUrl,
+
+    /// HTTP versions spoken to Graph: auto (HTTP/2 when Graph offers it over TLS, else HTTP/1.1),
+    /// http1 (a pool of HTTP/1.1 connections), or http2 (HTTP/2 only; prior knowledge over plain
+    /// http to loopback fakes).
+    #[arg(long, env = "PRINTJOB_GATEWAY_GRAPH_PROTOCOL", value_enum, default_value_t = GraphProtocol::Auto)]
+    pub graph_protocol: GraphProtocol,
+
+    /// Extra CA certificates (PEM) to trust for Graph besides the platform's, for egress proxies
+    /// that inspect TLS or a private Graph stand-in.
+    #[arg(long, env = "PRINTJOB_GATEWAY_GRAPH_CA_FILE")]
+    pub graph_ca_file: Option<PathBuf>,
 
     /// Deadline of a call whose caller sends none (no grpc-timeout).
     #[arg(long, env = "PRINTJOB_GATEWAY_DEFAULT_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
@@ -258,6 +269,8 @@ impl Config {
         GraphSettings {
             base_url: self.graph_url.clone(),
             connect_timeout: self.connect_timeout,
+            protocol: self.graph_protocol,
+            extra_ca: self.graph_ca_file.clone(),
         }
     }
 }

@@ -3,16 +3,23 @@
 //! that is not a 2xx, so the rest of the gateway never sees HTTP.
 
 mod answer;
+mod transport;
 mod url;
 
-use std::time::{Duration, SystemTime};
+use std::{
+    path::PathBuf,
+    time::{Duration, SystemTime},
+};
 
-use http::{HeaderName, StatusCode, header};
+use bytes::Bytes;
+use http::{HeaderName, HeaderValue, Request, StatusCode, header};
+use http_body_util::{BodyExt, Empty};
 use tokio::time::Instant;
 
 pub use self::answer::{GraphRejection, parse_retry_after};
+pub use self::transport::{GraphClientError, GraphProtocol};
 pub use self::url::{GraphBaseUrl, GraphUrlError};
-use crate::{auth::BearerToken, request::CancelTarget, request::ClientRequestId};
+use crate::{auth::BearerToken, request::CancelTarget, request::ClientRequestId, telemetry};
 
 /// The most bytes of an error body read from Graph; the rest is never read. Graph's JSON errors
 /// are well under a kilobyte, so this only bounds what a broken proxy can make the gateway hold.
@@ -25,6 +32,11 @@ const ERROR_BODY_WAIT: Duration = Duration::from_secs(2);
 /// The header that correlates a call across the caller, the gateway and Graph.
 pub const CLIENT_REQUEST_ID: HeaderName = HeaderName::from_static("client-request-id");
 
+const USER_AGENT: HeaderValue =
+    HeaderValue::from_static(concat!("printjob-gateway/", env!("CARGO_PKG_VERSION")));
+const ACCEPT_JSON: HeaderValue = HeaderValue::from_static("application/json");
+const ZERO: HeaderValue = HeaderValue::from_static("0");
+
 /// How the HTTP client that talks to Graph is built.
 #[derive(Debug, Clone)]
 pub struct GraphSettings {
@@ -32,12 +44,16 @@ pub struct GraphSettings {
     pub base_url: GraphBaseUrl,
     /// The most time allowed to open a connection, TLS included.
     pub connect_timeout: Duration,
+    /// Which HTTP versions to speak.
+    pub protocol: GraphProtocol,
+    /// CA certificates (PEM) to trust besides the platform's.
+    pub extra_ca: Option<PathBuf>,
 }
 
 /// A handle to Graph: one pooled HTTP client for the whole process. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct GraphClient {
-    http: reqwest::Client,
+    http: transport::HttpClient,
     base_url: GraphBaseUrl,
 }
 
@@ -58,16 +74,11 @@ pub enum GraphError {
     Rejected(Box<GraphRejection>),
     /// No connection to Graph could be made (refused, DNS, TLS handshake), so nothing was sent.
     #[error("cannot connect to Graph")]
-    Unreachable(#[source] reqwest::Error),
+    Unreachable(#[source] hyper_util::client::legacy::Error),
     /// The connection failed after the request may have been sent, or the answer was not HTTP.
     #[error("the connection to Graph failed")]
-    Transport(#[source] reqwest::Error),
+    Transport(#[source] hyper_util::client::legacy::Error),
 }
-
-/// Why the HTTP client could not be built.
-#[derive(Debug, thiserror::Error)]
-#[error("cannot build the HTTP client for Graph")]
-pub struct GraphClientError(#[from] reqwest::Error);
 
 // === impl GraphClient ===
 
@@ -76,17 +87,12 @@ impl GraphClient {
     /// offers it, `HTTPS_PROXY`/`NO_PROXY` honoured, and redirects never followed, so a token
     /// never goes anywhere but Graph's host.
     pub fn new(settings: &GraphSettings) -> Result<Self, GraphClientError> {
-        // reqwest is built without a built-in crypto provider, so that only ring is linked. `Err`
-        // means a provider is already installed, which is all that matters here.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-
-        let http = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .https_only(settings.base_url.is_https())
-            .connect_timeout(settings.connect_timeout)
-            .tcp_nodelay(true)
-            .user_agent(concat!("printjob-gateway/", env!("CARGO_PKG_VERSION")))
-            .build()?;
+        let http = transport::client(
+            &settings.base_url.uri(),
+            settings.protocol,
+            settings.connect_timeout,
+            settings.extra_ca.as_ref(),
+        )?;
         Ok(Self {
             http,
             base_url: settings.base_url.clone(),
@@ -102,18 +108,18 @@ impl GraphClient {
         token: &BearerToken,
         client_request_id: &ClientRequestId,
     ) -> Result<GraphAcceptance, GraphError> {
-        let response = self
-            .http
-            .post(self.base_url.cancel_url(target))
-            .header(header::AUTHORIZATION, token.header_value().clone())
-            .header(CLIENT_REQUEST_ID, client_request_id.header_value().clone())
-            .header(header::ACCEPT, "application/json")
-            .header(header::CONTENT_LENGTH, 0)
-            .headers(crate::telemetry::trace_headers())
-            .send()
-            .await
-            .map_err(classify)?;
+        let mut request = Request::post(self.base_url.cancel_uri(target))
+            .body(Empty::<Bytes>::new())
+            .expect("a request built from a valid URI is valid");
+        let headers = request.headers_mut();
+        headers.extend(telemetry::trace_headers());
+        headers.insert(header::AUTHORIZATION, token.header_value().clone());
+        headers.insert(CLIENT_REQUEST_ID, client_request_id.header_value().clone());
+        headers.insert(header::ACCEPT, ACCEPT_JSON);
+        headers.insert(header::USER_AGENT, USER_AGENT);
+        headers.insert(header::CONTENT_LENGTH, ZERO);
 
+        let response = self.http.request(request).await.map_err(classify)?;
         let status = response.status();
         if status.is_success() {
             return Ok(GraphAcceptance {
@@ -121,11 +127,11 @@ impl GraphClient {
                 request_id: answer::request_id(response.headers()),
             });
         }
-        let headers = response.headers().clone();
-        let body = read_bounded(response).await;
+        let (parts, body) = response.into_parts();
+        let body = read_bounded(body).await;
         Err(GraphError::Rejected(Box::new(GraphRejection::new(
             status,
-            &headers,
+            &parts.headers,
             &body,
             SystemTime::now(),
         ))))
@@ -133,7 +139,7 @@ impl GraphClient {
 }
 
 /// Tells a failure where nothing was sent from one where the request may have reached Graph.
-fn classify(error: reqwest::Error) -> GraphError {
+fn classify(error: hyper_util::client::legacy::Error) -> GraphError {
     if error.is_connect() {
         GraphError::Unreachable(error)
     } else {
@@ -143,17 +149,19 @@ fn classify(error: reqwest::Error) -> GraphError {
 
 /// Reads at most [`ERROR_BODY_LIMIT`] bytes of an error body, waiting at most [`ERROR_BODY_WAIT`].
 /// Whatever arrived by then is kept; a broken or endless body is simply cut off.
-async fn read_bounded(mut response: reqwest::Response) -> Vec<u8> {
-    let mut body = Vec::new();
+async fn read_bounded(mut body: hyper::body::Incoming) -> Vec<u8> {
+    let mut bytes = Vec::new();
     let give_up = Instant::now() + ERROR_BODY_WAIT;
-    while body.len() < ERROR_BODY_LIMIT {
-        match tokio::time::timeout_at(give_up, response.chunk()).await {
-            Ok(Ok(Some(chunk))) => {
-                let room = ERROR_BODY_LIMIT - body.len();
-                body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+    while bytes.len() < ERROR_BODY_LIMIT {
+        match tokio::time::timeout_at(give_up, body.frame()).await {
+            Ok(Some(Ok(frame))) => {
+                if let Ok(chunk) = frame.into_data() {
+                    let room = ERROR_BODY_LIMIT - bytes.len();
+                    bytes.extend_from_slice(&chunk[..chunk.len().min(room)]);
+                }
             }
-            Ok(Ok(None)) | Ok(Err(_)) | Err(_) => break,
+            Ok(Some(Err(_)) | None) | Err(_) => break,
         }
     }
-    body
+    bytes
 }

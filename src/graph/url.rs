@@ -2,6 +2,10 @@
 
 use std::net::IpAddr;
 
+use http::{
+    Uri,
+    uri::{Authority, Scheme},
+};
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 
 use crate::request::CancelTarget;
@@ -24,6 +28,11 @@ pub struct GraphBaseUrl {
     /// The URL without a trailing slash, so that paths are appended with `/`.
     base: String,
     https: bool,
+    /// The URL as hyper takes it, split once so that each call only adds its path.
+    scheme: Scheme,
+    authority: Authority,
+    /// The base path without a trailing slash, such as `/v1.0`.
+    path: String,
 }
 
 /// Why a Graph base URL was refused.
@@ -65,7 +74,47 @@ impl GraphBaseUrl {
             return Err(GraphUrlError::Extras);
         }
         let base = url.as_str().trim_end_matches('/').to_owned();
-        Ok(Self { base, https })
+        let uri: Uri = base.parse().map_err(|_| GraphUrlError::Extras)?;
+        let (Some(scheme), Some(authority)) = (uri.scheme().cloned(), uri.authority().cloned())
+        else {
+            return Err(GraphUrlError::Extras);
+        };
+        let path = uri.path().trim_end_matches('/').to_owned();
+        Ok(Self {
+            base,
+            https,
+            scheme,
+            authority,
+            path,
+        })
+    }
+
+    /// The base URL, for the HTTP client's choice of TLS and proxy.
+    pub fn uri(&self) -> Uri {
+        Uri::builder()
+            .scheme(self.scheme.clone())
+            .authority(self.authority.clone())
+            .path_and_query(self.path.as_str())
+            .build()
+            .unwrap_or_default()
+    }
+
+    /// The URI of the cancel action of one print job, as hyper sends it:
+    /// `{base}/print/printers/{printerId}/jobs/{printJobId}/cancel`, each ID one encoded segment.
+    pub fn cancel_uri(&self, target: &CancelTarget) -> Uri {
+        let path = format!(
+            "{}/print/printers/{}/jobs/{}/cancel",
+            self.path,
+            utf8_percent_encode(target.printer_id.as_str(), PATH_SEGMENT),
+            utf8_percent_encode(target.print_job_id.as_str(), PATH_SEGMENT),
+        );
+        Uri::builder()
+            .scheme(self.scheme.clone())
+            .authority(self.authority.clone())
+            .path_and_query(path)
+            .build()
+            // A checked base and a path of unreserved characters and %-escapes is always a URI.
+            .expect("an encoded cancel path is a valid URI")
     }
 
     /// Whether requests go over TLS.
@@ -76,12 +125,7 @@ impl GraphBaseUrl {
     /// The URL of the cancel action of one print job:
     /// `{base}/print/printers/{printerId}/jobs/{printJobId}/cancel`, each ID one encoded segment.
     pub fn cancel_url(&self, target: &CancelTarget) -> String {
-        format!(
-            "{}/print/printers/{}/jobs/{}/cancel",
-            self.base,
-            utf8_percent_encode(target.printer_id.as_str(), PATH_SEGMENT),
-            utf8_percent_encode(target.print_job_id.as_str(), PATH_SEGMENT),
-        )
+        self.cancel_uri(target).to_string()
     }
 }
 
@@ -191,10 +235,10 @@ mod tests {
                 print_job_id: print_job_id.into(),
             })
             .unwrap();
-            assert_eq!(
-                base.cancel_url(&target),
-                format!("https://graph.microsoft.com/v1.0/print/printers/{expected}/cancel"),
-            );
+            let expected =
+                format!("https://graph.microsoft.com/v1.0/print/printers/{expected}/cancel");
+            assert_eq!(base.cancel_url(&target), expected);
+            assert_eq!(base.cancel_uri(&target).to_string(), expected);
         }
     }
 }
