@@ -5,11 +5,10 @@ use std::{os::unix::fs::PermissionsExt, path::Path, time::Duration};
 
 use hyper_util::rt::TokioIo;
 use printjob_gateway::{Config, Listeners, serve};
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
 use tokio::{net::UnixStream, sync::oneshot};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
-use crate::support::{FakeGraph, gateway::Call};
+use crate::support::{FakeGraph, gateway::Call, pki::make_pki};
 
 /// The settings and bound listeners of a gateway in front of `graph`.
 async fn start(graph: &FakeGraph, settings: &[&str]) -> (Listeners, Config) {
@@ -93,41 +92,6 @@ async fn a_stale_socket_file_is_replaced_but_a_live_one_is_not() {
         .send_on(unix_channel(&socket).await)
         .await
         .expect("the first gateway still serves");
-}
-
-/// A CA, a server certificate for `localhost` and a client certificate, as PEM files in `dir`.
-struct Pki {
-    ca: String,
-    client_cert: String,
-    client_key: String,
-}
-
-fn make_pki(dir: &Path) -> Pki {
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
-    let issue = |name: &str| {
-        let key = KeyPair::generate().unwrap();
-        let cert = CertificateParams::new(vec![name.to_owned()])
-            .unwrap()
-            .signed_by(&key, &ca)
-            .unwrap();
-        (cert.pem(), key.serialize_pem())
-    };
-    let (server_cert, server_key) = issue("localhost");
-    let (client_cert, client_key) = issue("caller.example");
-    for (name, pem) in [
-        ("ca.pem", ca.pem()),
-        ("server.pem", server_cert),
-        ("server.key", server_key),
-    ] {
-        std::fs::write(dir.join(name), pem).unwrap();
-    }
-    Pki {
-        ca: ca.pem(),
-        client_cert,
-        client_key,
-    }
 }
 
 async fn tls_call(addr: std::net::SocketAddr, tls: ClientTlsConfig) -> Result<(), tonic::Status> {

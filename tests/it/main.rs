@@ -7,6 +7,7 @@ mod binary;
 mod cancel;
 mod deadlines;
 mod discovery;
+mod egress;
 mod faults;
 mod ids;
 mod limits;

@@ -22,6 +22,8 @@ pub struct Recorded {
     pub headers: HeaderMap,
     /// The body.
     pub body: Bytes,
+    /// The HTTP version: `HTTP/1.1` or `HTTP/2.0`.
+    pub version: String,
 }
 
 /// What the fake answers.
@@ -139,6 +141,59 @@ impl FakeGraph {
         format!("http://{}/v1.0", self.addr)
     }
 
+    /// A fake that accepts every cancel with 204, over TLS with `cert` and `key` (PEM) and
+    /// ALPN `h2` and `http/1.1`. Its URL is [`FakeGraph::tls_url`].
+    pub async fn start_tls(cert: &str, key: &str) -> Self {
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
+        let certs = CertificateDer::pem_slice_iter(cert.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap();
+        let key = PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .unwrap();
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let state = Arc::new(Shared {
+            reply: Mutex::new(Reply::no_content()),
+            requests: Mutex::new(Vec::new()),
+            arrived: Notify::new(),
+        });
+        let app = axum::Router::new()
+            .fallback(answer)
+            .with_state(state.clone());
+        let task = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let (acceptor, app) = (acceptor.clone(), app.clone());
+                tokio::spawn(async move {
+                    let Ok(stream) = acceptor.accept(stream).await else {
+                        return;
+                    };
+                    let service = hyper_util::service::TowerToHyperService::new(app);
+                    let builder = hyper_util::server::conn::auto::Builder::new(
+                        hyper_util::rt::TokioExecutor::new(),
+                    );
+                    let _ = builder
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Self { addr, state, task }
+    }
+
+    /// The Graph base URL of a TLS fake: `https://localhost:<port>/v1.0`.
+    pub fn tls_url(&self) -> String {
+        format!("https://localhost:{}/v1.0", self.addr.port())
+    }
+
     /// Changes the reply to later requests.
     pub fn set_reply(&self, reply: Reply) {
         *self.state.reply.lock().unwrap() = reply;
@@ -185,6 +240,7 @@ async fn answer(
         target,
         headers: parts.headers,
         body,
+        version: format!("{:?}", parts.version),
     });
     state.arrived.notify_waiters();
 

@@ -3,6 +3,7 @@
 
 pub mod fake_graph;
 pub mod gateway;
+pub mod pki;
 pub mod process;
 pub mod raw;
 

@@ -1,0 +1,49 @@
+//! Throwaway certificates: a CA, a server certificate for `localhost` and a client certificate.
+
+use std::path::Path;
+
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+
+/// PEM texts of a test CA and the certificates it issued.
+pub struct Pki {
+    /// The CA certificate.
+    pub ca: String,
+    /// The server certificate, for `localhost`, and its key.
+    pub server_cert: String,
+    pub server_key: String,
+    /// A client certificate and its key.
+    pub client_cert: String,
+    pub client_key: String,
+}
+
+/// Makes a PKI and writes `ca.pem`, `server.pem` and `server.key` into `dir`.
+pub fn make_pki(dir: &Path) -> Pki {
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+    let issue = |name: &str| {
+        let key = KeyPair::generate().unwrap();
+        let cert = CertificateParams::new(vec![name.to_owned()])
+            .unwrap()
+            .signed_by(&key, &ca)
+            .unwrap();
+        (cert.pem(), key.serialize_pem())
+    };
+    let (server_cert, server_key) = issue("localhost");
+    let (client_cert, client_key) = issue("caller.example");
+    let pki = Pki {
+        ca: ca.pem(),
+        server_cert,
+        server_key,
+        client_cert,
+        client_key,
+    };
+    for (name, pem) in [
+        ("ca.pem", &pki.ca),
+        ("server.pem", &pki.server_cert),
+        ("server.key", &pki.server_key),
+    ] {
+        std::fs::write(dir.join(name), pem).unwrap();
+    }
+    pki
+}
