@@ -132,10 +132,10 @@ impl CancelError {
             }
         };
         // Graph's own Retry-After, set above, wins over the gateway's estimate.
-        if details.retry_info().is_none() {
-            if let Some(delay) = self.retry_delay() {
-                details.set_retry_info(Some(delay));
-            }
+        if details.retry_info().is_none()
+            && let Some(delay) = self.retry_delay()
+        {
+            details.set_retry_info(Some(delay));
         }
         details.set_request_info(
             self.graph_request_id()
@@ -213,10 +213,10 @@ fn describe_rejection(
     if let Some(retry_after) = rejection.retry_after {
         details.set_retry_info(Some(retry_after));
     }
-    if let Some(challenge) = &rejection.www_authenticate {
-        if let Ok(challenge) = AsciiMetadataValue::try_from(challenge.as_bytes()) {
-            metadata.insert(WWW_AUTHENTICATE, challenge);
-        }
+    if let Some(challenge) = &rejection.www_authenticate
+        && let Ok(challenge) = AsciiMetadataValue::try_from(challenge.as_bytes())
+    {
+        metadata.insert(WWW_AUTHENTICATE, challenge);
     }
     match &rejection.message {
         Some(message) => message.clone(),
