@@ -129,12 +129,11 @@ fn collect(
     tokio::spawn(async move {
         let mut lines = BufReader::new(stream).lines();
         while let Ok(Some(line)) = lines.next_line().await {
-            if serving.is_some() {
-                if let Ok(json) = serde_json::from_str::<serde_json::Value>(&line) {
-                    if json["message"] == "printjob-gateway serving" {
-                        let _ = serving.take().unwrap().send(json);
-                    }
-                }
+            if serving.is_some()
+                && let Ok(json) = serde_json::from_str::<serde_json::Value>(&line)
+                && json["message"] == "printjob-gateway serving"
+            {
+                let _ = serving.take().unwrap().send(json);
             }
             output.lock().unwrap().push(line);
         }
