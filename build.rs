@@ -27,6 +27,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_server(true)
         .build_client(true)
+        .codec_path("crate::proto::SmallMessageCodec")
         .compile_fds(protox::compile([SERVICE_PROTO], INCLUDES)?)?;
     Ok(())
 }
