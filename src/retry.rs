@@ -72,7 +72,7 @@ impl RetryPolicy {
         let mut attempts = 0;
         let outcome = loop {
             attempts += 1;
-            let error = match observed(attempt(attempts), attempts, deadline, metrics).await {
+            let error = match observed(|| attempt(attempts), attempts, deadline, metrics).await {
                 Ok(acceptance) => break Ok(acceptance),
                 Err(Timeout) => break Err(CancelError::DeadlineExceeded { graph_called: true }),
                 Err(Failed(error)) => error,
@@ -116,6 +116,18 @@ impl RetryPolicy {
     }
 }
 
+// === impl Attempted ===
+
+impl<T> Attempted<Result<T, CancelError>> {
+    /// A call that ended before any request was sent to Graph.
+    pub fn not_sent(error: CancelError) -> Self {
+        Self {
+            outcome: Err(error),
+            attempts: 0,
+        }
+    }
+}
+
 /// Why an attempt did not succeed.
 enum AttemptFailed {
     /// The deadline ran out while waiting.
@@ -126,9 +138,11 @@ enum AttemptFailed {
 
 use AttemptFailed::{Failed, Timeout};
 
-/// Runs one attempt within the deadline, in a client span, and counts it.
-async fn observed(
-    attempt: impl Future<Output = Result<GraphAcceptance, GraphError>>,
+/// Runs one attempt within the deadline, in a client span, and counts it. It takes a closure
+/// rather than the attempt's future so that the future is built in place and held once: every
+/// byte of a call's state is held by every call in flight.
+async fn observed<Fut: Future<Output = Result<GraphAcceptance, GraphError>>>(
+    attempt: impl FnOnce() -> Fut,
     number: u32,
     deadline: Instant,
     metrics: &Metrics,
@@ -143,7 +157,7 @@ async fn observed(
         attempt = number,
     );
     let started = Instant::now();
-    let outcome = tokio::time::timeout_at(deadline, attempt)
+    let outcome = tokio::time::timeout_at(deadline, attempt())
         .instrument(span.clone())
         .await;
     let elapsed = started.elapsed();

@@ -101,22 +101,17 @@ impl PrintJobGateway {
         }
     }
 
-    /// Validates the call, then makes the Graph call before the deadline.
-    async fn cancel_job(
+    /// Turns the request into a call the gateway can make, or the error that ends it. Runs
+    /// before the first `await`, so that the raw request is not held while the call waits.
+    fn validate(
         &self,
         request: Request<CancelRequest>,
         started: Instant,
-        client_request_id: &ClientRequestId,
-    ) -> Attempted<Result<GraphAcceptance, CancelError>> {
-        let not_sent = |error: CancelError| Attempted {
-            outcome: Err(error),
-            attempts: 0,
-        };
-        let deadline = started
-            + self
-                .policy
-                .deadlines
-                .for_call(caller_timeout(request.metadata()));
+    ) -> Result<ValidCall, CancelError> {
+        let timeout = self
+            .policy
+            .deadlines
+            .for_call(caller_timeout(request.metadata()));
         let token = BearerToken::from_metadata(request.metadata());
         let target = CancelTarget::try_from(request.into_inner());
         if let Ok(target) = &target {
@@ -124,23 +119,39 @@ impl PrintJobGateway {
             span.record("printer_id", target.printer_id.as_str());
             span.record("print_job_id", target.print_job_id.as_str());
         }
-        let (token, target) = match (token, target) {
-            (Ok(token), Ok(target)) => (token, target),
-            (Err(error), _) => return not_sent(error.into()),
-            (_, Err(error)) => return not_sent(error.into()),
-        };
-        if Instant::now() >= deadline {
-            return not_sent(CancelError::DeadlineExceeded {
+        Ok(ValidCall {
+            token: token?,
+            target: target?,
+            deadline: started + timeout,
+        })
+    }
+
+    /// Makes the Graph call, with the retries the policy allows, before the deadline.
+    async fn call_graph(
+        &self,
+        call: &ValidCall,
+        client_request_id: &ClientRequestId,
+    ) -> Attempted<Result<GraphAcceptance, CancelError>> {
+        if Instant::now() >= call.deadline {
+            return Attempted::not_sent(CancelError::DeadlineExceeded {
                 graph_called: false,
             });
         }
         self.policy
             .retry
-            .run(deadline, &self.metrics, |_attempt| {
-                self.graph.cancel(&target, &token, client_request_id)
+            .run(call.deadline, &self.metrics, |_attempt| {
+                self.graph
+                    .cancel(&call.target, &call.token, client_request_id)
             })
             .await
     }
+}
+
+/// A call that passed validation: what the Graph call needs.
+struct ValidCall {
+    token: BearerToken,
+    target: CancelTarget,
+    deadline: Instant,
 }
 
 #[tonic::async_trait]
@@ -173,19 +184,23 @@ impl PrintJobService for PrintJobGateway {
         if let Some(trace_id) = telemetry::trace_id(&span, request.metadata()) {
             span.record("trace_id", trace_id);
         }
+        let call = span.in_scope(|| self.validate(request, started));
         async move {
             // Fail fast beyond the limit: a queue of calls would only grow while Graph is slow.
             let Ok(_permit) = self.in_flight.try_acquire() else {
                 self.metrics.overloaded();
                 let limit = self.policy.max_in_flight;
-                let attempted = Attempted { outcome: Err(CancelError::Overloaded { limit }), attempts: 0 };
+                let attempted = Attempted::not_sent(CancelError::Overloaded { limit });
                 return self.answer(attempted, started, &client_request_id);
             };
             let _in_flight = self.metrics.in_flight();
-            let attempted = tokio::select! {
-                biased;
-                () = self.abort.cancelled() => Attempted { outcome: Err(CancelError::ShuttingDown), attempts: 0 },
-                attempted = self.cancel_job(request, started, &client_request_id) => attempted,
+            let attempted = match call {
+                Err(error) => Attempted::not_sent(error),
+                Ok(call) => tokio::select! {
+                    biased;
+                    () = self.abort.cancelled() => Attempted::not_sent(CancelError::ShuttingDown),
+                    attempted = self.call_graph(&call, &client_request_id) => attempted,
+                },
             };
             self.answer(attempted, started, &client_request_id)
         }

@@ -12,7 +12,7 @@ use std::{
 };
 
 use bytes::Bytes;
-use http::{HeaderName, HeaderValue, Request, StatusCode, header};
+use http::{HeaderName, HeaderValue, Method, Request, StatusCode, header};
 use http_body_util::{BodyExt, Empty};
 use tokio::time::Instant;
 
@@ -108,17 +108,7 @@ impl GraphClient {
         token: &BearerToken,
         client_request_id: &ClientRequestId,
     ) -> Result<GraphAcceptance, GraphError> {
-        let mut request = Request::post(self.base_url.cancel_uri(target))
-            .body(Empty::<Bytes>::new())
-            .expect("a request built from a valid URI is valid");
-        let headers = request.headers_mut();
-        headers.extend(telemetry::trace_headers());
-        headers.insert(header::AUTHORIZATION, token.header_value().clone());
-        headers.insert(CLIENT_REQUEST_ID, client_request_id.header_value().clone());
-        headers.insert(header::ACCEPT, ACCEPT_JSON);
-        headers.insert(header::USER_AGENT, USER_AGENT);
-        headers.insert(header::CONTENT_LENGTH, ZERO);
-
+        let request = self.request(target, token, client_request_id);
         let response = self.http.request(request).await.map_err(classify)?;
         let status = response.status();
         if status.is_success() {
@@ -135,6 +125,29 @@ impl GraphClient {
             &body,
             SystemTime::now(),
         ))))
+    }
+}
+
+impl GraphClient {
+    /// The cancel request, with the caller's token and the correlation and trace headers.
+    fn request(
+        &self,
+        target: &CancelTarget,
+        token: &BearerToken,
+        client_request_id: &ClientRequestId,
+    ) -> Request<Empty<Bytes>> {
+        let mut request = Request::new(Empty::new());
+        *request.method_mut() = Method::POST;
+        *request.uri_mut() = self.base_url.cancel_uri(target);
+        let headers = request.headers_mut();
+        headers.reserve(8);
+        headers.extend(telemetry::trace_headers());
+        headers.insert(header::AUTHORIZATION, token.header_value().clone());
+        headers.insert(CLIENT_REQUEST_ID, client_request_id.header_value().clone());
+        headers.insert(header::ACCEPT, ACCEPT_JSON);
+        headers.insert(header::USER_AGENT, USER_AGENT);
+        headers.insert(header::CONTENT_LENGTH, ZERO);
+        request
     }
 }
 
