@@ -122,7 +122,8 @@ def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="printjob-profile-"))
     bench = harness.Bench(argparse.Namespace(binary=args.binary), tmp, out)
     nginx = harness.start_nginx(tmp)
-    graph_url = f"http://127.0.0.1:{nginx.http1_port}/v1.0"
+    upstream_port = nginx.h2c_port if harness.GRAPH_PROTOCOL == "http2" else nginx.http1_port
+    graph_url = f"http://127.0.0.1:{upstream_port}/v1.0"
     port, admin_port = harness.free_ports(2)
     log = tmp / "gateway-callgrind.log"
     argv = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}/callgrind.out", "--dump-instr=no",

@@ -132,6 +132,11 @@ pub struct Config {
     #[arg(long, env = "PRINTJOB_GATEWAY_TLS_CLIENT_CA", requires = "tls_cert")]
     pub tls_client_ca: Option<PathBuf>,
 
+    /// Threads that serve calls; the CPUs available to the process (cgroup limits included)
+    /// when unset. A sidecar rarely needs more than 1 or 2.
+    #[arg(long, env = "PRINTJOB_GATEWAY_WORKER_THREADS", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub worker_threads: Option<u16>,
+
     /// Starts a simulated Graph on loopback and serves the gateway in front of it, with the
     /// simulator's built-in printers and jobs, and prints grpcurl commands to try.
     #[arg(long, env = "PRINTJOB_GATEWAY_DEMO")]
