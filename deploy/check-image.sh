@@ -342,15 +342,24 @@ inside() {
     mode="$(stat -c '%a %u:%g' "$socket")"
     [ "$mode" = "660 65532:65532" ] || fail "socket is $mode, wanted 660 65532:65532"
     echo "    socket: $(stat -c '%A %u:%g %n' "$socket" | sed "s|$root||")"
+    # The app container sees the emptyDir through its own mount. Here, a bind mount at a path any
+    # user can traverse stands in for it: the checkout may sit under a private directory (mktemp -d
+    # makes 0700 ones) that UID 10001 could not walk through.
+    local app_view
+    app_view="$(mktemp -d /run/printjob-gateway-check.XXXXXX)"
+    chmod 0755 "$app_view"
+    mount --bind "$root/sockets" "$app_view"
+    local app_socket="$app_view/printjob-gateway.sock"
     # The app container: another UID, in group 65532 through fsGroup.
     out="$(setpriv --reuid 10001 --regid 10001 --groups 65532 -- "$work/bin/grpcurl" -plaintext \
-        -max-time 3 -authority localhost -unix "$socket" grpc.health.v1.Health/Check 2>&1 | tr -d ' \n' || true)"
+        -max-time 3 -authority localhost -unix "$app_socket" grpc.health.v1.Health/Check 2>&1 | tr -d ' \n' || true)"
     [ "$out" = '{"status":"SERVING"}' ] || fail "UID 10001 in group 65532 could not call the socket: $out"
     echo "    grpcurl -unix as UID 10001, groups 65532: $out"
     out="$(setpriv --reuid 10001 --regid 10001 --clear-groups -- "$work/bin/grpcurl" -plaintext \
-        -max-time 3 -authority localhost -unix "$socket" grpc.health.v1.Health/Check 2>&1 || true)"
+        -max-time 3 -authority localhost -unix "$app_socket" grpc.health.v1.Health/Check 2>&1 || true)"
     grep -qi 'permission denied' <<<"$out" || fail "UID 10001 outside group 65532 was not refused: $out"
     echo "    grpcurl -unix as UID 10001 without group 65532: permission denied"
+    umount "$app_view" && rmdir "$app_view"
     out="$(cancel any-job-printer 7 -authority localhost -unix "$socket")"
     grep -q 'Code: Unavailable' <<<"$out" && grep -q '"reason": *"GRAPH_UNREACHABLE"' <<<"$out" || {
         show_logs
