@@ -9,7 +9,7 @@ use tonic_health::pb::{
 };
 use tonic_types::StatusExt;
 
-use crate::support::{FakeGraph, Reply, TestGateway};
+use crate::support::{FakeGraph, Reply, TestGateway, refuses_connections};
 
 #[tokio::test]
 async fn calls_in_flight_finish_while_health_turns_not_serving_and_new_connections_are_refused() {
@@ -37,17 +37,8 @@ async fn calls_in_flight_finish_while_health_turns_not_serving_and_new_connectio
     );
     // The listener closes as soon as the server task sees the signal: connections fail from then
     // on, while the call in flight still has most of the fake's delay to go.
-    let refused = tokio::time::timeout(Duration::from_secs(1), async {
-        while tokio::net::TcpStream::connect(gateway.grpc_addr)
-            .await
-            .is_ok()
-        {
-            tokio::task::yield_now().await;
-        }
-    })
-    .await;
     assert!(
-        refused.is_ok(),
+        refuses_connections(gateway.grpc_addr).await,
         "new connections are refused while draining"
     );
     assert!(!in_flight.is_finished());

@@ -122,14 +122,7 @@ impl FakeGraph {
     pub async fn replying(reply: Reply) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let state = Arc::new(Shared {
-            reply: Mutex::new(reply),
-            requests: Mutex::new(Vec::new()),
-            arrived: Notify::new(),
-        });
-        let app = axum::Router::new()
-            .fallback(answer)
-            .with_state(state.clone());
+        let (state, app) = app(reply);
         let task = tokio::spawn(async move {
             axum::serve(listener, app).await.unwrap();
         });
@@ -161,14 +154,7 @@ impl FakeGraph {
 
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let state = Arc::new(Shared {
-            reply: Mutex::new(Reply::no_content()),
-            requests: Mutex::new(Vec::new()),
-            arrived: Notify::new(),
-        });
-        let app = axum::Router::new()
-            .fallback(answer)
-            .with_state(state.clone());
+        let (state, app) = app(Reply::no_content());
         let task = tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
                 let (acceptor, app) = (acceptor.clone(), app.clone());
@@ -220,6 +206,19 @@ impl Drop for FakeGraph {
     fn drop(&mut self) {
         self.task.abort();
     }
+}
+
+/// The fake's state and the router that answers every request from it.
+fn app(reply: Reply) -> (Arc<Shared>, axum::Router) {
+    let state = Arc::new(Shared {
+        reply: Mutex::new(reply),
+        requests: Mutex::new(Vec::new()),
+        arrived: Notify::new(),
+    });
+    let router = axum::Router::new()
+        .fallback(answer)
+        .with_state(state.clone());
+    (state, router)
 }
 
 async fn answer(

@@ -21,3 +21,16 @@ pub fn http_client() -> reqwest::Client {
     let _ = rustls::crypto::ring::default_provider().install_default();
     reqwest::Client::new()
 }
+
+/// Whether `addr` starts refusing connections within a second. A draining gateway closes its
+/// listener as soon as its accept loop sees the signal; this retries at once until it has.
+pub async fn refuses_connections(addr: std::net::SocketAddr) -> bool {
+    let refused = async {
+        while tokio::net::TcpStream::connect(addr).await.is_ok() {
+            tokio::task::yield_now().await;
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(1), refused)
+        .await
+        .is_ok()
+}
