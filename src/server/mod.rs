@@ -181,25 +181,33 @@ pub async fn serve(
     Ok(())
 }
 
-/// Completes on SIGTERM or SIGINT (Ctrl-C).
-pub async fn shutdown_signal() {
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(error) => {
-                tracing::warn!(%error, "cannot listen for SIGTERM; only SIGINT will stop the gateway");
-                std::future::pending::<()>().await;
-            }
-        }
+/// Completes on SIGTERM or SIGINT (Ctrl-C). The handlers are installed when this is called, not
+/// when the future is first polled, so that a signal during start-up drains instead of killing
+/// the process. Call it inside the runtime.
+pub fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
+    use tokio::signal::unix::{SignalKind, signal};
+    let listen = |kind: SignalKind, name: &'static str| {
+        signal(kind)
+            .map_err(|error| tracing::warn!(%error, "cannot listen for {name}"))
+            .ok()
     };
-    tokio::select! {
-        () = terminate => tracing::info!("SIGTERM received"),
-        result = tokio::signal::ctrl_c() => match result {
-            Ok(()) => tracing::info!("SIGINT received"),
-            Err(error) => tracing::warn!(%error, "cannot listen for SIGINT"),
-        },
+    let mut terminate = listen(SignalKind::terminate(), "SIGTERM");
+    let mut interrupt = listen(SignalKind::interrupt(), "SIGINT");
+    async move {
+        tokio::select! {
+            _ = received(terminate.as_mut()) => tracing::info!("SIGTERM received"),
+            _ = received(interrupt.as_mut()) => tracing::info!("SIGINT received"),
+        }
+    }
+}
+
+/// The next delivery of `signal`; never, when it could not be listened for.
+async fn received(signal: Option<&mut tokio::signal::unix::Signal>) {
+    match signal {
+        Some(signal) => {
+            signal.recv().await;
+        }
+        None => std::future::pending().await,
     }
 }
 
