@@ -66,9 +66,6 @@ pub enum GraphClientError {
     /// TLS could not be set up (no usable root certificates, or a bad extra CA).
     #[error("cannot set up TLS for Graph")]
     Tls(#[from] rustls::Error),
-    /// The proxy from the environment is unusable.
-    #[error("invalid proxy {0}")]
-    Proxy(String),
 }
 
 /// Builds the client for requests to `graph` (whose scheme and host decide TLS and the proxy).

@@ -27,7 +27,6 @@ const PATH_SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
 pub struct GraphBaseUrl {
     /// The URL without a trailing slash, so that paths are appended with `/`.
     base: String,
-    https: bool,
     /// The URL as hyper takes it, split once so that each call only adds its path.
     scheme: Scheme,
     authority: Authority,
@@ -60,12 +59,12 @@ impl GraphBaseUrl {
     /// Parses and checks a Graph base URL.
     pub fn parse(text: &str) -> Result<Self, GraphUrlError> {
         let url = url::Url::parse(text)?;
-        let https = match url.scheme() {
-            "https" => true,
-            "http" if is_loopback(&url) => false,
+        match url.scheme() {
+            "https" => {}
+            "http" if is_loopback(&url) => {}
             "http" => return Err(GraphUrlError::Plaintext),
             other => return Err(GraphUrlError::Scheme(other.to_owned())),
-        };
+        }
         if !url.username().is_empty()
             || url.password().is_some()
             || url.query().is_some()
@@ -82,7 +81,6 @@ impl GraphBaseUrl {
         let path = uri.path().trim_end_matches('/').to_owned();
         Ok(Self {
             base,
-            https,
             scheme,
             authority,
             path,
@@ -115,11 +113,6 @@ impl GraphBaseUrl {
             .build()
             // A checked base and a path of unreserved characters and %-escapes is always a URI.
             .expect("an encoded cancel path is a valid URI")
-    }
-
-    /// Whether requests go over TLS.
-    pub fn is_https(&self) -> bool {
-        self.https
     }
 
     /// The URL of the cancel action of one print job:
