@@ -7,9 +7,9 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    config::{Cli, Command, Config, SimulatorConfig},
+    config::{Cli, Command},
     graph::GraphBaseUrl,
-    server::{ListenAddr, Listeners, ServeError, serve},
+    server::{self, ListenAddr, Listeners, ServeError, serve},
     simulator::{self, Scenario, ScenarioError, Simulator},
 };
 
@@ -39,18 +39,19 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), RunError> {
     match cli.command {
-        Some(Command::Simulate(settings)) => simulate(settings, shutdown).await,
-        None if cli.gateway.demo => demo(cli.gateway, shutdown).await,
+        Some(Command::Simulate(simulator)) => simulate(simulator.settings(), shutdown).await,
+        None if cli.gateway.demo => demo(cli.gateway.server_settings(), shutdown).await,
         None => {
-            let listeners = Listeners::bind(&cli.gateway).await?;
-            Ok(serve(cli.gateway, listeners, shutdown).await?)
+            let settings = cli.gateway.server_settings();
+            let listeners = Listeners::bind(&settings).await?;
+            Ok(serve(settings, listeners, shutdown).await?)
         }
     }
 }
 
 /// Serves the simulated Graph alone.
 async fn simulate(
-    settings: SimulatorConfig,
+    settings: simulator::Settings,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), RunError> {
     let scenario = match &settings.scenario {
@@ -68,7 +69,10 @@ async fn simulate(
 }
 
 /// Serves the gateway in front of a simulated Graph on loopback, and prints what to try.
-async fn demo(mut config: Config, shutdown: impl Future<Output = ()>) -> Result<(), RunError> {
+async fn demo(
+    mut settings: server::Settings,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), RunError> {
     let loopback: SocketAddr = ([127, 0, 0, 1], 0).into();
     let failed = |source| RunError::Simulator {
         addr: loopback,
@@ -76,13 +80,13 @@ async fn demo(mut config: Config, shutdown: impl Future<Output = ()>) -> Result<
     };
     let listener = TcpListener::bind(loopback).await.map_err(failed)?;
     let simulator_addr = listener.local_addr().map_err(failed)?;
-    config.graph_url = GraphBaseUrl::parse(&format!("http://{simulator_addr}/v1.0"))
+    settings.graph.base_url = GraphBaseUrl::parse(&format!("http://{simulator_addr}/v1.0"))
         .expect("a loopback http URL is a valid Graph URL");
-    let listeners = Listeners::bind(&config).await?;
+    let listeners = Listeners::bind(&settings).await?;
     let grpc_addr = listeners
         .grpc
         .local_addr()
-        .unwrap_or_else(|_| config.listen.clone());
+        .unwrap_or_else(|_| settings.listen.clone());
 
     let stop_simulator = CancellationToken::new();
     let simulator = tokio::spawn(simulator::serve(
@@ -97,7 +101,7 @@ async fn demo(mut config: Config, shutdown: impl Future<Output = ()>) -> Result<
     );
     drop(stdout);
 
-    let served = serve(config, listeners, shutdown).await;
+    let served = serve(settings, listeners, shutdown).await;
     stop_simulator.cancel();
     let _ = simulator.await;
     Ok(served?)

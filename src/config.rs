@@ -1,15 +1,19 @@
 //! Every setting: its flag, its environment twin and its default. [`Cli`] is parsed and checked
-//! once in `main` and passed down; nothing else reads the environment.
+//! once in `main`; it then hands each subsystem its own settings value ([`server::Settings`],
+//! [`telemetry::Settings`], [`simulator::Settings`]). Only `main` and `app` use this module, and
+//! nothing else reads the environment.
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
-use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum, error::ErrorKind};
+use clap::{Args, CommandFactory, Parser, Subcommand, error::ErrorKind};
 
 use crate::{
-    graph::{GraphBaseUrl, GraphProtocol, GraphSettings},
+    graph::{self, GraphBaseUrl, GraphProtocol},
     retry::RetryPolicy,
-    server::{ListenAddr, TlsFiles},
+    server::{self, ListenAddr, TlsFiles},
     service::{CallPolicy, Deadlines},
+    simulator,
+    telemetry::{self, LogFormat},
 };
 
 /// printjob-gateway: cancels Universal Print jobs through Microsoft Graph for gRPC callers.
@@ -32,11 +36,11 @@ pub struct Cli {
 
     /// The gateway's settings.
     #[command(flatten)]
-    pub gateway: Config,
+    pub gateway: GatewayArgs,
 
     /// Logs and traces, for the gateway and every subcommand.
     #[command(flatten)]
-    pub telemetry: TelemetrySettings,
+    pub telemetry: TelemetryArgs,
 }
 
 /// What the binary can run besides the gateway.
@@ -44,12 +48,12 @@ pub struct Cli {
 pub enum Command {
     /// Serves a simulated Microsoft Graph print-job cancel endpoint, to try the gateway and test
     /// callers without Universal Print.
-    Simulate(SimulatorConfig),
+    Simulate(SimulatorArgs),
 }
 
 /// The gateway's settings.
 #[derive(Debug, Clone, Args)]
-pub struct Config {
+pub struct GatewayArgs {
     /// Address of the gRPC API: PrintJobService, gRPC health and server reflection. A TCP address,
     /// or unix:/path/to/socket for a Unix domain socket (created with mode 0660).
     #[arg(
@@ -145,7 +149,7 @@ pub struct Config {
 
 /// How logs are written and traces exported.
 #[derive(Debug, Clone, Args)]
-pub struct TelemetrySettings {
+pub struct TelemetryArgs {
     /// Log format: human-readable text or one JSON object per line.
     #[arg(long, global = true, env = "PRINTJOB_GATEWAY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -172,7 +176,7 @@ pub struct TelemetrySettings {
 
 /// The simulated Graph's settings.
 #[derive(Debug, Clone, Args)]
-pub struct SimulatorConfig {
+pub struct SimulatorArgs {
     /// Address to serve the simulated Graph on; its base URL is http://<address>/v1.0.
     #[arg(
         long,
@@ -185,15 +189,6 @@ pub struct SimulatorConfig {
     /// built-in scenario applies (see the README).
     #[arg(long, env = "PRINTJOB_GATEWAY_SIMULATOR_SCENARIO")]
     pub scenario: Option<PathBuf>,
-}
-
-/// How log lines are written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    /// Human-readable lines.
-    Text,
-    /// One JSON object per line.
-    Json,
 }
 
 // === impl Cli ===
@@ -217,18 +212,9 @@ impl Cli {
     }
 }
 
-// === impl Config ===
+// === impl GatewayArgs ===
 
-impl Config {
-    /// The gateway's settings from the given arguments (and the environment).
-    pub fn try_load_from<I, T>(args: I) -> Result<Self, clap::Error>
-    where
-        I: IntoIterator<Item = T>,
-        T: Into<std::ffi::OsString> + Clone,
-    {
-        Ok(Cli::try_load_from(args)?.gateway)
-    }
-
+impl GatewayArgs {
     fn check(&self) -> Result<(), clap::Error> {
         if self.default_timeout > self.max_timeout {
             return Err(Cli::command().error(
@@ -245,37 +231,65 @@ impl Config {
         Ok(())
     }
 
+    /// The settings of the gateway's server, from the flags.
+    pub fn server_settings(&self) -> server::Settings {
+        server::Settings {
+            listen: self.listen.clone(),
+            admin_listen: self.admin_listen,
+            tls: self.tls(),
+            shutdown_grace: self.shutdown_grace,
+            calls: CallPolicy {
+                deadlines: Deadlines {
+                    default: self.default_timeout,
+                    max: self.max_timeout,
+                },
+                retry: RetryPolicy {
+                    max_attempts: self.max_attempts,
+                    retry_after_max: self.retry_after_max,
+                },
+                max_in_flight: usize::try_from(self.max_in_flight).unwrap_or(usize::MAX),
+            },
+            graph: graph::Settings {
+                base_url: self.graph_url.clone(),
+                connect_timeout: self.connect_timeout,
+                protocol: self.graph_protocol,
+                extra_ca: self.graph_ca_file.clone(),
+            },
+        }
+    }
+
     /// The TLS files of the gRPC API, when TLS is on.
-    pub fn tls(&self) -> Option<TlsFiles> {
+    fn tls(&self) -> Option<TlsFiles> {
         Some(TlsFiles {
             cert: self.tls_cert.clone()?,
             key: self.tls_key.clone()?,
             client_ca: self.tls_client_ca.clone(),
         })
     }
+}
 
-    /// How calls are bounded: deadlines, retries, and calls in flight.
-    pub fn call_policy(&self) -> CallPolicy {
-        CallPolicy {
-            deadlines: Deadlines {
-                default: self.default_timeout,
-                max: self.max_timeout,
-            },
-            retry: RetryPolicy {
-                max_attempts: self.max_attempts,
-                retry_after_max: self.retry_after_max,
-            },
-            max_in_flight: usize::try_from(self.max_in_flight).unwrap_or(usize::MAX),
+// === impl TelemetryArgs ===
+
+impl TelemetryArgs {
+    /// The settings of logs and traces, from the flags.
+    pub fn settings(&self) -> telemetry::Settings {
+        telemetry::Settings {
+            log_format: self.log_format,
+            log_filter: self.log_filter.clone(),
+            otlp_endpoint: self.otlp_endpoint.clone(),
+            service_name: self.otel_service_name.clone(),
         }
     }
+}
 
-    /// The settings of the HTTP client that talks to Graph.
-    pub fn graph_settings(&self) -> GraphSettings {
-        GraphSettings {
-            base_url: self.graph_url.clone(),
-            connect_timeout: self.connect_timeout,
-            protocol: self.graph_protocol,
-            extra_ca: self.graph_ca_file.clone(),
+// === impl SimulatorArgs ===
+
+impl SimulatorArgs {
+    /// The simulated Graph's settings, from the flags.
+    pub fn settings(&self) -> simulator::Settings {
+        simulator::Settings {
+            listen: self.listen,
+            scenario: self.scenario.clone(),
         }
     }
 }
@@ -294,23 +308,36 @@ fn parse_duration(text: &str) -> Result<Duration, humantime::DurationError> {
 mod tests {
     use super::*;
 
+    /// Parses flags without reading the environment, so that a developer's variables do not leak
+    /// into the test.
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        let mut command = Cli::command();
+        let no_env = |arg: clap::Arg| arg.env(None::<&'static str>);
+        command = command
+            .mut_args(no_env)
+            .mut_subcommand("simulate", |simulate| simulate.mut_args(no_env));
+        let matches = command.try_get_matches_from(args)?;
+        let cli = <Cli as clap::FromArgMatches>::from_arg_matches(&matches)?;
+        cli.gateway.check()?;
+        Ok(cli)
+    }
+
     #[test]
-    fn defaults_match_the_documentation() {
-        let config = Config::try_load_from(["printjob-gateway"]).unwrap();
-        assert_eq!(config.listen, "127.0.0.1:50051".parse().unwrap());
-        assert_eq!(config.admin_listen, "0.0.0.0:9090".parse().unwrap());
+    fn flag_defaults_are_the_settings_defaults() {
+        let cli = parse(&["printjob-gateway"]).unwrap();
+        assert_eq!(cli.gateway.server_settings(), server::Settings::default());
+        assert_eq!(cli.telemetry.settings(), telemetry::Settings::default());
+        assert_eq!(cli.gateway.listen, "127.0.0.1:50051".parse().unwrap());
         assert_eq!(
-            config.graph_url.to_string(),
+            cli.gateway.graph_url.to_string(),
             "https://graph.microsoft.com/v1.0"
         );
-        assert_eq!(config.default_timeout, Duration::from_secs(10));
-        assert_eq!(config.max_timeout, Duration::from_secs(30));
-        assert!(!config.demo);
+        assert!(!cli.gateway.demo);
     }
 
     #[test]
     fn contradictory_timeouts_are_refused() {
-        let error = Config::try_load_from([
+        let error = parse(&[
             "printjob-gateway",
             "--default-timeout",
             "1m",
@@ -322,13 +349,19 @@ mod tests {
     }
 
     #[test]
+    fn a_tls_key_without_a_certificate_is_refused() {
+        let error = parse(&["printjob-gateway", "--tls-key", "/k.pem"]).unwrap_err();
+        assert!(error.to_string().contains("--tls-cert"), "{error}");
+    }
+
+    #[test]
     fn clap_definition_is_consistent() {
         Cli::command().debug_assert();
     }
 
     #[test]
     fn simulate_takes_its_own_settings() {
-        let cli = Cli::try_load_from([
+        let cli = parse(&[
             "printjob-gateway",
             "simulate",
             "--listen",
@@ -340,6 +373,7 @@ mod tests {
         let Some(Command::Simulate(simulator)) = cli.command else {
             panic!("simulate is a subcommand");
         };
+        let simulator = simulator.settings();
         assert_eq!(simulator.listen, "127.0.0.1:1".parse().unwrap());
         assert_eq!(simulator.scenario, None);
         assert_eq!(cli.telemetry.log_format, LogFormat::Json);

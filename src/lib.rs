@@ -4,8 +4,8 @@
 //! # Layout
 //!
 //! - [`app`]: what the binary runs: the gateway, the simulated Graph, or both (the demo).
-//! - [`config`]: every setting, its flag, its environment twin and its default. Nothing else
-//!   reads the environment.
+//! - [`config`]: every flag, its environment twin and its default; it builds each subsystem's
+//!   settings value. Only `main` and `app` use it, and nothing else reads the environment.
 //! - [`server`]: binds nothing itself; serves the gRPC API and the admin listener on listeners it
 //!   is given, and drains them on shutdown.
 //! - [`proto`]: the code generated from `proto/` and the descriptor set served by reflection.
@@ -40,5 +40,4 @@ pub mod simulator;
 pub mod status;
 pub mod telemetry;
 
-pub use config::{Cli, Config};
-pub use server::{Listeners, serve};
+pub use server::{Listeners, Settings, serve};

@@ -13,16 +13,18 @@ use printjob_gateway::{
 
 fn main() -> ExitCode {
     let cli = Cli::load();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    runtime.enable_all();
+    if let Some(workers) = cli.gateway.worker_threads {
+        runtime.worker_threads(usize::from(workers));
+    }
+    let runtime = match runtime.build() {
         Ok(runtime) => runtime,
         Err(error) => return fail(&error),
     };
     runtime.block_on(async {
         // Telemetry starts inside the runtime: the OTLP exporter's connection lives on it.
-        let telemetry = match telemetry::init(&cli.telemetry) {
+        let telemetry = match telemetry::init(&cli.telemetry.settings()) {
             Ok(telemetry) => telemetry,
             Err(error) => return fail(&error),
         };

@@ -37,6 +37,15 @@ pub struct RetryPolicy {
     pub retry_after_max: Duration,
 }
 
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            max_attempts: 3,
+            retry_after_max: Duration::from_secs(10),
+        }
+    }
+}
+
 /// A call's outcome and how many attempts it took.
 #[derive(Debug)]
 pub struct Attempted<T> {

@@ -49,6 +49,19 @@ pub struct CallPolicy {
     pub max_in_flight: usize,
 }
 
+impl Default for CallPolicy {
+    fn default() -> Self {
+        Self {
+            deadlines: Deadlines {
+                default: Duration::from_secs(10),
+                max: Duration::from_secs(30),
+            },
+            retry: RetryPolicy::default(),
+            max_in_flight: 1000,
+        }
+    }
+}
+
 /// Serves `graph.print.v1.PrintJobService`. Cheap to clone: it holds handles only.
 #[derive(Debug, Clone)]
 pub struct PrintJobGateway {

@@ -17,7 +17,38 @@ use tracing::Span;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::{EnvFilter, fmt, prelude::*};
 
-use crate::config::{LogFormat, TelemetrySettings};
+/// How logs are written and traces exported.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    /// Human-readable text or one JSON object per line.
+    pub log_format: LogFormat,
+    /// Which logs to write, in RUST_LOG syntax.
+    pub log_filter: String,
+    /// The OTLP/gRPC endpoint to export traces to; no exporter runs without one.
+    pub otlp_endpoint: Option<String>,
+    /// The service name traces carry.
+    pub service_name: String,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            log_format: LogFormat::Text,
+            log_filter: "info".to_owned(),
+            otlp_endpoint: None,
+            service_name: "printjob-gateway".to_owned(),
+        }
+    }
+}
 
 /// Whether OpenTelemetry is on. When it is off, nothing reads or writes trace context, so it
 /// costs nothing.
@@ -47,12 +78,12 @@ pub struct Telemetry {
 /// `settings.otlp_endpoint` is set, the OpenTelemetry layer, exporter and W3C propagator.
 ///
 /// Call it inside the Tokio runtime: the OTLP/gRPC exporter's connection lives on it.
-pub fn init(settings: &TelemetrySettings) -> Result<Telemetry, TelemetryError> {
+pub fn init(settings: &Settings) -> Result<Telemetry, TelemetryError> {
     let filter = EnvFilter::try_new(&settings.log_filter)?;
     let provider = settings
         .otlp_endpoint
         .as_deref()
-        .map(|endpoint| tracer_provider(endpoint, &settings.otel_service_name))
+        .map(|endpoint| tracer_provider(endpoint, &settings.service_name))
         .transpose()?;
     let otel = provider.as_ref().map(|provider| {
         tracing_opentelemetry::layer()

@@ -38,8 +38,8 @@ const ACCEPT_JSON: HeaderValue = HeaderValue::from_static("application/json");
 const ZERO: HeaderValue = HeaderValue::from_static("0");
 
 /// How the HTTP client that talks to Graph is built.
-#[derive(Debug, Clone)]
-pub struct GraphSettings {
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
     /// Graph's base URL.
     pub base_url: GraphBaseUrl,
     /// The most time allowed to open a connection, TLS included.
@@ -48,6 +48,17 @@ pub struct GraphSettings {
     pub protocol: GraphProtocol,
     /// CA certificates (PEM) to trust besides the platform's.
     pub extra_ca: Option<PathBuf>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            base_url: GraphBaseUrl::graph(),
+            connect_timeout: Duration::from_secs(5),
+            protocol: GraphProtocol::Auto,
+            extra_ca: None,
+        }
+    }
 }
 
 /// A handle to Graph: one pooled HTTP client for the whole process. Cheap to clone.
@@ -86,7 +97,7 @@ impl GraphClient {
     /// Builds the client: rustls with the platform's roots, connection pooling, HTTP/2 when Graph
     /// offers it, `HTTPS_PROXY`/`NO_PROXY` honoured, and redirects never followed, so a token
     /// never goes anywhere but Graph's host.
-    pub fn new(settings: &GraphSettings) -> Result<Self, GraphClientError> {
+    pub fn new(settings: &Settings) -> Result<Self, GraphClientError> {
         let http = transport::client(
             &settings.base_url.uri(),
             settings.protocol,

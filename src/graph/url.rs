@@ -56,6 +56,12 @@ pub enum GraphUrlError {
 // === impl GraphBaseUrl ===
 
 impl GraphBaseUrl {
+    /// Microsoft Graph's global service, `https://graph.microsoft.com/v1.0`: the default.
+    pub fn graph() -> Self {
+        Self::parse("https://graph.microsoft.com/v1.0")
+            .expect("Graph's global URL is a valid Graph URL")
+    }
+
     /// Parses and checks a Graph base URL.
     pub fn parse(text: &str) -> Result<Self, GraphUrlError> {
         let url = url::Url::parse(text)?;

@@ -2,7 +2,7 @@
 //! on shutdown: health turns NOT_SERVING, the API listener closes, calls in flight get the grace
 //! period to finish, and the ones still waiting for Graph then end with UNAVAILABLE.
 
-use std::{future::Future, io, time::Duration};
+use std::{future::Future, io, net::SocketAddr, time::Duration};
 
 mod admin;
 mod conn;
@@ -22,11 +22,10 @@ pub use self::{
 };
 
 use crate::{
-    Config,
-    graph::{GraphClient, GraphClientError},
+    graph::{self, GraphClient, GraphClientError},
     metrics::Metrics,
     proto::{FILE_DESCRIPTOR_SET, PrintJobServiceServer},
-    service::PrintJobGateway,
+    service::{CallPolicy, PrintJobGateway},
 };
 
 /// The largest request message accepted, in bytes. A CancelRequest with two IDs of the longest
@@ -35,6 +34,37 @@ pub const MAX_REQUEST_BYTES: usize = 4 * 1024;
 /// After the grace period has ended the calls still in flight, how long their answers may take
 /// to be written before the process exits anyway.
 const FLUSH_AFTER_ABORT: Duration = Duration::from_secs(1);
+
+/// Everything [`serve`] needs to know: where it listens, how calls are bounded, and how Graph is
+/// reached. Plain values, so that tests build a server without parsing a command line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    /// The gRPC API's address.
+    pub listen: ListenAddr,
+    /// The admin listener's address.
+    pub admin_listen: SocketAddr,
+    /// TLS on the gRPC API, when on.
+    pub tls: Option<TlsFiles>,
+    /// How long calls in flight may take to finish after a shutdown signal.
+    pub shutdown_grace: Duration,
+    /// How calls are bounded: deadlines, retries and calls in flight.
+    pub calls: CallPolicy,
+    /// How Graph is reached.
+    pub graph: graph::Settings,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            listen: ListenAddr::Tcp(([127, 0, 0, 1], 50051).into()),
+            admin_listen: ([0, 0, 0, 0], 9090).into(),
+            tls: None,
+            shutdown_grace: Duration::from_secs(20),
+            calls: CallPolicy::default(),
+            graph: graph::Settings::default(),
+        }
+    }
+}
 
 /// The sockets the gateway serves on, bound before [`serve`] so that callers (and tests) know the
 /// addresses and no connection is refused in between.
@@ -72,38 +102,33 @@ pub enum ServeError {
 // === impl Listeners ===
 
 impl Listeners {
-    /// Binds the addresses in `config`.
-    pub async fn bind(config: &Config) -> Result<Self, ServeError> {
+    /// Binds the addresses in `settings`.
+    pub async fn bind(settings: &Settings) -> Result<Self, ServeError> {
         let failed = |addr: &ListenAddr| {
             let addr = addr.clone();
             move |source| ServeError::Bind { addr, source }
         };
-        let grpc = ApiListener::bind(&config.listen)
+        let grpc = ApiListener::bind(&settings.listen)
             .await
-            .map_err(failed(&config.listen))?;
-        let admin_addr = ListenAddr::Tcp(config.admin_listen);
-        let admin = TcpListener::bind(config.admin_listen)
+            .map_err(failed(&settings.listen))?;
+        let admin_addr = ListenAddr::Tcp(settings.admin_listen);
+        let admin = TcpListener::bind(settings.admin_listen)
             .await
             .map_err(failed(&admin_addr))?;
         Ok(Self { grpc, admin })
     }
 }
 
-/// Serves until `shutdown` completes, then drains within `config.shutdown_grace` and returns.
+/// Serves until `shutdown` completes, then drains within `settings.shutdown_grace` and returns.
 pub async fn serve(
-    config: Config,
+    settings: Settings,
     listeners: Listeners,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
-    let graph = GraphClient::new(&config.graph_settings())?;
+    let graph = GraphClient::new(&settings.graph)?;
     let abort_calls = CancellationToken::new();
     let metrics = Metrics::new();
-    let gateway = PrintJobGateway::new(
-        graph,
-        metrics.clone(),
-        config.call_policy(),
-        abort_calls.clone(),
-    );
+    let gateway = PrintJobGateway::new(graph, metrics.clone(), settings.calls, abort_calls.clone());
     let (reporter, health_service) = tonic_health::server::health_reporter();
     let health = Health {
         reporter,
@@ -114,12 +139,15 @@ pub async fn serve(
     let reflection_v1 = reflection(API_DESCRIPTORS).build_v1()?;
     let reflection_v1alpha = reflection(API_DESCRIPTORS).build_v1alpha()?;
 
-    let tls = config.tls().as_ref().map(tls::acceptor).transpose()?;
+    let tls = settings.tls.as_ref().map(tls::acceptor).transpose()?;
     let grpc_addr = listeners
         .grpc
         .local_addr()
-        .unwrap_or_else(|_| config.listen.clone());
-    let admin_addr = listeners.admin.local_addr().unwrap_or(config.admin_listen);
+        .unwrap_or_else(|_| settings.listen.clone());
+    let admin_addr = listeners
+        .admin
+        .local_addr()
+        .unwrap_or(settings.admin_listen);
     let grpc_routes = Routes::new(health_service.clone())
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -153,7 +181,7 @@ pub async fn serve(
         grpc = %grpc_addr,
         admin = %admin_addr,
         tls = tls_enabled,
-        graph = %config.graph_url,
+        graph = %settings.graph.base_url,
         version = env!("CARGO_PKG_VERSION"),
         "printjob-gateway serving"
     );
@@ -164,10 +192,10 @@ pub async fn serve(
         ended = &mut admin => return server_ended(ended),
     }
 
-    tracing::info!(grace = ?config.shutdown_grace, "shutting down: draining calls in flight");
+    tracing::info!(grace = ?settings.shutdown_grace, "shutting down: draining calls in flight");
     health.set(false).await;
     stop_accepting.cancel();
-    if tokio::time::timeout(config.shutdown_grace, &mut grpc)
+    if tokio::time::timeout(settings.shutdown_grace, &mut grpc)
         .await
         .is_err()
     {

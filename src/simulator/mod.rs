@@ -43,6 +43,15 @@ pub const MAX_RECORDED: usize = 10_000;
 /// The simulated Graph's diagnostic header, shaped like Graph's own.
 const DIAGNOSTIC: &str = r#"{"ServerInfo":{"DataCenter":"Simulator","Slice":"E","Ring":"0","ScaleUnit":"000","RoleInstance":"printjob-gateway-simulator"}}"#;
 
+/// Where the simulated Graph serves, and what it simulates.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    /// The address to serve on; the base URL is `http://<address>/v1.0`.
+    pub listen: std::net::SocketAddr,
+    /// A JSON scenario file; the built-in scenario without one.
+    pub scenario: Option<std::path::PathBuf>,
+}
+
 /// A handle to one simulated Graph. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Simulator {

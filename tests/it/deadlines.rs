@@ -63,7 +63,10 @@ async fn the_gateway_itself_answers_deadline_exceeded_not_cancelled() {
 #[tokio::test]
 async fn the_default_deadline_applies_when_the_caller_sends_none() {
     let graph = FakeGraph::replying(slow_graph()).await;
-    let gateway = TestGateway::start_with(&graph.url(), &["--default-timeout", "300ms"]).await;
+    let gateway = TestGateway::start_with(&graph.url(), |s| {
+        s.calls.deadlines.default = Duration::from_millis(300)
+    })
+    .await;
     let started = Instant::now();
 
     let status = gateway.call().send().await.unwrap_err();
@@ -79,10 +82,10 @@ async fn the_default_deadline_applies_when_the_caller_sends_none() {
 #[tokio::test]
 async fn the_max_timeout_caps_a_longer_caller_deadline() {
     let graph = FakeGraph::replying(slow_graph()).await;
-    let gateway = TestGateway::start_with(
-        &graph.url(),
-        &["--default-timeout", "300ms", "--max-timeout", "300ms"],
-    )
+    let gateway = TestGateway::start_with(&graph.url(), |s| {
+        s.calls.deadlines.default = Duration::from_millis(300);
+        s.calls.deadlines.max = Duration::from_millis(300);
+    })
     .await;
     let started = Instant::now();
 

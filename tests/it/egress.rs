@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use printjob_gateway::graph::GraphProtocol;
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, TcpStream},
@@ -22,12 +23,12 @@ fn versions(graph: &FakeGraph) -> Vec<String> {
 #[tokio::test]
 async fn plain_http_uses_http1_by_default_and_http2_when_asked() {
     for (protocol, expected) in [
-        ("auto", "HTTP/1.1"),
-        ("http1", "HTTP/1.1"),
-        ("http2", "HTTP/2.0"),
+        (GraphProtocol::Auto, "HTTP/1.1"),
+        (GraphProtocol::Http1, "HTTP/1.1"),
+        (GraphProtocol::Http2, "HTTP/2.0"),
     ] {
         let graph = FakeGraph::start().await;
-        let gateway = TestGateway::start_with(&graph.url(), &["--graph-protocol", protocol]).await;
+        let gateway = TestGateway::start_with(&graph.url(), |s| s.graph.protocol = protocol).await;
 
         for _ in 0..3 {
             gateway.call().send().await.unwrap();
@@ -36,7 +37,7 @@ async fn plain_http_uses_http1_by_default_and_http2_when_asked() {
         assert_eq!(
             versions(&graph),
             [expected; 3],
-            "--graph-protocol {protocol}"
+            "--graph-protocol {protocol:?}"
         );
     }
 }
@@ -60,14 +61,17 @@ async fn tls_graph_is_trusted_through_the_extra_ca_and_speaks_http2_by_alpn() {
         "nothing reaches a server the gateway does not trust"
     );
 
-    let trusting = TestGateway::start_with(&graph.tls_url(), &["--graph-ca-file", &ca]).await;
+    let trusting = TestGateway::start_with(&graph.tls_url(), |s| {
+        s.graph.extra_ca = Some(ca.clone().into())
+    })
+    .await;
     trusting.call().send().await.expect("a cancel over TLS");
     assert_eq!(versions(&graph), ["HTTP/2.0"]);
 
-    let http1 = TestGateway::start_with(
-        &graph.tls_url(),
-        &["--graph-ca-file", &ca, "--graph-protocol", "http1"],
-    )
+    let http1 = TestGateway::start_with(&graph.tls_url(), |s| {
+        s.graph.extra_ca = Some(ca.clone().into());
+        s.graph.protocol = GraphProtocol::Http1;
+    })
     .await;
     http1
         .call()

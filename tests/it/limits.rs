@@ -14,7 +14,7 @@ use crate::support::{FakeGraph, Reply, TestGateway};
 #[tokio::test]
 async fn beyond_the_cap_calls_fail_fast_and_health_still_answers() {
     let graph = FakeGraph::replying(Reply::no_content().delayed(Duration::from_millis(1500))).await;
-    let gateway = TestGateway::start_with(&graph.url(), &["--max-in-flight", "2"]).await;
+    let gateway = TestGateway::start_with(&graph.url(), |s| s.calls.max_in_flight = 2).await;
     let channel = gateway.channel().await;
 
     let first = tokio::spawn(gateway.call().send_on(channel.clone()));

@@ -4,27 +4,42 @@
 use std::{os::unix::fs::PermissionsExt, path::Path, time::Duration};
 
 use hyper_util::rt::TokioIo;
-use printjob_gateway::{Config, Listeners, serve};
+use printjob_gateway::{
+    Listeners, Settings, serve,
+    server::{ListenAddr, TlsFiles},
+};
 use tokio::{net::UnixStream, sync::oneshot};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 use crate::support::{FakeGraph, gateway::Call, pki::make_pki};
 
-/// The settings and bound listeners of a gateway in front of `graph`.
-async fn start(graph: &FakeGraph, settings: &[&str]) -> (Listeners, Config) {
-    let mut args = vec!["printjob-gateway", "--admin-listen", "127.0.0.1:0"];
-    let url = graph.url();
-    args.extend(["--graph-url", &url]);
-    args.extend_from_slice(settings);
-    let config = Config::try_load_from(args).unwrap();
-    let listeners = Listeners::bind(&config).await.unwrap();
-    (listeners, config)
+/// The settings and bound listeners of a gateway in front of `graph`, listening on `listen`.
+async fn start(
+    graph: &FakeGraph,
+    listen: ListenAddr,
+    tls: Option<TlsFiles>,
+) -> (Listeners, Settings) {
+    let mut settings = crate::support::gateway::settings(&graph.url());
+    settings.listen = listen;
+    settings.tls = tls;
+    let listeners = Listeners::bind(&settings).await.unwrap();
+    (listeners, settings)
+}
+
+/// A Unix socket address.
+fn unix(path: &Path) -> ListenAddr {
+    format!("unix:{}", path.display()).parse().unwrap()
+}
+
+/// A loopback TCP address on a free port.
+fn loopback() -> ListenAddr {
+    ListenAddr::Tcp(([127, 0, 0, 1], 0).into())
 }
 
 /// Serves in the background until `stop` fires; returns when `serve` has returned.
 fn spawn(
     listeners: Listeners,
-    config: Config,
+    config: Settings,
 ) -> (oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
     let (stop, signal) = oneshot::channel::<()>();
     let task = tokio::spawn(async move {
@@ -53,8 +68,7 @@ async fn a_unix_socket_serves_cancels_with_group_permissions_and_is_removed_at_e
     let graph = FakeGraph::start().await;
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("printjob-gateway.sock");
-    let listen = format!("unix:{}", socket.display());
-    let (listeners, config) = start(&graph, &["--listen", &listen]).await;
+    let (listeners, config) = start(&graph, unix(&socket), None).await;
     let (stop, task) = spawn(listeners, config);
 
     let mode = std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777;
@@ -75,14 +89,13 @@ async fn a_stale_socket_file_is_replaced_but_a_live_one_is_not() {
     let graph = FakeGraph::start().await;
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("gw.sock");
-    let listen = format!("unix:{}", socket.display());
     drop(std::os::unix::net::UnixListener::bind(&socket).unwrap());
     assert!(
         socket.exists(),
         "a socket file left behind by a process that is gone"
     );
 
-    let (listeners, config) = start(&graph, &["--listen", &listen]).await;
+    let (listeners, config) = start(&graph, unix(&socket), None).await;
     let (_stop, _task) = spawn(listeners, config.clone());
 
     let second = Listeners::bind(&config).await;
@@ -107,21 +120,17 @@ async fn tls_call(addr: std::net::SocketAddr, tls: ClientTlsConfig) -> Result<()
     Call::to(addr).send_on(channel).await.map(drop)
 }
 
-fn tls_args(dir: &Path) -> Vec<String> {
-    let file = |name: &str| dir.join(name).display().to_string();
-    vec![
-        "--listen".into(),
-        "127.0.0.1:0".into(),
-        "--tls-cert".into(),
-        file("server.pem"),
-        "--tls-key".into(),
-        file("server.key"),
-    ]
+fn tls_files(dir: &Path) -> TlsFiles {
+    TlsFiles {
+        cert: dir.join("server.pem"),
+        key: dir.join("server.key"),
+        client_ca: None,
+    }
 }
 
 fn grpc_addr(listeners: &Listeners) -> std::net::SocketAddr {
     match listeners.grpc.local_addr().unwrap() {
-        printjob_gateway::server::ListenAddr::Tcp(addr) => addr,
+        ListenAddr::Tcp(addr) => addr,
         other => panic!("{other}"),
     }
 }
@@ -131,9 +140,7 @@ async fn tls_serves_callers_that_trust_the_certificate_and_refuses_plaintext() {
     let graph = FakeGraph::start().await;
     let dir = tempfile::tempdir().unwrap();
     let pki = make_pki(dir.path());
-    let args = tls_args(dir.path());
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let (listeners, config) = start(&graph, &args).await;
+    let (listeners, config) = start(&graph, loopback(), Some(tls_files(dir.path()))).await;
     let addr = grpc_addr(&listeners);
     let (_stop, _task) = spawn(listeners, config);
 
@@ -149,13 +156,11 @@ async fn with_a_client_ca_callers_must_present_a_certificate() {
     let graph = FakeGraph::start().await;
     let dir = tempfile::tempdir().unwrap();
     let pki = make_pki(dir.path());
-    let mut args = tls_args(dir.path());
-    args.extend([
-        "--tls-client-ca".into(),
-        dir.path().join("ca.pem").display().to_string(),
-    ]);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let (listeners, config) = start(&graph, &args).await;
+    let tls = TlsFiles {
+        client_ca: Some(dir.path().join("ca.pem")),
+        ..tls_files(dir.path())
+    };
+    let (listeners, config) = start(&graph, loopback(), Some(tls)).await;
     let addr = grpc_addr(&listeners);
     let (_stop, _task) = spawn(listeners, config);
 
@@ -176,24 +181,15 @@ async fn with_a_client_ca_callers_must_present_a_certificate() {
     assert_eq!(graph.requests().len(), 1);
 }
 
-#[test]
-fn a_tls_key_without_a_certificate_is_refused_at_start() {
-    let error = Config::try_load_from(["printjob-gateway", "--tls-key", "/k.pem"]).unwrap_err();
-    assert!(error.to_string().contains("--tls-cert"), "{error}");
-}
-
 #[tokio::test]
 async fn an_unreadable_certificate_stops_start_up_with_its_path() {
     let graph = FakeGraph::start().await;
-    let args = [
-        "--listen",
-        "127.0.0.1:0",
-        "--tls-cert",
-        "/nonexistent/cert.pem",
-        "--tls-key",
-        "/nonexistent/key.pem",
-    ];
-    let (listeners, config) = start(&graph, &args).await;
+    let tls = TlsFiles {
+        cert: "/nonexistent/cert.pem".into(),
+        key: "/nonexistent/key.pem".into(),
+        client_ca: None,
+    };
+    let (listeners, config) = start(&graph, loopback(), Some(tls)).await;
 
     let error = serve(config, listeners, std::future::pending())
         .await

@@ -38,7 +38,7 @@ fn sample(text: &str, series: &str) -> f64 {
 #[tokio::test]
 async fn metrics_change_as_calls_happen() {
     let graph = FakeGraph::start().await;
-    let gateway = TestGateway::start_with(&graph.url(), &["--max-attempts", "1"]).await;
+    let gateway = TestGateway::start_with(&graph.url(), |s| s.calls.retry.max_attempts = 1).await;
     let ok = r#"printjob_gateway_calls_total{method="Cancel",code="OK"}"#;
     let not_found = r#"printjob_gateway_calls_total{method="Cancel",code="NOT_FOUND"}"#;
     let unauthenticated = r#"printjob_gateway_calls_total{method="Cancel",code="UNAUTHENTICATED"}"#;
@@ -80,10 +80,10 @@ async fn retries_and_overload_rejections_are_counted() {
     let throttled =
         Reply::graph_error(429, "TooManyRequests", "Slow down.").header("retry-after", "0.01");
     let graph = FakeGraph::replying(throttled).await;
-    let gateway = TestGateway::start_with(
-        &graph.url(),
-        &["--max-attempts", "3", "--max-in-flight", "1"],
-    )
+    let gateway = TestGateway::start_with(&graph.url(), |s| {
+        s.calls.retry.max_attempts = 3;
+        s.calls.max_in_flight = 1;
+    })
     .await;
 
     gateway.call().send().await.unwrap_err();

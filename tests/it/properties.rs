@@ -65,7 +65,8 @@ impl Harness {
             .unwrap();
         let (graph, gateway) = runtime.block_on(async {
             let graph = FakeGraph::start().await;
-            let gateway = TestGateway::start_with(&graph.url(), &["--max-attempts", "1"]).await;
+            let gateway =
+                TestGateway::start_with(&graph.url(), |s| s.calls.retry.max_attempts = 1).await;
             (graph, gateway)
         });
         Self {

@@ -102,9 +102,10 @@ async fn definite_answers_are_never_retried() {
 
 #[tokio::test]
 async fn attempts_are_bounded_by_the_setting() {
-    for (max_attempts, expected) in [("1", 1), ("3", 3), ("5", 5)] {
+    for (max_attempts, expected) in [(1, 1), (3, 3), (5, 5)] {
         let (simulator, url) = graph_with_rules(r#"[{"status": 503, "retryAfter": 0.01}]"#).await;
-        let gateway = TestGateway::start_with(&url, &["--max-attempts", max_attempts]).await;
+        let gateway =
+            TestGateway::start_with(&url, |s| s.calls.retry.max_attempts = max_attempts).await;
 
         let status = gateway.call().ids("p", "1").send().await.unwrap_err();
 
@@ -180,7 +181,10 @@ async fn a_backoff_past_the_deadline_answers_at_once_with_the_backoff_as_retry_i
 async fn a_long_retry_after_is_cut_to_the_ceiling() {
     let (simulator, url) =
         graph_with_rules(r#"[{"status": 429, "retryAfter": 60, "times": 1}]"#).await;
-    let gateway = TestGateway::start_with(&url, &["--retry-after-max", "100ms"]).await;
+    let gateway = TestGateway::start_with(&url, |s| {
+        s.calls.retry.retry_after_max = Duration::from_millis(100)
+    })
+    .await;
     let started = Instant::now();
 
     gateway

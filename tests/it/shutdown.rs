@@ -54,7 +54,10 @@ async fn calls_in_flight_finish_while_health_turns_not_serving_and_new_connectio
 #[tokio::test]
 async fn a_call_longer_than_the_grace_period_ends_with_unavailable() {
     let graph = FakeGraph::replying(Reply::no_content().delayed(Duration::from_secs(30))).await;
-    let mut gateway = TestGateway::start_with(&graph.url(), &["--shutdown-grace", "300ms"]).await;
+    let mut gateway = TestGateway::start_with(&graph.url(), |s| {
+        s.shutdown_grace = Duration::from_millis(300)
+    })
+    .await;
 
     let in_flight = tokio::spawn(gateway.call().timeout(Duration::from_secs(25)).send());
     graph.wait_for_requests(1).await;

@@ -112,7 +112,7 @@ async fn rules_with_a_number_of_uses_run_out() {
     )
     .unwrap();
     let (simulator, url) = start(scenario).await;
-    let gateway = TestGateway::start_with(&url, &["--max-attempts", "1"]).await;
+    let gateway = TestGateway::start_with(&url, |s| s.calls.retry.max_attempts = 1).await;
     let cancel = || gateway.call().ids("p", "1").send();
 
     assert_eq!(cancel().await.unwrap_err().code(), Code::Unavailable);

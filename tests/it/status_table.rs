@@ -9,7 +9,10 @@ use tonic_types::StatusExt;
 use crate::support::{FakeGraph, Reply, TestGateway};
 
 /// The table maps one answer; retries (tested in `retries`) would only repeat it.
-const NO_RETRIES: &[&str] = &["--max-attempts", "1"];
+/// Settings with one attempt per call, so that each answer is Graph's first.
+fn no_retries(settings: &mut printjob_gateway::Settings) {
+    settings.calls.retry.max_attempts = 1;
+}
 
 /// Every row of the README's table, with statuses a real HTTP server can send as final answers.
 const TABLE: &[(&[u16], Code)] = &[
@@ -28,7 +31,7 @@ const TABLE: &[(&[u16], Code)] = &[
 #[tokio::test]
 async fn every_graph_error_status_maps_as_the_table_says_with_rich_details() {
     let graph = FakeGraph::start().await;
-    let gateway = TestGateway::start_with(&graph.url(), NO_RETRIES).await;
+    let gateway = TestGateway::start_with(&graph.url(), no_retries).await;
     let channel = gateway.channel().await;
 
     for (statuses, code) in TABLE {
@@ -74,7 +77,7 @@ async fn throttling_carries_retry_info_from_fractional_retry_after() {
     let reply =
         Reply::graph_error(429, "TooManyRequests", "Slow down.").header("retry-after", "2.128");
     let graph = FakeGraph::replying(reply).await;
-    let gateway = TestGateway::start_with(&graph.url(), NO_RETRIES).await;
+    let gateway = TestGateway::start_with(&graph.url(), no_retries).await;
 
     let status = gateway.call().send().await.unwrap_err();
 
@@ -94,7 +97,7 @@ async fn retry_after_as_an_http_date_becomes_retry_info() {
     let reply = Reply::graph_error(503, "serviceUnavailable", "Try later.")
         .header("retry-after", &in_a_minute);
     let graph = FakeGraph::replying(reply).await;
-    let gateway = TestGateway::start_with(&graph.url(), NO_RETRIES).await;
+    let gateway = TestGateway::start_with(&graph.url(), no_retries).await;
 
     let status = gateway.call().send().await.unwrap_err();
 
@@ -120,7 +123,7 @@ async fn unauthenticated_passes_graphs_challenge_back() {
     )
     .header("www-authenticate", challenge);
     let graph = FakeGraph::replying(reply).await;
-    let gateway = TestGateway::start_with(&graph.url(), NO_RETRIES).await;
+    let gateway = TestGateway::start_with(&graph.url(), no_retries).await;
 
     let status = gateway.call().send().await.unwrap_err();
 
@@ -147,7 +150,7 @@ async fn an_html_error_page_gives_a_short_message_and_an_http_reason() {
             .body(page.into_bytes()),
     )
     .await;
-    let gateway = TestGateway::start_with(&graph.url(), NO_RETRIES).await;
+    let gateway = TestGateway::start_with(&graph.url(), no_retries).await;
 
     let status = gateway.call().send().await.unwrap_err();
 
@@ -168,7 +171,7 @@ async fn an_html_error_page_gives_a_short_message_and_an_http_reason() {
 async fn a_huge_graph_message_is_cut_short() {
     let message = "word ".repeat(12_000);
     let graph = FakeGraph::replying(Reply::graph_error(400, "badRequest", &message)).await;
-    let gateway = TestGateway::start_with(&graph.url(), NO_RETRIES).await;
+    let gateway = TestGateway::start_with(&graph.url(), no_retries).await;
 
     let status = gateway.call().send().await.unwrap_err();
 
@@ -191,7 +194,7 @@ async fn redirects_are_never_followed_so_the_token_goes_nowhere_else() {
     for http_status in [301, 302, 303, 307, 308] {
         let graph =
             FakeGraph::replying(Reply::status(http_status).header("location", &target)).await;
-        let gateway = TestGateway::start_with(&graph.url(), NO_RETRIES).await;
+        let gateway = TestGateway::start_with(&graph.url(), no_retries).await;
 
         let status = gateway.call().send().await.unwrap_err();
 

@@ -4,7 +4,8 @@
 use std::{net::SocketAddr, time::Duration};
 
 use printjob_gateway::{
-    Config, Listeners,
+    Listeners, Settings,
+    graph::GraphBaseUrl,
     proto::{CancelRequest, CancelResponse, PrintJobServiceClient},
     serve,
     server::{ListenAddr, ServeError},
@@ -31,30 +32,26 @@ pub struct TestGateway {
 impl TestGateway {
     /// A gateway in front of the Graph at `graph_url`, with default settings.
     pub async fn start(graph_url: &str) -> Self {
-        Self::start_with(graph_url, &[]).await
+        Self::start_with(graph_url, |_| {}).await
     }
 
-    /// A gateway in front of the Graph at `graph_url`, with extra command-line settings.
-    pub async fn start_with(graph_url: &str, settings: &[&str]) -> Self {
-        let args = [
-            "printjob-gateway",
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-            "--graph-url",
-            graph_url,
-        ]
-        .into_iter()
-        .chain(settings.iter().copied());
-        let config = Config::try_load_from(args).unwrap();
-        let listeners = Listeners::bind(&config).await.unwrap();
+    /// A gateway in front of the Graph at `graph_url`, with the default settings changed by
+    /// `change`.
+    pub async fn start_with(graph_url: &str, change: impl FnOnce(&mut Settings)) -> Self {
+        let mut settings = settings(graph_url);
+        change(&mut settings);
+        Self::start_from(settings).await
+    }
+
+    /// A gateway with exactly these settings (whose listeners should be on port 0).
+    pub async fn start_from(settings: Settings) -> Self {
+        let listeners = Listeners::bind(&settings).await.unwrap();
         let ListenAddr::Tcp(grpc_addr) = listeners.grpc.local_addr().unwrap() else {
             panic!("TestGateway serves the API on TCP");
         };
         let admin_addr = listeners.admin.local_addr().unwrap();
         let (shutdown, signal) = oneshot::channel::<()>();
-        let task = tokio::spawn(serve(config, listeners, async {
+        let task = tokio::spawn(serve(settings, listeners, async {
             let _ = signal.await;
         }));
         Self {
@@ -100,6 +97,17 @@ impl Drop for TestGateway {
             task.abort();
         }
     }
+}
+
+/// The default settings, with both listeners on `127.0.0.1:0` and Graph at `graph_url`.
+pub fn settings(graph_url: &str) -> Settings {
+    let mut settings = Settings {
+        listen: ListenAddr::Tcp(([127, 0, 0, 1], 0).into()),
+        admin_listen: ([127, 0, 0, 1], 0).into(),
+        ..Settings::default()
+    };
+    settings.graph.base_url = GraphBaseUrl::parse(graph_url).unwrap();
+    settings
 }
 
 pub async fn connect(addr: SocketAddr) -> Channel {
