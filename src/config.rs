@@ -91,6 +91,32 @@ pub struct GatewayArgs {
     #[arg(long, env = "PRINTJOB_GATEWAY_GRAPH_CA_FILE")]
     pub graph_ca_file: Option<PathBuf>,
 
+    /// Most connections open to Graph at once. HTTP/2 connections are opened as the load needs
+    /// them (when every one is at its stream limit); at this bound, calls wait for a stream
+    /// within their deadline.
+    #[arg(long, env = "PRINTJOB_GATEWAY_GRAPH_MAX_CONNECTIONS", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub graph_max_connections: u16,
+
+    /// Most calls carried at once on one HTTP/2 connection to Graph, when Graph allows more
+    /// (its SETTINGS_MAX_CONCURRENT_STREAMS applies when lower).
+    #[arg(long, env = "PRINTJOB_GATEWAY_GRAPH_STREAMS_PER_CONNECTION", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub graph_streams_per_connection: u32,
+
+    /// How long a connection to Graph without calls stays open; below the idle timeouts of
+    /// Graph's front doors and of common NATs, so the gateway closes first.
+    #[arg(long, env = "PRINTJOB_GATEWAY_GRAPH_IDLE_TIMEOUT", default_value = "50s", value_parser = parse_duration)]
+    pub graph_idle_timeout: Duration,
+
+    /// How often an HTTP/2 connection to Graph is pinged, busy or idle, to find one whose peer
+    /// went silent (a NAT or load balancer that dropped it).
+    #[arg(long, env = "PRINTJOB_GATEWAY_GRAPH_KEEPALIVE_INTERVAL", default_value = "30s", value_parser = parse_duration)]
+    pub graph_keepalive_interval: Duration,
+
+    /// How long a ping to Graph may go unanswered before its connection is closed; the calls on
+    /// it then fail with UNAVAILABLE, and the next calls use a new connection.
+    #[arg(long, env = "PRINTJOB_GATEWAY_GRAPH_KEEPALIVE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub graph_keepalive_timeout: Duration,
+
     /// Deadline of a call whose caller sends none (no grpc-timeout).
     #[arg(long, env = "PRINTJOB_GATEWAY_DEFAULT_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub default_timeout: Duration,
@@ -254,6 +280,12 @@ impl GatewayArgs {
                 connect_timeout: self.connect_timeout,
                 protocol: self.graph_protocol,
                 extra_ca: self.graph_ca_file.clone(),
+                max_connections: usize::from(self.graph_max_connections),
+                streams_per_connection: usize::try_from(self.graph_streams_per_connection)
+                    .unwrap_or(usize::MAX),
+                idle_timeout: self.graph_idle_timeout,
+                keepalive_interval: self.graph_keepalive_interval,
+                keepalive_timeout: self.graph_keepalive_timeout,
             },
         }
     }

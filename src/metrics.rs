@@ -34,6 +34,9 @@ struct Inner {
     retries: Family<RetryLabels, Counter>,
     in_flight: Gauge,
     overload_rejections: Counter,
+    graph_connections_opened: Family<ProtocolLabels, Counter>,
+    graph_connections_open: Gauge,
+    graph_requests_resent: Family<ResendLabels, Counter>,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -60,6 +63,16 @@ struct FailureLabels {
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RetryLabels {
     reason: RetryReason,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ProtocolLabels {
+    protocol: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResendLabels {
+    reason: ResendReason,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -90,6 +103,36 @@ pub enum RetryReason {
     GatewayTimeout,
     /// No connection could be made.
     Unreachable,
+}
+
+/// Why a request that Graph did not process was sent again on another connection.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
+pub enum ResendReason {
+    /// Graph's GOAWAY came before the request's stream.
+    GoAway,
+    /// Graph refused the stream (REFUSED_STREAM).
+    Refused,
+    /// The connection was closed before the request left the gateway.
+    Closed,
+}
+
+// === impl ResendReason ===
+
+impl ResendReason {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::GoAway => "goaway",
+            Self::Refused => "refused",
+            Self::Closed => "closed",
+        }
+    }
+}
+
+impl EncodeLabelValue for ResendReason {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
+        encoder.write_str(self.as_str())
+    }
 }
 
 // === impl GraphFailure ===
@@ -189,6 +232,24 @@ impl Metrics {
             "Calls refused with RESOURCE_EXHAUSTED because the gateway was at its limit of calls in flight",
             overload_rejections.clone(),
         );
+        let graph_connections_opened = Family::<ProtocolLabels, Counter>::default();
+        registry.register(
+            "graph_connections_opened",
+            "Connections opened to Graph, by protocol (h2, http1)",
+            graph_connections_opened.clone(),
+        );
+        let graph_connections_open = Gauge::default();
+        registry.register(
+            "graph_connections_open",
+            "Connections to Graph open now",
+            graph_connections_open.clone(),
+        );
+        let graph_requests_resent = Family::<ResendLabels, Counter>::default();
+        registry.register(
+            "graph_requests_resent",
+            "Requests Graph did not process, sent again at once on another connection (not retries)",
+            graph_requests_resent.clone(),
+        );
         let build_info = Family::<BuildLabels, Gauge>::default();
         build_info
             .get_or_create(&BuildLabels {
@@ -212,6 +273,9 @@ impl Metrics {
                 retries,
                 in_flight,
                 overload_rejections,
+                graph_connections_opened,
+                graph_connections_open,
+                graph_requests_resent,
             }),
         }
     }
@@ -245,6 +309,28 @@ impl Metrics {
         self.inner
             .graph_failures
             .get_or_create(&FailureLabels { kind })
+            .inc();
+    }
+
+    /// Counts a connection opened to Graph; `protocol` is `h2` or `http1`.
+    pub fn graph_connection_opened(&self, protocol: &'static str) {
+        self.inner
+            .graph_connections_opened
+            .get_or_create(&ProtocolLabels { protocol })
+            .inc();
+        self.inner.graph_connections_open.inc();
+    }
+
+    /// Counts a connection to Graph closed.
+    pub fn graph_connection_closed(&self) {
+        self.inner.graph_connections_open.dec();
+    }
+
+    /// Counts a request sent again because Graph did not process it.
+    pub fn graph_request_resent(&self, reason: ResendReason) {
+        self.inner
+            .graph_requests_resent
+            .get_or_create(&ResendLabels { reason })
             .inc();
     }
 

@@ -3,7 +3,8 @@
 //! that is not a 2xx, so the rest of the gateway never sees HTTP.
 
 mod answer;
-mod transport;
+mod connect;
+mod pool;
 mod url;
 
 use std::{
@@ -17,9 +18,12 @@ use http_body_util::{BodyExt, Empty};
 use tokio::time::Instant;
 
 pub use self::answer::{GraphRejection, parse_retry_after};
-pub use self::transport::{GraphClientError, GraphProtocol};
+pub use self::connect::{ConnectError, GraphClientError, GraphProtocol};
+pub use self::pool::{Body, SendError};
 pub use self::url::{GraphBaseUrl, GraphUrlError};
-use crate::{auth::BearerToken, request::CancelTarget, request::ClientRequestId, telemetry};
+use crate::{
+    auth::BearerToken, metrics::Metrics, request::CancelTarget, request::ClientRequestId, telemetry,
+};
 
 /// The most bytes of an error body read from Graph; the rest is never read. Graph's JSON errors
 /// are well under a kilobyte, so this only bounds what a broken proxy can make the gateway hold.
@@ -48,6 +52,16 @@ pub struct Settings {
     pub protocol: GraphProtocol,
     /// CA certificates (PEM) to trust besides the platform's.
     pub extra_ca: Option<PathBuf>,
+    /// The most connections to Graph open at once (connections draining after a GOAWAY aside).
+    pub max_connections: usize,
+    /// The most calls on one HTTP/2 connection, when Graph allows more.
+    pub streams_per_connection: usize,
+    /// How long a connection without calls stays open.
+    pub idle_timeout: Duration,
+    /// How often an HTTP/2 connection is pinged, busy or idle.
+    pub keepalive_interval: Duration,
+    /// How long a ping's answer may take before the connection is closed.
+    pub keepalive_timeout: Duration,
 }
 
 impl Default for Settings {
@@ -57,14 +71,19 @@ impl Default for Settings {
             connect_timeout: Duration::from_secs(5),
             protocol: GraphProtocol::Auto,
             extra_ca: None,
+            max_connections: 16,
+            streams_per_connection: 100,
+            idle_timeout: Duration::from_secs(50),
+            keepalive_interval: Duration::from_secs(30),
+            keepalive_timeout: Duration::from_secs(10),
         }
     }
 }
 
-/// A handle to Graph: one pooled HTTP client for the whole process. Cheap to clone.
+/// A handle to Graph: one pool of connections for the whole process. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct GraphClient {
-    http: transport::HttpClient,
+    pool: pool::Pool,
     base_url: GraphBaseUrl,
 }
 
@@ -83,12 +102,13 @@ pub enum GraphError {
     /// Graph answered with a status other than 2xx.
     #[error("Graph answered HTTP {}", .0.status)]
     Rejected(Box<GraphRejection>),
-    /// No connection to Graph could be made (refused, DNS, TLS handshake), so nothing was sent.
+    /// Graph did not get the request or did not process it: no connection could be made
+    /// (refused, DNS, TLS handshake), or Graph refused the request on every connection tried.
     #[error("cannot connect to Graph")]
-    Unreachable(#[source] hyper_util::client::legacy::Error),
+    Unreachable(#[source] SendError),
     /// The connection failed after the request may have been sent, or the answer was not HTTP.
     #[error("the connection to Graph failed")]
-    Transport(#[source] hyper_util::client::legacy::Error),
+    Transport(#[source] SendError),
 }
 
 // === impl GraphClient ===
@@ -97,15 +117,26 @@ impl GraphClient {
     /// Builds the client: rustls with the platform's roots, connection pooling, HTTP/2 when Graph
     /// offers it, `HTTPS_PROXY`/`NO_PROXY` honoured, and redirects never followed, so a token
     /// never goes anywhere but Graph's host.
-    pub fn new(settings: &Settings) -> Result<Self, GraphClientError> {
-        let http = transport::client(
+    pub fn new(settings: &Settings, metrics: Metrics) -> Result<Self, GraphClientError> {
+        let connector = connect::Connector::new(
             &settings.base_url.uri(),
             settings.protocol,
             settings.connect_timeout,
             settings.extra_ca.as_ref(),
         )?;
+        let pool = pool::Pool::new(
+            connector,
+            pool::PoolSettings {
+                max_connections: settings.max_connections,
+                streams_per_connection: settings.streams_per_connection,
+                idle_timeout: settings.idle_timeout,
+                keepalive_interval: settings.keepalive_interval,
+                keepalive_timeout: settings.keepalive_timeout,
+            },
+            metrics,
+        );
         Ok(Self {
-            http,
+            pool,
             base_url: settings.base_url.clone(),
         })
     }
@@ -119,8 +150,11 @@ impl GraphClient {
         token: &BearerToken,
         client_request_id: &ClientRequestId,
     ) -> Result<GraphAcceptance, GraphError> {
-        let request = self.request(target, token, client_request_id);
-        let response = self.http.request(request).await.map_err(classify)?;
+        let response = self
+            .pool
+            .send(|| self.request(target, token, client_request_id))
+            .await
+            .map_err(classify)?;
         let status = response.status();
         if status.is_success() {
             return Ok(GraphAcceptance {
@@ -162,18 +196,17 @@ impl GraphClient {
     }
 }
 
-/// Tells a failure where nothing was sent from one where the request may have reached Graph.
-fn classify(error: hyper_util::client::legacy::Error) -> GraphError {
-    if error.is_connect() {
-        GraphError::Unreachable(error)
-    } else {
-        GraphError::Transport(error)
+/// Tells a failure where Graph did not process the request from one where it may have.
+fn classify(error: SendError) -> GraphError {
+    match error {
+        SendError::Unreachable(_) | SendError::Refused(_) => GraphError::Unreachable(error),
+        SendError::Transport(_) => GraphError::Transport(error),
     }
 }
 
 /// Reads at most [`ERROR_BODY_LIMIT`] bytes of an error body, waiting at most [`ERROR_BODY_WAIT`].
 /// Whatever arrived by then is kept; a broken or endless body is simply cut off.
-async fn read_bounded(mut body: hyper::body::Incoming) -> Vec<u8> {
+async fn read_bounded(mut body: Body) -> Vec<u8> {
     let mut bytes = Vec::new();
     let give_up = Instant::now() + ERROR_BODY_WAIT;
     while bytes.len() < ERROR_BODY_LIMIT {

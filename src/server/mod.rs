@@ -125,9 +125,9 @@ pub async fn serve(
     listeners: Listeners,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
-    let graph = GraphClient::new(&settings.graph)?;
-    let abort_calls = CancellationToken::new();
     let metrics = Metrics::new();
+    let graph = GraphClient::new(&settings.graph, metrics.clone())?;
+    let abort_calls = CancellationToken::new();
     let gateway = PrintJobGateway::new(graph, metrics.clone(), settings.calls, abort_calls.clone());
     let (reporter, health_service) = tonic_health::server::health_reporter();
     let health = Health {

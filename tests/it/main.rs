@@ -8,6 +8,7 @@ mod cancel;
 mod deadlines;
 mod discovery;
 mod egress;
+mod egress_pool;
 mod faults;
 mod ids;
 mod limits;

@@ -3,9 +3,11 @@
 
 pub mod fake_graph;
 pub mod gateway;
+pub mod graph_like;
 pub mod pki;
 pub mod process;
 pub mod raw;
+pub mod stall_proxy;
 
 pub use fake_graph::{FakeGraph, Reply};
 pub use gateway::TestGateway;

@@ -1,0 +1,293 @@
+//! Opening one connection to Graph: TCP straight to Graph or through an `HTTPS_PROXY` CONNECT
+//! tunnel, then TLS with ALPN, which decides between HTTP/2 and HTTP/1.1. The pool (`pool.rs`)
+//! decides when to call it; this file only knows how.
+
+use std::{future::poll_fn, path::PathBuf, sync::Arc, time::Duration};
+
+use http::Uri;
+use hyper_util::client::{
+    legacy::connect::{HttpConnector, proxy::Tunnel},
+    proxy::matcher::Matcher,
+};
+use rustls::{
+    ClientConfig,
+    pki_types::{CertificateDer, ServerName, pem::PemObject},
+};
+use tokio::net::TcpStream;
+use tokio_rustls::{TlsConnector, client::TlsStream};
+use tower::Service;
+
+/// Which HTTP versions the gateway speaks to Graph.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum GraphProtocol {
+    /// HTTP/2 when Graph offers it over TLS (ALPN), HTTP/1.1 otherwise.
+    Auto,
+    /// HTTP/1.1 only, with a pool of connections: for proxies that break HTTP/2.
+    Http1,
+    /// HTTP/2 only, multiplexing every call on few connections; over plain HTTP (loopback fakes)
+    /// with prior knowledge.
+    Http2,
+}
+
+/// Why the connector could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum GraphClientError {
+    /// The extra CA file could not be read.
+    #[error("cannot read CA certificates from {path}")]
+    CaFile {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: rustls::pki_types::pem::Error,
+    },
+    /// TLS could not be set up (no usable root certificates, or a bad extra CA).
+    #[error("cannot set up TLS for Graph")]
+    Tls(#[from] rustls::Error),
+    /// `HTTPS_PROXY` names a proxy the gateway cannot speak to honestly: only `http://` proxies
+    /// (HTTP CONNECT, TLS to Graph inside the tunnel) are supported. An `https://` proxy would
+    /// otherwise be spoken to in plaintext, credentials included.
+    #[error(
+        "HTTPS_PROXY uses the scheme {scheme}://, but only http:// proxies are supported (HTTP CONNECT; TLS to Graph runs inside the tunnel)"
+    )]
+    ProxyScheme {
+        /// The refused scheme.
+        scheme: String,
+    },
+    /// Graph's URL has no host to connect to.
+    #[error("the Graph URL has no host")]
+    NoHost,
+}
+
+/// The HTTP version a new connection speaks, as TLS negotiated it (or as configured over plain
+/// HTTP).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Negotiated {
+    Http1,
+    Http2,
+}
+
+/// An open connection, before any HTTP.
+pub(crate) enum Connected {
+    /// Plain TCP: loopback stand-ins for Graph only (see `GraphBaseUrl`).
+    Plain(TcpStream),
+    /// TLS over TCP (itself direct or tunnelled).
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+/// Why a connection could not be opened. Nothing was sent to Graph.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("cannot connect to Graph: {reason}")]
+pub struct ConnectError {
+    reason: Arc<str>,
+}
+
+/// Opens connections to one Graph host; built once.
+pub(crate) struct Connector {
+    route: Route,
+    tls: Option<(TlsConnector, ServerName<'static>)>,
+    protocol: GraphProtocol,
+    target: Uri,
+    timeout: Duration,
+}
+
+/// How the TCP connection is made: straight to Graph, or through an HTTP CONNECT tunnel.
+#[derive(Debug, Clone)]
+enum Route {
+    Direct(HttpConnector),
+    Tunnel(Tunnel<HttpConnector>),
+}
+
+// === impl Connector ===
+
+impl Connector {
+    /// A connector for `graph` (whose scheme and host decide TLS and the proxy): rustls with the
+    /// platform's roots plus `extra_ca`, ALPN as `protocol` asks, `HTTPS_PROXY`/`NO_PROXY` as
+    /// hyper-util's matcher reads them.
+    pub(crate) fn new(
+        graph: &Uri,
+        protocol: GraphProtocol,
+        timeout: Duration,
+        extra_ca: Option<&PathBuf>,
+    ) -> Result<Self, GraphClientError> {
+        let host = graph.host().ok_or(GraphClientError::NoHost)?;
+        let https = graph.scheme_str() == Some("https");
+        let mut tcp = HttpConnector::new();
+        tcp.enforce_http(false);
+        tcp.set_nodelay(true);
+        let route = match Matcher::from_env().intercept(graph) {
+            Some(proxy) if https => {
+                let scheme = proxy.uri().scheme_str().unwrap_or_default();
+                if scheme != "http" {
+                    return Err(GraphClientError::ProxyScheme {
+                        scheme: scheme.to_owned(),
+                    });
+                }
+                let mut tunnel = Tunnel::new(proxy.uri().clone(), tcp);
+                if let Some(auth) = proxy.basic_auth() {
+                    tunnel = tunnel.with_auth(auth.clone());
+                }
+                tracing::info!(proxy = %redacted(proxy.uri()), "Graph is reached through a proxy");
+                Route::Tunnel(tunnel)
+            }
+            _ => Route::Direct(tcp),
+        };
+        let tls = if https {
+            let mut config = tls_config(extra_ca)?;
+            config.alpn_protocols = match protocol {
+                GraphProtocol::Auto => vec![b"h2".to_vec(), b"http/1.1".to_vec()],
+                GraphProtocol::Http1 => vec![b"http/1.1".to_vec()],
+                GraphProtocol::Http2 => vec![b"h2".to_vec()],
+            };
+            let name = ServerName::try_from(host.trim_matches(['[', ']']).to_owned())
+                .map_err(|_| GraphClientError::NoHost)?;
+            Some((TlsConnector::from(Arc::new(config)), name))
+        } else {
+            None
+        };
+        Ok(Self {
+            route,
+            tls,
+            protocol,
+            target: graph.clone(),
+            timeout,
+        })
+    }
+
+    /// The connect timeout.
+    pub(crate) fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// Opens one connection, TLS handshake included, within the connect timeout.
+    pub(crate) async fn connect(&self) -> Result<(Connected, Negotiated), ConnectError> {
+        match tokio::time::timeout(self.timeout, self.open()).await {
+            Ok(connected) => connected,
+            Err(_) => Err(ConnectError::new(format!(
+                "no connection within {:?}",
+                self.timeout
+            ))),
+        }
+    }
+
+    async fn open(&self) -> Result<(Connected, Negotiated), ConnectError> {
+        let tcp = match self.route.clone() {
+            Route::Direct(mut tcp) => {
+                let _ = poll_fn(|cx| tcp.poll_ready(cx)).await;
+                tcp.call(self.target.clone())
+                    .await
+                    .map_err(ConnectError::from_error)?
+                    .into_inner()
+            }
+            Route::Tunnel(mut tunnel) => {
+                poll_fn(|cx| tunnel.poll_ready(cx))
+                    .await
+                    .map_err(ConnectError::from_error)?;
+                tunnel
+                    .call(self.target.clone())
+                    .await
+                    .map_err(ConnectError::from_error)?
+                    .into_inner()
+            }
+        };
+        let Some((tls, name)) = &self.tls else {
+            let negotiated = match self.protocol {
+                GraphProtocol::Http2 => Negotiated::Http2,
+                GraphProtocol::Auto | GraphProtocol::Http1 => Negotiated::Http1,
+            };
+            return Ok((Connected::Plain(tcp), negotiated));
+        };
+        let stream = tls
+            .connect(name.clone(), tcp)
+            .await
+            .map_err(ConnectError::from_error)?;
+        let negotiated = match (stream.get_ref().1.alpn_protocol(), self.protocol) {
+            (Some(b"h2"), _) | (_, GraphProtocol::Http2) => Negotiated::Http2,
+            _ => Negotiated::Http1,
+        };
+        Ok((Connected::Tls(Box::new(stream)), negotiated))
+    }
+}
+
+impl std::fmt::Debug for Connector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connector")
+            .field("route", &self.route)
+            .field("tls", &self.tls.is_some())
+            .field("protocol", &self.protocol)
+            .finish_non_exhaustive()
+    }
+}
+
+// === impl ConnectError ===
+
+impl ConnectError {
+    fn new(reason: String) -> Self {
+        Self {
+            reason: reason.into(),
+        }
+    }
+
+    /// The HTTP handshake on a new connection failed.
+    pub(crate) fn handshake(error: &hyper::Error) -> Self {
+        Self::from_error(error)
+    }
+
+    /// Graph did not send its HTTP/2 SETTINGS in time.
+    pub(crate) fn no_settings() -> Self {
+        Self::new("Graph sent no HTTP/2 SETTINGS on a new connection".to_owned())
+    }
+
+    /// The pool went away while a call waited; only seen at shutdown.
+    pub(crate) fn gone() -> Self {
+        Self::new("the connection pool is gone".to_owned())
+    }
+
+    /// Keeps the whole chain of causes as text: the error is shared by every call that waited
+    /// for the connection, and a proxy's or resolver's error types are not `Clone`.
+    fn from_error(error: impl std::error::Error) -> Self {
+        let mut reason = error.to_string();
+        let mut source = error.source();
+        while let Some(cause) = source {
+            reason.push_str(": ");
+            reason.push_str(&cause.to_string());
+            source = cause.source();
+        }
+        Self::new(reason)
+    }
+}
+
+/// rustls with ring, the platform's root certificates, and the extra CA when given (for egress
+/// that inspects TLS, or a private Graph stand-in).
+fn tls_config(extra_ca: Option<&PathBuf>) -> Result<ClientConfig, GraphClientError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let extra_roots = match extra_ca {
+        None => Vec::new(),
+        Some(path) => CertificateDer::pem_file_iter(path)
+            .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+            .map_err(|source| GraphClientError::CaFile {
+                path: path.clone(),
+                source,
+            })?,
+    };
+    let verifier =
+        rustls_platform_verifier::Verifier::new_with_extra_roots(extra_roots, provider.clone())?;
+    Ok(ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier))
+        .with_no_client_auth())
+}
+
+/// A proxy's address without its credentials, for the logs.
+fn redacted(uri: &Uri) -> String {
+    match uri.authority() {
+        Some(authority) => authority
+            .as_str()
+            .rsplit('@')
+            .next()
+            .unwrap_or_default()
+            .to_owned(),
+        None => String::new(),
+    }
+}

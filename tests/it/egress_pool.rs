@@ -1,0 +1,434 @@
+//! The connections to Graph, against a Graph-like TLS upstream on loopback: connections opened
+//! as the load needs them and no more, GOAWAY and refused streams that lose and duplicate
+//! nothing, idle and dead connections that never fail a call, timed-out calls that leave the
+//! gateway serving, HTTP/1.1 when ALPN says so, and honest proxy URLs.
+
+use std::{collections::HashSet, time::Duration};
+
+use tokio::task::JoinSet;
+use tonic::{Code, transport::Channel};
+
+use crate::support::{
+    TestGateway,
+    gateway::Call,
+    graph_like::{GraphLike, Seen, Speaks},
+    pki::{Pki, make_pki},
+    process::BINARY,
+    stall_proxy::{Direction, StallProxy},
+};
+
+/// How long a test waits for something that should happen at once before it fails instead of
+/// hanging; only a broken gateway comes near it.
+const PATIENCE: Duration = Duration::from_secs(20);
+
+struct Setup {
+    _dir: tempfile::TempDir,
+    pki: Pki,
+    ca: std::path::PathBuf,
+}
+
+fn pki() -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = make_pki(dir.path());
+    let ca = dir.path().join("ca.pem");
+    Setup { _dir: dir, pki, ca }
+}
+
+/// Starts `count` calls for printer `printer`, job IDs 1..=count, concurrently on `channel`;
+/// the future gives their outcomes.
+fn calls(
+    channel: &Channel,
+    addr: std::net::SocketAddr,
+    printer: &str,
+    count: usize,
+    timeout: Duration,
+) -> impl Future<Output = Vec<Result<(), tonic::Status>>> + Send + 'static {
+    let mut set = JoinSet::new();
+    for job in 1..=count {
+        let call = Call::to(addr)
+            .ids(printer, &job.to_string())
+            .timeout(timeout);
+        set.spawn(call.send_on(channel.clone()));
+    }
+    async move {
+        set.join_all()
+            .await
+            .into_iter()
+            .map(|outcome| outcome.map(drop))
+            .collect()
+    }
+}
+
+async fn wait_until(graph: &GraphLike, condition: impl FnMut(&Seen) -> bool) -> Seen {
+    tokio::time::timeout(PATIENCE, graph.wait_until(condition))
+        .await
+        .expect("the upstream saw what the test waits for")
+}
+
+async fn scrape(gateway: &TestGateway) -> String {
+    let url = format!("http://{}/metrics", gateway.admin_addr);
+    crate::support::http_client()
+        .get(url)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+/// The value of the sample that starts with `series ` (name and labels), or 0 when absent.
+fn sample(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .map_or(0.0, |value| value.parse().unwrap())
+}
+
+fn all_ok(outcomes: &[Result<(), tonic::Status>]) {
+    for outcome in outcomes {
+        if let Err(status) = outcome {
+            panic!("every call succeeds, but one failed: {status:?}");
+        }
+    }
+}
+
+fn each_once(seen: &Seen) {
+    let distinct: HashSet<&String> = seen.processed.iter().collect();
+    assert_eq!(
+        distinct.len(),
+        seen.processed.len(),
+        "Graph processed a request twice: {:?}",
+        seen.processed
+    );
+}
+
+#[tokio::test]
+async fn a_burst_beyond_the_stream_cap_opens_just_the_connections_it_needs() {
+    let setup = pki();
+    let graph = GraphLike::start(&setup.pki, Speaks::Http2 { max_streams: 10 }).await;
+    graph.hold("/printers/held/");
+    let gateway = TestGateway::start_with(&graph.url(), |s| {
+        s.graph.extra_ca = Some(setup.ca.clone());
+    })
+    .await;
+    let channel = gateway.channel().await;
+
+    let burst = calls(&channel, gateway.grpc_addr, "held", 35, PATIENCE);
+    let burst = tokio::spawn(burst);
+    // All 35 can reach Graph at once only on ceil(35 / 10) = 4 connections.
+    let seen = wait_until(&graph, |seen| seen.processed.len() == 35).await;
+    assert_eq!(
+        seen.connections, 4,
+        "one connection per 10 streams, no more"
+    );
+    graph.release();
+    all_ok(&burst.await.unwrap());
+
+    let metrics = scrape(&gateway).await;
+    assert_eq!(
+        sample(
+            &metrics,
+            r#"printjob_gateway_graph_connections_opened_total{protocol="h2"}"#
+        ),
+        4.0
+    );
+    assert_eq!(
+        sample(&metrics, "printjob_gateway_graph_connections_open"),
+        4.0
+    );
+    assert_eq!(graph.seen().connections, 4);
+}
+
+#[tokio::test]
+async fn at_the_connection_bound_calls_wait_for_a_stream_and_are_served_in_turn() {
+    let setup = pki();
+    let graph = GraphLike::start(&setup.pki, Speaks::Http2 { max_streams: 10 }).await;
+    graph.hold("/printers/held/");
+    let gateway = TestGateway::start_with(&graph.url(), |s| {
+        s.graph.extra_ca = Some(setup.ca.clone());
+        s.graph.max_connections = 2;
+    })
+    .await;
+    let channel = gateway.channel().await;
+
+    let burst = tokio::spawn(calls(&channel, gateway.grpc_addr, "held", 35, PATIENCE));
+    let seen = wait_until(&graph, |seen| seen.processed.len() == 20).await;
+    assert_eq!(seen.connections, 2);
+    graph.release();
+    all_ok(&burst.await.unwrap());
+    let seen = graph.seen();
+    assert_eq!(seen.processed.len(), 35);
+    assert_eq!(
+        seen.connections, 2,
+        "never more than --graph-max-connections"
+    );
+    // First come, first served: the 15 that waited went in the order they were queued, after
+    // the 20 that got a stream at once (the order within each group is the callers').
+    each_once(&seen);
+}
+
+#[tokio::test]
+async fn goaway_in_the_middle_of_traffic_loses_nothing_and_duplicates_nothing() {
+    let setup = pki();
+    let graph = GraphLike::start(&setup.pki, Speaks::Http2 { max_streams: 100 }).await;
+    graph.hold("/printers/held/");
+    let gateway = TestGateway::start_with(&graph.url(), |s| {
+        s.graph.extra_ca = Some(setup.ca.clone());
+    })
+    .await;
+    let channel = gateway.channel().await;
+
+    let held = tokio::spawn(calls(&channel, gateway.grpc_addr, "held", 50, PATIENCE));
+    wait_until(&graph, |seen| seen.processed.len() == 50).await;
+    graph.go_away();
+    // Calls made after the GOAWAY are answered while the 50 processed ones are still held on
+    // the connection that is going away.
+    all_ok(&calls(&channel, gateway.grpc_addr, "after", 50, PATIENCE).await);
+    assert!(!held.is_finished());
+    graph.release();
+    all_ok(&held.await.unwrap());
+
+    let seen = graph.seen();
+    assert_eq!(seen.processed.len(), 100, "Graph saw every call");
+    each_once(&seen);
+    assert!(
+        seen.connections >= 2,
+        "the calls after GOAWAY went elsewhere"
+    );
+    all_ok(&calls(&channel, gateway.grpc_addr, "later", 5, PATIENCE).await);
+}
+
+#[tokio::test]
+async fn refused_streams_are_sent_again_at_once_and_are_not_retries() {
+    let setup = pki();
+    let graph = GraphLike::start(&setup.pki, Speaks::Http2 { max_streams: 100 }).await;
+    graph.refuse_first();
+    let gateway = TestGateway::start_with(&graph.url(), |s| {
+        s.graph.extra_ca = Some(setup.ca.clone());
+        // A retry is impossible: only the re-send of unprocessed requests can save these calls.
+        s.calls.retry.max_attempts = 1;
+    })
+    .await;
+    let channel = gateway.channel().await;
+
+    all_ok(&calls(&channel, gateway.grpc_addr, "printer", 20, PATIENCE).await);
+
+    let seen = graph.seen();
+    assert_eq!(seen.refused, 20);
+    assert_eq!(seen.processed.len(), 20);
+    each_once(&seen);
+    let metrics = scrape(&gateway).await;
+    assert_eq!(
+        sample(
+            &metrics,
+            r#"printjob_gateway_graph_requests_resent_total{reason="refused"}"#
+        ),
+        20.0
+    );
+    assert!(
+        !metrics.contains("printjob_gateway_graph_retries_total{"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn connections_graph_closes_while_idle_never_fail_a_call() {
+    let setup = pki();
+    let graph = GraphLike::start(&setup.pki, Speaks::Http2 { max_streams: 100 }).await;
+    let gateway = TestGateway::start_with(&graph.url(), |s| {
+        s.graph.extra_ca = Some(setup.ca.clone());
+        s.calls.retry.max_attempts = 1;
+    })
+    .await;
+    let channel = gateway.channel().await;
+
+    for round in 0..3 {
+        all_ok(&calls(&channel, gateway.grpc_addr, "printer", 10, PATIENCE).await);
+        graph.go_away();
+        wait_until(&graph, |seen| {
+            seen.open == 0 && seen.connections == round + 1
+        })
+        .await;
+    }
+    all_ok(&calls(&channel, gateway.grpc_addr, "printer", 10, PATIENCE).await);
+    assert_eq!(graph.seen().connections, 4);
+}
+
+#[tokio::test]
+async fn idle_connections_are_closed_after_the_idle_timeout() {
+    let setup = pki();
+    let graph = GraphLike::start(&setup.pki, Speaks::Http2 { max_streams: 100 }).await;
+    let gateway = TestGateway::start_with(&graph.url(), |s| {
+        s.graph.extra_ca = Some(setup.ca.clone());
+        s.graph.idle_timeout = Duration::from_millis(200);
+    })
+    .await;
+    let channel = gateway.channel().await;
+
+    all_ok(&calls(&channel, gateway.grpc_addr, "printer", 3, PATIENCE).await);
+    // The gateway closes it; the upstream never would.
+    wait_until(&graph, |seen| seen.connections == 1 && seen.open == 0).await;
+    all_ok(&calls(&channel, gateway.grpc_addr, "printer", 3, PATIENCE).await);
+    assert_eq!(graph.seen().connections, 2);
+}
+
+#[tokio::test]
+async fn a_silent_peer_is_found_by_keepalive_and_the_next_call_uses_a_new_connection() {
+    let setup = pki();
+    let graph = GraphLike::start(&setup.pki, Speaks::Http2 { max_streams: 100 }).await;
+    let proxy = StallProxy::start(graph.addr).await;
+    let gateway = TestGateway::start_with(&proxy.url(), |s| {
+        s.graph.extra_ca = Some(setup.ca.clone());
+        s.graph.keepalive_interval = Duration::from_millis(200);
+        s.graph.keepalive_timeout = Duration::from_millis(500);
+    })
+    .await;
+    let channel = gateway.channel().await;
+    all_ok(&calls(&channel, gateway.grpc_addr, "printer", 1, PATIENCE).await);
+
+    proxy.stall(Direction::Both);
+    // Without keepalive this call would wait on the dead connection until its 30 s deadline.
+    let stranded = calls(
+        &channel,
+        gateway.grpc_addr,
+        "stranded",
+        1,
+        Duration::from_secs(30),
+    )
+    .await;
+    let status = stranded[0].as_ref().unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+
+    all_ok(&calls(&channel, gateway.grpc_addr, "next", 5, PATIENCE).await);
+    assert_eq!(
+        proxy.accepted(),
+        2,
+        "the next calls used one new connection"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_thousand_timed_out_calls_leave_the_gateway_serving() {
+    let setup = pki();
+    let graph = GraphLike::start(&setup.pki, Speaks::Http2 { max_streams: 2000 }).await;
+    let proxy = StallProxy::start(graph.addr).await;
+    let gateway = TestGateway::start_with(&proxy.url(), |s| {
+        s.graph.extra_ca = Some(setup.ca.clone());
+        s.graph.streams_per_connection = 2000;
+        s.graph.max_connections = 1;
+        s.calls.max_in_flight = 4000;
+    })
+    .await;
+    let channel = gateway.channel().await;
+    all_ok(&calls(&channel, gateway.grpc_addr, "warm", 1, PATIENCE).await);
+
+    // Graph answers, but the answers are held on the way back: every call times out and resets
+    // its stream, and the answers arrive later, on streams the gateway has given up.
+    proxy.stall(Direction::ToGateway);
+    let mut channels = Vec::new();
+    for _ in 0..4 {
+        channels.push(gateway.channel().await);
+    }
+    let deadline = Duration::from_secs(3);
+    let addr = gateway.grpc_addr;
+    let timed_out = tokio::join!(
+        calls(&channels[0], addr, "a", 500, deadline),
+        calls(&channels[1], addr, "b", 500, deadline),
+        calls(&channels[2], addr, "c", 500, deadline),
+        calls(&channels[3], addr, "d", 500, deadline),
+    );
+    let timed_out = [timed_out.0, timed_out.1, timed_out.2, timed_out.3];
+    for outcome in timed_out.iter().flatten() {
+        // tonic's own timer may end a call a moment before the gateway answers
+        // DEADLINE_EXCEEDED; either way the gateway drops the call and resets its stream.
+        let status = outcome.as_ref().unwrap_err();
+        assert!(
+            matches!(status.code(), Code::DeadlineExceeded | Code::Cancelled),
+            "{status:?}"
+        );
+    }
+
+    // A call now does not wait behind the connection that has reset 2,000 streams.
+    all_ok(&calls(&channel, gateway.grpc_addr, "next", 1, PATIENCE).await);
+    proxy.resume();
+    all_ok(&calls(&channel, gateway.grpc_addr, "after", 50, PATIENCE).await);
+}
+
+#[tokio::test]
+async fn an_http1_only_upstream_is_served_by_a_bounded_pool() {
+    let setup = pki();
+    let graph = GraphLike::start(&setup.pki, Speaks::Http1).await;
+    graph.hold("/printers/held/");
+    let gateway = TestGateway::start_with(&graph.url(), |s| {
+        s.graph.extra_ca = Some(setup.ca.clone());
+        s.graph.max_connections = 3;
+    })
+    .await;
+    let channel = gateway.channel().await;
+
+    let burst = tokio::spawn(calls(&channel, gateway.grpc_addr, "held", 10, PATIENCE));
+    let seen = wait_until(&graph, |seen| seen.processed.len() == 3).await;
+    assert_eq!(
+        seen.connections, 3,
+        "one call per HTTP/1.1 connection, three at most"
+    );
+    graph.release();
+    all_ok(&burst.await.unwrap());
+    let seen = graph.seen();
+    assert_eq!(seen.processed.len(), 10);
+    assert_eq!(seen.connections, 3, "connections are reused, not reopened");
+    let metrics = scrape(&gateway).await;
+    assert_eq!(
+        sample(
+            &metrics,
+            r#"printjob_gateway_graph_connections_opened_total{protocol="http1"}"#
+        ),
+        3.0
+    );
+}
+
+#[tokio::test]
+async fn a_proxy_scheme_other_than_http_is_refused_at_start_up() {
+    for proxy in [
+        "https://user:s3cret@127.0.0.1:9",
+        "socks5://user:s3cret@127.0.0.1:9",
+    ] {
+        let output = tokio::time::timeout(
+            PATIENCE,
+            tokio::process::Command::new(BINARY)
+                .args([
+                    "--listen",
+                    "127.0.0.1:0",
+                    "--admin-listen",
+                    "127.0.0.1:0",
+                    "--graph-url",
+                    "https://graph.microsoft.com/v1.0",
+                ])
+                .env("HTTPS_PROXY", proxy)
+                .env("NO_PROXY", "")
+                .env("no_proxy", "")
+                .kill_on_drop(true)
+                .output(),
+        )
+        .await
+        .expect("the gateway exits at start-up")
+        .unwrap();
+        // The error is logged (to stdout) as the reason the gateway stopped.
+        let printed = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert!(!output.status.success(), "{proxy}: {printed}");
+        let scheme = proxy.split("://").next().unwrap();
+        assert!(
+            printed.contains(&format!("HTTPS_PROXY uses the scheme {scheme}://"))
+                && printed.contains("only http:// proxies"),
+            "{proxy}: {printed}"
+        );
+        assert!(
+            !printed.contains("s3cret"),
+            "the proxy's password is never printed"
+        );
+    }
+}
