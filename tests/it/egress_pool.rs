@@ -10,7 +10,7 @@ use tonic::{Code, transport::Channel};
 
 use crate::support::{
     TestGateway,
-    gateway::Call,
+    gateway::{Call, timerless_client},
     graph_like::{GraphLike, Seen, Speaks},
     pki::{Pki, make_pki},
     process::BINARY,
@@ -315,43 +315,43 @@ async fn two_thousand_timed_out_calls_leave_the_gateway_serving() {
     let gateway = TestGateway::start_with(&proxy.url(), |s| {
         s.graph.extra_ca = Some(setup.ca.clone());
         s.graph.streams_per_connection = 2000;
-        s.graph.max_connections = 1;
+        s.graph.connect_timeout = Duration::from_secs(60);
         s.calls.max_in_flight = 4000;
     })
     .await;
     let channel = gateway.channel().await;
     all_ok(&calls(&channel, gateway.grpc_addr, "warm", 1, PATIENCE).await);
 
-    // Graph answers, but the answers are held on the way back: every call times out and resets
-    // its stream, and the answers arrive later, on streams the gateway has given up.
-    proxy.stall(Direction::ToGateway);
-    let mut channels = Vec::new();
-    for _ in 0..4 {
-        channels.push(gateway.channel().await);
+    // Graph answers, but its answers are held on the way back, on every connection: every call
+    // times out and resets its stream, and the answers arrive later, on streams the gateway has
+    // given up.
+    proxy.stall_all(Direction::ToGateway);
+    // Four connections to the gateway (it takes 1,024 calls on one), and no client-side timer:
+    // every call ends with the gateway's own DEADLINE_EXCEEDED.
+    let mut timed_out = JoinSet::new();
+    for (n, printer) in ["a", "b", "c", "d"].into_iter().enumerate() {
+        let client = timerless_client();
+        for job in 1..=500 {
+            let call = gateway
+                .call()
+                .ids(printer, &(n * 1000 + job).to_string())
+                .timeout(Duration::from_secs(2));
+            timed_out.spawn(call.send_timerless_on(client.clone()));
+        }
     }
-    let deadline = Duration::from_secs(3);
-    let addr = gateway.grpc_addr;
-    let timed_out = tokio::join!(
-        calls(&channels[0], addr, "a", 500, deadline),
-        calls(&channels[1], addr, "b", 500, deadline),
-        calls(&channels[2], addr, "c", 500, deadline),
-        calls(&channels[3], addr, "d", 500, deadline),
-    );
-    let timed_out = [timed_out.0, timed_out.1, timed_out.2, timed_out.3];
-    for outcome in timed_out.iter().flatten() {
-        // tonic's own timer may end a call a moment before the gateway answers
-        // DEADLINE_EXCEEDED; either way the gateway drops the call and resets its stream.
-        let status = outcome.as_ref().unwrap_err();
-        assert!(
-            matches!(status.code(), Code::DeadlineExceeded | Code::Cancelled),
-            "{status:?}"
-        );
+    for outcome in timed_out.join_all().await {
+        let status = outcome.unwrap_err();
+        assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
     }
 
-    // A call now does not wait behind the connection that has reset 2,000 streams.
-    all_ok(&calls(&channel, gateway.grpc_addr, "next", 1, PATIENCE).await);
+    // The late answers arrive, and the gateway serves as before.
     proxy.resume();
-    all_ok(&calls(&channel, gateway.grpc_addr, "after", 50, PATIENCE).await);
+    all_ok(&calls(&channel, gateway.grpc_addr, "after", 200, PATIENCE).await);
+    let metrics = scrape(&gateway).await;
+    assert!(
+        sample(&metrics, "printjob_gateway_graph_connections_open") <= 16.0,
+        "{metrics}"
+    );
 }
 
 #[tokio::test]

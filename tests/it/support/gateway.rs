@@ -192,6 +192,18 @@ impl Call {
         client.cancel(self.into_request()).await
     }
 
+    /// Sends the call on `client`, a plain HTTP/2 client from [`timerless_client`] that, unlike
+    /// tonic's `Channel`, neither runs a timer of its own nor resets the call when it expires.
+    pub async fn send_timerless_on(
+        self,
+        client: TimerlessClient,
+    ) -> Result<Response<CancelResponse>, Status> {
+        let origin = format!("http://{}", self.addr).parse().unwrap();
+        PrintJobServiceClient::with_origin(client, origin)
+            .cancel(self.into_request())
+            .await
+    }
+
     /// Sends the call on `channel`.
     pub async fn send_on(self, channel: Channel) -> Result<Response<CancelResponse>, Status> {
         PrintJobServiceClient::new(channel)
@@ -214,4 +226,17 @@ impl Call {
         }
         request
     }
+}
+
+/// A plain HTTP/2 client to the gateway, one connection shared by every call sent on it.
+pub type TimerlessClient = hyper_util::client::legacy::Client<
+    hyper_util::client::legacy::connect::HttpConnector,
+    tonic::body::Body,
+>;
+
+/// A new [`TimerlessClient`]: each one opens its own connection.
+pub fn timerless_client() -> TimerlessClient {
+    hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(true)
+        .build_http()
 }

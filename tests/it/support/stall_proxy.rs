@@ -28,8 +28,16 @@ pub struct StallProxy {
     /// Where the gateway connects.
     pub addr: SocketAddr,
     accepted: watch::Sender<usize>,
-    gates: Arc<Mutex<Vec<Gate>>>,
+    gates: Arc<Mutex<Gates>>,
     task: JoinHandle<()>,
+}
+
+/// Every connection's gate, and how new connections start.
+#[derive(Default)]
+struct Gates {
+    all: Vec<Gate>,
+    /// Set by [`StallProxy::stall_all`]: new connections start stalled.
+    new: Option<Direction>,
 }
 
 /// One relayed connection's two directions: `true` while stalled.
@@ -47,7 +55,7 @@ impl StallProxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let accepted = watch::Sender::new(0);
-        let gates = Arc::new(Mutex::new(Vec::new()));
+        let gates = Arc::new(Mutex::new(Gates::default()));
         let task = tokio::spawn({
             let accepted = accepted.clone();
             let gates = gates.clone();
@@ -60,7 +68,13 @@ impl StallProxy {
                         to_gateway: watch::Sender::new(false),
                         to_upstream: watch::Sender::new(false),
                     };
-                    gates.lock().unwrap().push(gate.clone());
+                    {
+                        let mut gates = gates.lock().unwrap();
+                        if let Some(direction) = gates.new {
+                            gate.stall(direction);
+                        }
+                        gates.all.push(gate.clone());
+                    }
                     accepted.send_modify(|count| *count += 1);
                     let (gateway_read, gateway_write) = gateway.into_split();
                     let (upstream_read, upstream_write) = upstream.into_split();
@@ -95,19 +109,27 @@ impl StallProxy {
         *self.accepted.borrow()
     }
 
-    /// Stalls every connection accepted so far.
+    /// Stalls every connection accepted so far; later ones relay normally.
     pub fn stall(&self, direction: Direction) {
-        for gate in self.gates.lock().unwrap().iter() {
-            gate.to_gateway.send_replace(true);
-            if direction == Direction::Both {
-                gate.to_upstream.send_replace(true);
-            }
+        for gate in &self.gates.lock().unwrap().all {
+            gate.stall(direction);
+        }
+    }
+
+    /// Stalls every connection, those accepted later too, until [`Self::resume`].
+    pub fn stall_all(&self, direction: Direction) {
+        let mut gates = self.gates.lock().unwrap();
+        gates.new = Some(direction);
+        for gate in &gates.all {
+            gate.stall(direction);
         }
     }
 
     /// Lets every connection move again, the held bytes first.
     pub fn resume(&self) {
-        for gate in self.gates.lock().unwrap().iter() {
+        let mut gates = self.gates.lock().unwrap();
+        gates.new = None;
+        for gate in &gates.all {
             gate.to_gateway.send_replace(false);
             gate.to_upstream.send_replace(false);
         }
@@ -117,6 +139,17 @@ impl StallProxy {
 impl Drop for StallProxy {
     fn drop(&mut self) {
         self.task.abort();
+    }
+}
+
+// === impl Gate ===
+
+impl Gate {
+    fn stall(&self, direction: Direction) {
+        self.to_gateway.send_replace(true);
+        if direction == Direction::Both {
+            self.to_upstream.send_replace(true);
+        }
     }
 }
 
