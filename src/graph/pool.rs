@@ -14,8 +14,8 @@
 //!   of N calls opens about N / streams connections, one handshake each, never more than the
 //!   configured maximum.
 //! - A request Graph provably did not process (above a graceful GOAWAY's last stream id, a
-//!   REFUSED_STREAM, or never handed to the connection) is sent again at once on another
-//!   connection; it is not a retry attempt. Anything else that fails may have reached Graph and
+//!   REFUSED_STREAM, or never handed to the connection) is sent again at once, on another
+//!   connection when one has room, ahead of the calls waiting; it is not a retry attempt. Anything else that fails may have reached Graph and
 //!   is returned as [`SendError::Transport`].
 //! - HTTP/2 keepalive PINGs (also while idle) find connections whose peer went silent; hyper
 //!   then closes them and the calls on them fail.
@@ -231,8 +231,9 @@ impl Pool {
     ) -> Result<Response<Body>, SendError> {
         let mut unsent = None;
         let mut resends = 0;
+        let mut avoid = None;
         loop {
-            let (mut lease, sender) = self.acquire().await?;
+            let (mut lease, sender) = self.acquire(avoid).await?;
             let request = unsent.take().unwrap_or_else(&make);
             let (reason, error) = match lease.send(sender, request).await {
                 Ok(response) => return Ok(response.map(|inner| Body::new(inner, lease))),
@@ -251,8 +252,10 @@ impl Pool {
             if reason != ResendReason::Refused {
                 lease.conn_failed();
             }
-            // The stream was never processed: nothing to reset.
+            // The stream was never processed: nothing to reset. The request goes to another
+            // connection when one has room.
             lease.finished = true;
+            avoid = Some(lease.id);
             drop(lease);
             resends += 1;
             if resends > MAX_RESENDS {
@@ -266,18 +269,19 @@ impl Pool {
         }
     }
 
-    /// A stream: at once on a connection with room, or after waiting in the queue.
-    async fn acquire(&self) -> Result<(Lease, GrantedSender), ConnectError> {
+    /// A stream: at once on a connection with room (another than `avoid` if one has room), or
+    /// after waiting in the queue.
+    async fn acquire(&self, avoid: Option<u64>) -> Result<(Lease, GrantedSender), ConnectError> {
         let receiver = {
             let mut state = self.shared.lock();
-            // Calls already waiting go first.
-            if state.waiters == 0
-                && let Some(grant) = state.grant()
+            // Calls already waiting go first; a re-send has waited already and takes any room.
+            if (state.waiters == 0 || avoid.is_some())
+                && let Some(grant) = state.grant(avoid)
             {
                 return Ok(Lease::new(&self.shared, grant));
             }
             let (sender, receiver) = oneshot::channel();
-            state.enqueue(sender);
+            state.enqueue(sender, avoid.is_some());
             self.shared.dial_as_needed(&mut state);
             receiver
         };
@@ -519,12 +523,17 @@ impl Shared {
 // === impl State ===
 
 impl State {
-    /// A stream on the oldest usable connection with room.
-    fn grant(&mut self) -> Option<Grant> {
-        let conn = self
+    /// A stream on the oldest usable connection with room, other than `avoid` when another has
+    /// room.
+    fn grant(&mut self, avoid: Option<u64>) -> Option<Grant> {
+        let has_room =
+            |conn: &Conn| conn.usable && conn.in_flight < conn.limit && conn.sender.is_free();
+        let index = self
             .conns
-            .iter_mut()
-            .find(|conn| conn.usable && conn.in_flight < conn.limit && conn.sender.is_free())?;
+            .iter()
+            .position(|conn| has_room(conn) && Some(conn.id) != avoid)
+            .or_else(|| self.conns.iter().position(has_room))?;
+        let conn = &mut self.conns[index];
         let sender = match &mut conn.sender {
             Sender::Http2(sender) => GrantedSender::Http2(sender.clone()),
             Sender::Http1(sender) => GrantedSender::Http1(sender.take()?),
@@ -539,7 +548,9 @@ impl State {
     /// Hands free streams to waiting calls, in order.
     fn dispatch(&mut self) {
         while self.waiters > 0 {
-            let Some(grant) = self.grant() else { return };
+            let Some(grant) = self.grant(None) else {
+                return;
+            };
             let Some(waiter) = self.pop_waiter() else {
                 // Only gone calls were left in the queue.
                 self.waiters = 0;
@@ -565,13 +576,18 @@ impl State {
         None
     }
 
-    fn enqueue(&mut self, waiter: oneshot::Sender<Result<Grant, ConnectError>>) {
+    /// Queues a waiting call: at the back, or at the front for a re-send.
+    fn enqueue(&mut self, waiter: oneshot::Sender<Result<Grant, ConnectError>>, front: bool) {
         // Calls that gave up stay queued until reached; sweep them before they outnumber the
         // live ones, so the queue stays proportional to the calls actually waiting.
         if self.waiting.len() >= 2 * self.waiters + 64 {
             self.waiting.retain(|waiter| !waiter.is_closed());
         }
-        self.waiting.push_back(waiter);
+        if front {
+            self.waiting.push_front(waiter);
+        } else {
+            self.waiting.push_back(waiter);
+        }
         self.waiters += 1;
     }
 
