@@ -37,6 +37,7 @@ struct Inner {
     graph_connections_opened: Family<ProtocolLabels, Counter>,
     graph_connections_open: Gauge,
     graph_requests_resent: Family<ResendLabels, Counter>,
+    graph_calls_waiting: Gauge,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -250,6 +251,12 @@ impl Metrics {
             "Requests Graph did not process, sent again at once on another connection (not retries)",
             graph_requests_resent.clone(),
         );
+        let graph_calls_waiting = Gauge::default();
+        registry.register(
+            "graph_calls_waiting",
+            "Calls waiting for a stream to Graph: every connection full, or being opened",
+            graph_calls_waiting.clone(),
+        );
         let build_info = Family::<BuildLabels, Gauge>::default();
         build_info
             .get_or_create(&BuildLabels {
@@ -276,6 +283,7 @@ impl Metrics {
                 graph_connections_opened,
                 graph_connections_open,
                 graph_requests_resent,
+                graph_calls_waiting,
             }),
         }
     }
@@ -324,6 +332,13 @@ impl Metrics {
     /// Counts a connection to Graph closed.
     pub fn graph_connection_closed(&self) {
         self.inner.graph_connections_open.dec();
+    }
+
+    /// Sets how many calls wait for a stream to Graph.
+    pub fn graph_calls_waiting(&self, waiting: usize) {
+        self.inner
+            .graph_calls_waiting
+            .set(i64::try_from(waiting).unwrap_or(i64::MAX));
     }
 
     /// Counts a request sent again because Graph did not process it.

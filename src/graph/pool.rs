@@ -338,6 +338,8 @@ impl Shared {
     /// Dials while the waiting calls outnumber the room the dials in progress will bring, within
     /// the bound on connections.
     fn dial_as_needed(self: &Arc<Self>, state: &mut State) {
+        // Every change that may need a dial may have changed the queue too.
+        self.metrics.graph_calls_waiting(state.waiters);
         let room = state
             .expected_room
             .unwrap_or(self.settings.streams_per_connection)
@@ -517,6 +519,7 @@ impl Shared {
         if !state.has_room_coming() {
             state.fail_waiters(&error);
         }
+        self.metrics.graph_calls_waiting(state.waiters);
     }
 }
 
@@ -798,6 +801,7 @@ impl Drop for Waiter {
             Ok(Err(_)) => {}
             Err(_) => state.waiters = state.waiters.saturating_sub(1),
         }
+        self.shared.metrics.graph_calls_waiting(state.waiters);
     }
 }
 

@@ -168,6 +168,54 @@ async fn at_the_connection_bound_calls_wait_for_a_stream_and_are_served_in_turn(
 }
 
 #[tokio::test]
+async fn calls_waiting_for_a_stream_are_served_first_come_first_served() {
+    let setup = pki();
+    let graph = GraphLike::start(&setup.pki, Speaks::Http2 { max_streams: 1 }).await;
+    graph.hold("/printers/held/");
+    let gateway = TestGateway::start_with(&graph.url(), |s| {
+        s.graph.extra_ca = Some(setup.ca.clone());
+        s.graph.max_connections = 1;
+    })
+    .await;
+    let channel = gateway.channel().await;
+
+    let call = |job: u32| {
+        let call = Call::to(gateway.grpc_addr)
+            .ids("held", &job.to_string())
+            .timeout(PATIENCE);
+        tokio::spawn(call.send_on(channel.clone()))
+    };
+    let mut pending = vec![call(1)];
+    wait_until(&graph, |seen| seen.processed.len() == 1).await;
+    // One stream, taken: each next call waits, and joins the queue before the one after it.
+    for waiting in 1..=4 {
+        pending.push(call(waiting + 1));
+        tokio::time::timeout(PATIENCE, async {
+            while sample(
+                &scrape(&gateway).await,
+                "printjob_gateway_graph_calls_waiting",
+            ) < f64::from(waiting)
+            {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("the call waits for a stream");
+    }
+    graph.release();
+    for call in pending {
+        call.await.unwrap().expect("every call succeeds");
+    }
+    assert_eq!(
+        graph.seen().processed,
+        (1..=5)
+            .map(|job| format!("/v1.0/print/printers/held/jobs/{job}/cancel"))
+            .collect::<Vec<_>>(),
+        "Graph got the calls in the order they came"
+    );
+}
+
+#[tokio::test]
 async fn goaway_in_the_middle_of_traffic_loses_nothing_and_duplicates_nothing() {
     let setup = pki();
     let graph = GraphLike::start(&setup.pki, Speaks::Http2 { max_streams: 100 }).await;
