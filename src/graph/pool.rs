@@ -149,6 +149,8 @@ struct Conn {
     in_flight: usize,
     /// False once it went away, failed, or was retired: it takes no new call.
     usable: bool,
+    /// Whether it is ready for calls: HTTP/2 once Graph's first SETTINGS arrived.
+    settled: bool,
     /// When its last call ended.
     idle_since: Instant,
     resets: u32,
@@ -344,7 +346,12 @@ impl Shared {
             .expected_room
             .unwrap_or(self.settings.streams_per_connection)
             .max(1);
-        let usable = state.conns.iter().filter(|conn| conn.usable).count();
+        // Connections still waiting for SETTINGS are counted in `connecting`.
+        let usable = state
+            .conns
+            .iter()
+            .filter(|conn| conn.usable && conn.settled)
+            .count();
         while state.waiters > state.connecting * room
             && usable + state.connecting < self.settings.max_connections
         {
@@ -389,7 +396,7 @@ impl Shared {
     ) where
         T: Read + Write + Unpin + Send + 'static,
     {
-        let id = self.lock().add(Sender::Http2(sender), 0);
+        let id = self.lock().add(Sender::Http2(sender), 0, false);
         self.metrics.graph_connection_opened("h2");
         let mut connection = Box::pin(connection);
         let mut settled = false;
@@ -445,7 +452,7 @@ impl Shared {
             let mut state = self.lock();
             state.connecting -= 1;
             state.expected_room = Some(1);
-            let id = state.add(Sender::Http1(Some(sender)), 1);
+            let id = state.add(Sender::Http1(Some(sender)), 1, true);
             state.dispatch();
             self.dial_as_needed(&mut state);
             id
@@ -475,6 +482,7 @@ impl Shared {
         }
         if let Some(conn) = state.find(id) {
             conn.limit = limit;
+            conn.settled |= first;
         }
         state.dispatch();
         self.dial_as_needed(&mut state);
@@ -606,7 +614,7 @@ impl State {
         self.connecting > 0 || self.conns.iter().any(|conn| conn.usable && conn.limit > 0)
     }
 
-    fn add(&mut self, sender: Sender, limit: usize) -> u64 {
+    fn add(&mut self, sender: Sender, limit: usize, settled: bool) -> u64 {
         self.next_id += 1;
         self.conns.push(Conn {
             id: self.next_id,
@@ -614,6 +622,7 @@ impl State {
             limit,
             in_flight: 0,
             usable: true,
+            settled,
             idle_since: Instant::now(),
             resets: 0,
         });
