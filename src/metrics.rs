@@ -113,7 +113,8 @@ pub enum ResendReason {
     GoAway,
     /// Graph refused the stream (REFUSED_STREAM).
     Refused,
-    /// The connection was closed before the request left the gateway.
+    /// The connection was closed, or going away after Graph's GOAWAY, before the request left
+    /// the gateway.
     Closed,
 }
 

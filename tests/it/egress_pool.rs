@@ -232,6 +232,29 @@ async fn goaway_in_the_middle_of_traffic_loses_nothing_and_duplicates_nothing() 
     // Calls made after the GOAWAY are answered while the 50 processed ones are still held on
     // the connection that is going away.
     all_ok(&calls(&channel, gateway.grpc_addr, "after", 50, PATIENCE).await);
+    // Until the gateway has seen the GOAWAY, a call may still go to the old connection and be
+    // processed there; a call that meets the GOAWAY on it (before or after hyper handed it to
+    // the connection) is sent again, elsewhere. One call at a time until one has.
+    let resent = |metrics: &str| {
+        sample(
+            metrics,
+            r#"printjob_gateway_graph_requests_resent_total{reason="goaway"}"#,
+        ) + sample(
+            metrics,
+            r#"printjob_gateway_graph_requests_resent_total{reason="closed"}"#,
+        )
+    };
+    let mut job = 1000;
+    while resent(&scrape(&gateway).await) < 1.0 {
+        job += 1;
+        assert!(job < 1500, "no call met the GOAWAY");
+        gateway
+            .call()
+            .ids("after", &job.to_string())
+            .send_on(channel.clone())
+            .await
+            .expect("a call after the GOAWAY");
+    }
     assert!(!held.is_finished());
     graph.release();
     all_ok(&held.await.unwrap());
