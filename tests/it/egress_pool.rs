@@ -415,9 +415,31 @@ async fn two_thousand_timed_out_calls_leave_the_gateway_serving() {
         assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
     }
 
-    // The late answers arrive, and the gateway serves as before.
+    // New calls are on their way to Graph, or waiting for a stream, when the late answers to
+    // the 2,000 arrive: none of them fails for it.
+    let after = tokio::spawn(calls(&channel, gateway.grpc_addr, "after", 200, PATIENCE));
+    tokio::time::timeout(PATIENCE, async {
+        loop {
+            let waiting = sample(
+                &scrape(&gateway).await,
+                "printjob_gateway_graph_calls_waiting",
+            );
+            let reached = graph
+                .seen()
+                .processed
+                .iter()
+                .filter(|path| path.contains("/printers/after/"))
+                .count();
+            if waiting + reached as f64 >= 200.0 {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the new calls reach the gateway's pool");
     proxy.resume();
-    all_ok(&calls(&channel, gateway.grpc_addr, "after", 200, PATIENCE).await);
+    all_ok(&after.await.unwrap());
     let metrics = scrape(&gateway).await;
     assert!(
         sample(&metrics, "printjob_gateway_graph_connections_open") <= 16.0,
