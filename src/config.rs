@@ -146,8 +146,19 @@ pub struct GatewayArgs {
 
     /// On SIGTERM or SIGINT, how long calls in flight may take to finish before they are ended
     /// with UNAVAILABLE and the process exits.
-    #[arg(long, env = "PRINTJOB_GATEWAY_SHUTDOWN_GRACE", default_value = "20s", value_parser = parse_duration)]
+    #[arg(long, env = "PRINTJOB_GATEWAY_SHUTDOWN_GRACE", default_value = "30s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
+
+    /// Most connections open at once on each listener (the gRPC API and the admin listener). At
+    /// the cap, a new connection takes the place of the oldest one still in its handshake, or is
+    /// closed at once when there is none (counted in printjob_gateway_connections_closed_total).
+    #[arg(long, env = "PRINTJOB_GATEWAY_MAX_CONNECTIONS", default_value_t = 512, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub max_connections: u64,
+
+    /// How long a new connection may take to finish TLS (when on) and send the HTTP/2 preface
+    /// (on the admin listener, or its first HTTP/1.1 request head) before it is closed.
+    #[arg(long, env = "PRINTJOB_GATEWAY_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub handshake_timeout: Duration,
 
     /// TLS certificate chain (PEM) of the gRPC API; with --tls-key, the API speaks only TLS.
     #[arg(long, env = "PRINTJOB_GATEWAY_TLS_CERT", requires = "tls_key")]
@@ -248,11 +259,28 @@ impl GatewayArgs {
                 "--default-timeout must not be longer than --max-timeout",
             ));
         }
-        if self.default_timeout.is_zero() || self.connect_timeout.is_zero() {
+        if self.default_timeout.is_zero()
+            || self.connect_timeout.is_zero()
+            || self.handshake_timeout.is_zero()
+        {
             return Err(Cli::command().error(
                 ErrorKind::InvalidValue,
-                "--default-timeout and --connect-timeout must be longer than zero",
+                "--default-timeout, --connect-timeout and --handshake-timeout must be longer than zero",
             ));
+        }
+        if self.demo
+            && let ListenAddr::Tcp(addr) = &self.listen
+            && !addr.ip().is_loopback()
+        {
+            return Err(Cli::command().error(
+                ErrorKind::ArgumentConflict,
+                format!(
+                    "--demo accepts any token, so it listens only on loopback or a Unix socket, not on {addr}"
+                ),
+            ));
+        }
+        if let Some(path) = &self.graph_ca_file {
+            check_ca_file(path)?;
         }
         Ok(())
     }
@@ -264,6 +292,8 @@ impl GatewayArgs {
             admin_listen: self.admin_listen,
             tls: self.tls(),
             shutdown_grace: self.shutdown_grace,
+            max_connections: usize::try_from(self.max_connections).unwrap_or(usize::MAX),
+            handshake_timeout: self.handshake_timeout,
             calls: CallPolicy {
                 deadlines: Deadlines {
                     default: self.default_timeout,
@@ -331,9 +361,40 @@ fn parse_log_filter(text: &str) -> Result<String, tracing_subscriber::filter::Pa
     tracing_subscriber::EnvFilter::try_new(text).map(|_| text.to_owned())
 }
 
-/// Parses a duration such as `10s`, `1500ms` or `2m`.
-fn parse_duration(text: &str) -> Result<Duration, humantime::DurationError> {
-    humantime::parse_duration(text)
+/// The longest duration any setting takes. Each one bounds a wait of the gateway, none has a use
+/// beyond an hour, and far longer ones overflow the clock's arithmetic (a `--default-timeout` of
+/// 300000000000y made every call panic).
+const MAX_DURATION: Duration = Duration::from_secs(3600);
+
+/// Parses a duration such as `10s`, `1500ms` or `2m`, at most [`MAX_DURATION`].
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let duration = humantime::parse_duration(text).map_err(|error| error.to_string())?;
+    if duration > MAX_DURATION {
+        return Err(format!(
+            "at most {} is allowed",
+            humantime::format_duration(MAX_DURATION)
+        ));
+    }
+    Ok(duration)
+}
+
+/// Checks that an extra CA file for Graph is readable and holds at least one certificate: an
+/// empty file would otherwise add nothing, silently, and Graph's TLS would fail at the first call.
+fn check_ca_file(path: &std::path::Path) -> Result<(), clap::Error> {
+    use rustls::pki_types::{CertificateDer, pem::PemObject};
+    let invalid = |problem: String| {
+        Cli::command().error(
+            ErrorKind::InvalidValue,
+            format!("--graph-ca-file {}: {problem}", path.display()),
+        )
+    };
+    let certificates = CertificateDer::pem_file_iter(path)
+        .and_then(|certificates| certificates.collect::<Result<Vec<_>, _>>())
+        .map_err(|error| invalid(error.to_string()))?;
+    if certificates.is_empty() {
+        return Err(invalid("holds no PEM certificate".to_owned()));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

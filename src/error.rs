@@ -35,6 +35,14 @@ pub enum CancelError {
         /// The limit.
         limit: usize,
     },
+    /// The request message is larger than the gateway accepts; Graph was not called.
+    #[error("the request message of {size} bytes is over the limit of {limit} bytes")]
+    MessageTooLarge {
+        /// The size the message declared.
+        size: u64,
+        /// The limit.
+        limit: usize,
+    },
     /// The gateway is shutting down and its grace period ended before Graph answered.
     #[error("the gateway shut down before Graph answered")]
     ShuttingDown,

@@ -38,6 +38,41 @@ struct Inner {
     graph_connections_open: Gauge,
     graph_requests_resent: Family<ResendLabels, Counter>,
     graph_calls_waiting: Gauge,
+    connections_open: Family<ListenerLabels, Gauge>,
+    connections_closed: Family<ClosedLabels, Counter>,
+    streams_refused: Family<ListenerLabels, Counter>,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ListenerLabels {
+    listener: Listener,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ClosedLabels {
+    listener: Listener,
+    reason: ConnectionClosed,
+}
+
+/// Which listener a connection came to.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
+pub enum Listener {
+    /// The gRPC API.
+    Api,
+    /// The admin listener.
+    Admin,
+}
+
+/// Why a connection was closed before it was served.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
+pub enum ConnectionClosed {
+    /// The listener was at `--max-connections`: the new connection, or an older one still in its
+    /// handshake that made room for it.
+    Limit,
+    /// TLS and the HTTP/2 preface did not complete within `--handshake-timeout`.
+    HandshakeTimeout,
+    /// TLS failed, or the client did not speak HTTP/2.
+    HandshakeFailed,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -176,6 +211,29 @@ impl EncodeLabelValue for RetryReason {
     }
 }
 
+// === impl Listener ===
+
+impl EncodeLabelValue for Listener {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
+        encoder.write_str(match self {
+            Self::Api => "api",
+            Self::Admin => "admin",
+        })
+    }
+}
+
+// === impl ConnectionClosed ===
+
+impl EncodeLabelValue for ConnectionClosed {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
+        encoder.write_str(match self {
+            Self::Limit => "limit",
+            Self::HandshakeTimeout => "handshake_timeout",
+            Self::HandshakeFailed => "handshake_failed",
+        })
+    }
+}
+
 // === impl Metrics ===
 
 impl Metrics {
@@ -258,6 +316,24 @@ impl Metrics {
             "Calls waiting for a stream to Graph: every connection full, or being opened",
             graph_calls_waiting.clone(),
         );
+        let connections_open = Family::<ListenerLabels, Gauge>::default();
+        registry.register(
+            "connections_open",
+            "Connections open now, by listener",
+            connections_open.clone(),
+        );
+        let connections_closed = Family::<ClosedLabels, Counter>::default();
+        registry.register(
+            "connections_closed",
+            "Connections closed before they were served, by listener and reason (limit: --max-connections; handshake_timeout, handshake_failed)",
+            connections_closed.clone(),
+        );
+        let streams_refused = Family::<ListenerLabels, Counter>::default();
+        registry.register(
+            "service_streams_refused",
+            "Health and reflection streams refused with RESOURCE_EXHAUSTED at the per-listener cap",
+            streams_refused.clone(),
+        );
         let build_info = Family::<BuildLabels, Gauge>::default();
         build_info
             .get_or_create(&BuildLabels {
@@ -285,6 +361,9 @@ impl Metrics {
                 graph_connections_open,
                 graph_requests_resent,
                 graph_calls_waiting,
+                connections_open,
+                connections_closed,
+                streams_refused,
             }),
         }
     }
@@ -369,6 +448,33 @@ impl Metrics {
         InFlight(self.inner.in_flight.clone())
     }
 
+    /// Counts a connection open until the returned guard is dropped.
+    pub fn connection_open(&self, listener: Listener) -> InFlight {
+        let gauge = self
+            .inner
+            .connections_open
+            .get_or_create(&ListenerLabels { listener })
+            .clone();
+        gauge.inc();
+        InFlight(gauge)
+    }
+
+    /// Counts a connection closed before it was served.
+    pub fn connection_closed(&self, listener: Listener, reason: ConnectionClosed) {
+        self.inner
+            .connections_closed
+            .get_or_create(&ClosedLabels { listener, reason })
+            .inc();
+    }
+
+    /// Counts a health or reflection stream refused at its listener's cap.
+    pub fn stream_refused(&self, listener: Listener) {
+        self.inner
+            .streams_refused
+            .get_or_create(&ListenerLabels { listener })
+            .inc();
+    }
+
     /// The metrics in the Prometheus (OpenMetrics) text format.
     pub fn encode(&self) -> String {
         let mut text = String::new();
@@ -384,7 +490,7 @@ impl Default for Metrics {
     }
 }
 
-/// A call in flight, counted until dropped.
+/// A call (or a connection) in flight, counted until dropped.
 #[derive(Debug)]
 pub struct InFlight(Gauge);
 

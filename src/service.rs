@@ -2,18 +2,27 @@
 //! makes the Graph call within the call's deadline, and answers with the status and correlation
 //! metadata the caller needs.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU32, Ordering},
+    },
+    time::Duration,
+};
 
-use tokio::{sync::Semaphore, time::Instant};
+use tokio::{
+    sync::{OwnedSemaphorePermit, Semaphore},
+    time::Instant,
+};
 use tokio_util::sync::CancellationToken;
-use tonic::{Code, Request, Response, Status};
+use tonic::{Code, Request, Response, Status, metadata::MetadataMap};
 use tracing::{Instrument, Span, field};
 
 use crate::{
     auth::BearerToken,
     error::CancelError,
     graph::{GraphAcceptance, GraphClient},
-    metrics::{Metrics, code_name},
+    metrics::{InFlight, Metrics, code_name},
     proto::{CancelRequest, CancelResponse, PrintJobService},
     request::{CancelTarget, ClientRequestId, caller_timeout},
     retry::{Attempted, RetryPolicy},
@@ -75,6 +84,38 @@ pub struct PrintJobGateway {
     abort: CancellationToken,
 }
 
+/// A Cancel call admitted when its headers arrived: its deadline runs, and it holds its place
+/// under [`CallPolicy::max_in_flight`], from then until it is answered. The admission layer in
+/// front of the route (`server::admission`) makes it and hands it to the handler in the
+/// request's extensions, so that a stream whose message is late is bounded too. (Clone, as
+/// extensions must be; the place is given back when the last clone is dropped.)
+#[derive(Debug, Clone)]
+pub struct Admission {
+    started: Instant,
+    deadline: Instant,
+    client_request_id: ClientRequestId,
+    _place: Arc<(OwnedSemaphorePermit, InFlight)>,
+}
+
+// === impl Admission ===
+
+impl Admission {
+    /// When the call's headers arrived.
+    pub fn started(&self) -> Instant {
+        self.started
+    }
+
+    /// When the call's deadline runs out.
+    pub fn deadline(&self) -> Instant {
+        self.deadline
+    }
+
+    /// The call's `client-request-id`.
+    pub fn client_request_id(&self) -> &ClientRequestId {
+        &self.client_request_id
+    }
+}
+
 // === impl Deadlines ===
 
 impl Deadlines {
@@ -114,17 +155,57 @@ impl PrintJobGateway {
         }
     }
 
+    /// Admits a call when its headers arrive: starts its deadline (the caller's `grpc-timeout`,
+    /// else the default, capped) and takes its place under the limit of calls in flight. Beyond
+    /// the limit the call is refused at once: the error is its answer, already logged and
+    /// counted.
+    pub fn admit(&self, metadata: &MetadataMap) -> Result<Admission, Status> {
+        let started = Instant::now();
+        let client_request_id = ClientRequestId::from_metadata(metadata);
+        // Fail fast beyond the limit: a queue of calls would only grow while Graph is slow.
+        let Ok(permit) = self.in_flight.clone().try_acquire_owned() else {
+            self.metrics.overloaded();
+            let limit = self.policy.max_in_flight;
+            let error = CancelError::Overloaded { limit };
+            return Err(self.answer_early(error, started, &client_request_id, metadata));
+        };
+        let timeout = self.policy.deadlines.for_call(caller_timeout(metadata));
+        Ok(Admission {
+            started,
+            deadline: started + timeout,
+            client_request_id,
+            _place: Arc::new((permit, self.metrics.in_flight())),
+        })
+    }
+
+    /// Answers a call that ends before the handler has its message (refused at the limit, its
+    /// message late or too large), with the access log line and metrics of any other call.
+    pub fn answer_early(
+        &self,
+        error: CancelError,
+        started: Instant,
+        client_request_id: &ClientRequestId,
+        metadata: &MetadataMap,
+    ) -> Status {
+        let span = call_span(client_request_id, metadata);
+        let answer =
+            span.in_scope(|| self.answer(Attempted::not_sent(error), started, client_request_id));
+        // An error is always answered with its status.
+        answer.err().unwrap_or_else(|| Status::unknown("no answer"))
+    }
+
+    /// Whether no call is in flight (admitted and not yet answered).
+    pub fn is_idle(&self) -> bool {
+        self.in_flight.available_permits() == self.policy.max_in_flight
+    }
+
     /// Turns the request into a call the gateway can make, or the error that ends it. Runs
     /// before the first `await`, so that the raw request is not held while the call waits.
     fn validate(
         &self,
         request: Request<CancelRequest>,
-        started: Instant,
+        deadline: Instant,
     ) -> Result<ValidCall, CancelError> {
-        let timeout = self
-            .policy
-            .deadlines
-            .for_call(caller_timeout(request.metadata()));
         let token = BearerToken::from_metadata(request.metadata());
         let target = CancelTarget::try_from(request.into_inner());
         if let Ok(target) = &target {
@@ -135,15 +216,17 @@ impl PrintJobGateway {
         Ok(ValidCall {
             token: token?,
             target: target?,
-            deadline: started + timeout,
+            deadline,
         })
     }
 
-    /// Makes the Graph call, with the retries the policy allows, before the deadline.
+    /// Makes the Graph call, with the retries the policy allows, before the deadline, counting
+    /// in `attempts_made` each attempt as it starts.
     async fn call_graph(
         &self,
         call: &ValidCall,
         client_request_id: &ClientRequestId,
+        attempts_made: &AtomicU32,
     ) -> Attempted<Result<GraphAcceptance, CancelError>> {
         if Instant::now() >= call.deadline {
             return Attempted::not_sent(CancelError::DeadlineExceeded {
@@ -152,7 +235,8 @@ impl PrintJobGateway {
         }
         self.policy
             .retry
-            .run(call.deadline, &self.metrics, |_attempt| {
+            .run(call.deadline, &self.metrics, |attempt| {
+                attempts_made.store(attempt, Ordering::Relaxed);
                 self.graph
                     .cancel(&call.target, &call.token, client_request_id)
             })
@@ -171,55 +255,62 @@ struct ValidCall {
 impl PrintJobService for PrintJobGateway {
     async fn cancel(
         &self,
-        request: Request<CancelRequest>,
+        mut request: Request<CancelRequest>,
     ) -> Result<Response<CancelResponse>, Status> {
-        let started = Instant::now();
-        let client_request_id = ClientRequestId::from_metadata(request.metadata());
-        let span = tracing::info_span!(
-            "cancel",
-            otel.kind = "server",
-            otel.name = "graph.print.v1.PrintJobService/Cancel",
-            otel.status_code = field::Empty,
-            rpc.system = "grpc",
-            rpc.grpc.status_code = field::Empty,
-            method = METHOD,
-            printer_id = field::Empty,
-            print_job_id = field::Empty,
-            client_request_id = client_request_id.as_str(),
-            graph_request_id = field::Empty,
-            http_status = field::Empty,
-            grpc_code = field::Empty,
-            attempts = field::Empty,
-            latency_ms = field::Empty,
-            trace_id = field::Empty,
-        );
-        telemetry::continue_trace(&span, request.metadata());
-        if let Some(trace_id) = telemetry::trace_id(&span, request.metadata()) {
-            span.record("trace_id", trace_id);
-        }
-        let call = span.in_scope(|| self.validate(request, started));
+        let admission = match request.extensions_mut().remove::<Admission>() {
+            Some(admission) => admission,
+            // Served without the admission layer in front (not through `serve`): admitted now.
+            None => self.admit(request.metadata())?,
+        };
+        let span = call_span(admission.client_request_id(), request.metadata());
+        let call = span.in_scope(|| self.validate(request, admission.deadline));
         async move {
-            // Fail fast beyond the limit: a queue of calls would only grow while Graph is slow.
-            let Ok(_permit) = self.in_flight.try_acquire() else {
-                self.metrics.overloaded();
-                let limit = self.policy.max_in_flight;
-                let attempted = Attempted::not_sent(CancelError::Overloaded { limit });
-                return self.answer(attempted, started, &client_request_id);
-            };
-            let _in_flight = self.metrics.in_flight();
+            let client_request_id = admission.client_request_id();
+            let attempts_made = AtomicU32::new(0);
             let attempted = match call {
                 Err(error) => Attempted::not_sent(error),
                 Ok(call) => tokio::select! {
                     biased;
-                    () = self.abort.cancelled() => Attempted::not_sent(CancelError::ShuttingDown),
-                    attempted = self.call_graph(&call, &client_request_id) => attempted,
+                    () = self.abort.cancelled() => Attempted {
+                        outcome: Err(CancelError::ShuttingDown),
+                        // The requests really sent (or being sent) when the grace period ended.
+                        attempts: attempts_made.load(Ordering::Relaxed),
+                    },
+                    attempted = self.call_graph(&call, client_request_id, &attempts_made) => attempted,
                 },
             };
-            self.answer(attempted, started, &client_request_id)
+            self.answer(attempted, admission.started, client_request_id)
         }
         .instrument(span)
         .await
     }
+}
+
+/// The server span of a call, carrying on the caller's trace.
+fn call_span(client_request_id: &ClientRequestId, metadata: &MetadataMap) -> Span {
+    let span = tracing::info_span!(
+        "cancel",
+        otel.kind = "server",
+        otel.name = "graph.print.v1.PrintJobService/Cancel",
+        otel.status_code = field::Empty,
+        rpc.system = "grpc",
+        rpc.grpc.status_code = field::Empty,
+        method = METHOD,
+        printer_id = field::Empty,
+        print_job_id = field::Empty,
+        client_request_id = client_request_id.as_str(),
+        graph_request_id = field::Empty,
+        http_status = field::Empty,
+        grpc_code = field::Empty,
+        attempts = field::Empty,
+        latency_ms = field::Empty,
+        trace_id = field::Empty,
+    );
+    telemetry::continue_trace(&span, metadata);
+    if let Some(trace_id) = telemetry::trace_id(&span, metadata) {
+        span.record("trace_id", trace_id);
+    }
+    span
 }
 
 impl PrintJobGateway {

@@ -76,7 +76,7 @@ impl CancelError {
                 ..
             } => code_for_http_status(rejection.status),
             Self::Graph { .. } => Code::Unavailable,
-            Self::Overloaded { .. } => Code::ResourceExhausted,
+            Self::Overloaded { .. } | Self::MessageTooLarge { .. } => Code::ResourceExhausted,
             Self::ShuttingDown => Code::Unavailable,
         }
     }
@@ -161,6 +161,7 @@ impl CancelError {
             } => "GRAPH_UNREACHABLE",
             Self::Graph { .. } => "GRAPH_CONNECTION_FAILED",
             Self::Overloaded { .. } => "OVERLOADED",
+            Self::MessageTooLarge { .. } => "MESSAGE_TOO_LARGE",
             Self::ShuttingDown => "SHUTTING_DOWN",
         };
         let mut metadata = HashMap::new();

@@ -14,50 +14,84 @@ use hyper_util::{
     server::{conn::auto, graceful::GracefulShutdown},
     service::TowerToHyperService,
 };
-use tokio_rustls::TlsAcceptor;
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, DropGuard};
 
-use super::listen::{ApiListener, BoxedConnection};
+use super::{
+    handshake::{self, Protocols},
+    listen::ApiListener,
+    slots::{Admitted, ConnectionSlots},
+    tls::TlsConfig,
+};
+use crate::{
+    metrics::{ConnectionClosed, Listener, Metrics},
+    telemetry::ErrorChain,
+};
 
 /// The most HTTP/2 header bytes a call may send. Entra access tokens are a few kilobytes; large
 /// group claims can double that.
 const MAX_HEADER_LIST_BYTES: u32 = 32 * 1024;
-/// The most calls one HTTP/2 connection may have open at once.
-const MAX_CONCURRENT_STREAMS: u32 = 1024;
+/// The most streams one HTTP/2 connection may have open at once (SETTINGS_MAX_CONCURRENT_STREAMS):
+/// the smallest value RFC 9113 recommends, and what most HTTP/2 servers advertise. Clients queue
+/// calls beyond it on their side, or open another connection.
+pub const MAX_CONCURRENT_STREAMS: u32 = 100;
+/// How much request data a stream, and a whole connection, may have in flight before the gateway
+/// reads it. A request message is at most a few kilobytes, so the RFC's default window is
+/// plenty, and it bounds what a client can make the gateway buffer.
+const STREAM_WINDOW_BYTES: u32 = 64 * 1024;
+const CONNECTION_WINDOW_BYTES: u32 = 256 * 1024;
 /// How often an idle HTTP/2 connection is pinged, and how long the answer may take, so that
 /// connections of vanished callers are closed.
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long a TLS handshake may take, so that a connection that never finishes one does not
-/// hold a task forever.
-const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long to wait after a failed `accept` (such as running out of file descriptors) before
 /// trying again, so that the loop does not spin.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
 
-/// Which protocols a listener speaks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Protocols {
-    /// HTTP/2 only: the gRPC API.
-    Http2,
-    /// HTTP/1.1 and HTTP/2: the admin listener, for probes that do not speak gRPC.
-    Http1AndHttp2,
+/// How one listener serves its connections.
+#[derive(Debug, Clone)]
+pub(crate) struct Serving {
+    /// Which listener this is, for the metrics.
+    pub listener: Listener,
+    /// Which protocols it speaks.
+    pub protocols: Protocols,
+    /// TLS, when on.
+    pub tls: Option<TlsConfig>,
+    /// The most connections open at once.
+    pub max_connections: usize,
+    /// How long TLS and the HTTP/2 preface may take.
+    pub handshake_timeout: Duration,
+    /// The gateway's metrics.
+    pub metrics: Metrics,
 }
 
-/// Accepts connections on `listener` and serves `router` on them until `stop` fires; then closes
-/// the listener, asks every connection to finish (HTTP/2 GOAWAY), and returns once all have.
+/// When a listener's connections stop.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Stops {
+    /// Close the listener, and ask every connection to finish (HTTP/2 GOAWAY).
+    pub drain: CancellationToken,
+    /// Close every connection still open, now.
+    pub close: CancellationToken,
+}
+
+/// Accepts connections on `listener` and serves `router` on them until `stops.drain` fires;
+/// then closes the listener, asks every connection to finish (HTTP/2 GOAWAY), and returns once
+/// all have, or at once when `stops.close` fires.
+///
+/// `_done` is dropped when this returns, or when its task is dropped: whoever holds its token
+/// learns that every connection has ended.
 pub(crate) async fn serve_connections(
     listener: ApiListener,
     router: axum::Router,
-    protocols: Protocols,
-    tls: Option<TlsAcceptor>,
-    stop: CancellationToken,
+    serving: Serving,
+    stops: Stops,
+    _done: DropGuard,
 ) {
-    let builder = connection_builder(protocols);
+    let builder = connection_builder(serving.protocols, serving.handshake_timeout);
+    let slots = ConnectionSlots::new(serving.max_connections);
     let graceful = GracefulShutdown::new();
     loop {
         let connection = tokio::select! {
-            () = stop.cancelled() => break,
+            () = stops.drain.cancelled() => break,
             accepted = listener.accept() => match accepted {
                 Ok(connection) => connection,
                 Err(error) => {
@@ -67,43 +101,80 @@ pub(crate) async fn serve_connections(
                 }
             },
         };
+        let Admitted::Open(slot) = slots.admit() else {
+            serving
+                .metrics
+                .connection_closed(serving.listener, ConnectionClosed::Limit);
+            drop(connection);
+            continue;
+        };
         let builder = builder.clone();
         let service = TowerToHyperService::new(router.clone());
         let watcher = graceful.watcher();
-        let tls = tls.clone();
+        let serving = serving.clone();
+        let stops = stops.clone();
         tokio::spawn(async move {
-            let connection: BoxedConnection = match tls {
-                None => connection,
-                Some(tls) => {
-                    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, tls.accept(connection)).await
-                    {
-                        Ok(Ok(encrypted)) => Box::pin(encrypted),
-                        Ok(Err(error)) => return tracing::debug!(%error, "TLS handshake failed"),
-                        Err(_) => return tracing::debug!("TLS handshake timed out"),
+            let _open = serving.metrics.connection_open(serving.listener);
+            let handshake = tokio::time::timeout(
+                serving.handshake_timeout,
+                handshake::complete(
+                    connection,
+                    serving.tls.as_ref().map(TlsConfig::acceptor),
+                    serving.protocols,
+                ),
+            );
+            let closed = |reason| serving.metrics.connection_closed(serving.listener, reason);
+            let connection = tokio::select! {
+                () = slot.displaced() => return closed(ConnectionClosed::Limit),
+                // A connection still in its handshake has no call to finish.
+                () = stops.drain.cancelled() => return,
+                handshake = handshake => match handshake {
+                    Ok(Ok(connection)) => connection,
+                    Ok(Err(error)) => {
+                        tracing::debug!(error = %ErrorChain(&error), "handshake failed");
+                        return closed(ConnectionClosed::HandshakeFailed);
+                    }
+                    Err(_) => return closed(ConnectionClosed::HandshakeTimeout),
+                },
+            };
+            slot.handshake_done();
+            let connection = builder.serve_connection(TokioIo::new(connection), service);
+            tokio::select! {
+                served = watcher.watch(connection.into_owned()) => {
+                    if let Err(error) = served {
+                        tracing::debug!(%error, "connection ended with an error");
                     }
                 }
-            };
-            let connection = builder.serve_connection(TokioIo::new(connection), service);
-            if let Err(error) = watcher.watch(connection.into_owned()).await {
-                tracing::debug!(%error, "connection ended with an error");
+                () = stops.close.cancelled() => {}
             }
         });
     }
     drop(listener);
-    graceful.shutdown().await;
+    tokio::select! {
+        () = graceful.shutdown() => {}
+        () = stops.close.cancelled() => {}
+    }
 }
 
-fn connection_builder(protocols: Protocols) -> auto::Builder<TokioExecutor> {
+fn connection_builder(
+    protocols: Protocols,
+    handshake_timeout: Duration,
+) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     if protocols == Protocols::Http2 {
         builder = builder.http2_only();
     }
-    builder.http1().timer(TokioTimer::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(handshake_timeout);
     builder
         .http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
         .max_header_list_size(MAX_HEADER_LIST_BYTES)
+        .initial_stream_window_size(STREAM_WINDOW_BYTES)
+        .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
         .keep_alive_interval(KEEPALIVE_INTERVAL)
         .keep_alive_timeout(KEEPALIVE_TIMEOUT);
     builder

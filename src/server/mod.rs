@@ -1,12 +1,17 @@
 //! Serves the gRPC API and the admin listener on listeners bound by the caller, and drains them
 //! on shutdown: health turns NOT_SERVING, the API listener closes, calls in flight get the grace
-//! period to finish, and the ones still waiting for Graph then end with UNAVAILABLE.
+//! period to finish, and the ones still waiting for Graph then end with UNAVAILABLE. Connections
+//! with no call in flight do not hold the drain, and a second signal ends the process at once.
 
-use std::{future::Future, io, net::SocketAddr, time::Duration};
+use std::{future::Future, io, net::SocketAddr, sync::Arc, time::Duration};
 
 mod admin;
+mod admission;
 mod conn;
+mod handshake;
 mod listen;
+mod slots;
+mod streams;
 mod tls;
 
 use tokio::net::TcpListener;
@@ -14,16 +19,24 @@ use tokio_util::sync::CancellationToken;
 use tonic::service::Routes;
 use tonic_health::{ServingStatus, server::HealthReporter};
 
-use self::conn::{Protocols, serve_connections};
 pub use self::{
     admin::Readiness,
+    conn::MAX_CONCURRENT_STREAMS,
     listen::{ApiListener, ListenAddr, ListenAddrError, SOCKET_MODE},
-    tls::{TlsError, TlsFiles},
+    streams::MAX_SERVICE_STREAMS,
+    tls::{POLL_INTERVAL as TLS_POLL_INTERVAL, TlsError, TlsFiles},
+};
+use self::{
+    admission::Admitted,
+    conn::{Serving, Stops, serve_connections},
+    handshake::Protocols,
+    streams::StreamCap,
+    tls::TlsConfig,
 };
 
 use crate::{
     graph::{self, GraphClient, GraphClientError},
-    metrics::Metrics,
+    metrics::{Listener, Metrics},
     proto::{FILE_DESCRIPTOR_SET, PrintJobServiceServer},
     service::{CallPolicy, PrintJobGateway},
 };
@@ -34,6 +47,9 @@ pub const MAX_REQUEST_BYTES: usize = 4 * 1024;
 /// After the grace period has ended the calls still in flight, how long their answers may take
 /// to be written before the process exits anyway.
 const FLUSH_AFTER_ABORT: Duration = Duration::from_secs(1);
+/// How often a drain checks whether calls are still in flight. Polled rather than notified:
+/// it runs only while shutting down, and costs nothing on the call path.
+const DRAIN_POLL: Duration = Duration::from_millis(10);
 
 /// Everything [`serve`] needs to know: where it listens, how calls are bounded, and how Graph is
 /// reached. Plain values, so that tests build a server without parsing a command line.
@@ -47,6 +63,10 @@ pub struct Settings {
     pub tls: Option<TlsFiles>,
     /// How long calls in flight may take to finish after a shutdown signal.
     pub shutdown_grace: Duration,
+    /// The most connections open at once on each listener.
+    pub max_connections: usize,
+    /// How long a new connection may take to finish TLS and send the HTTP/2 preface.
+    pub handshake_timeout: Duration,
     /// How calls are bounded: deadlines, retries and calls in flight.
     pub calls: CallPolicy,
     /// How Graph is reached.
@@ -59,10 +79,41 @@ impl Default for Settings {
             listen: ListenAddr::Tcp(([127, 0, 0, 1], 50051).into()),
             admin_listen: ([0, 0, 0, 0], 9090).into(),
             tls: None,
-            shutdown_grace: Duration::from_secs(20),
+            // As long as the longest call (`CallPolicy`'s 30 s), so that every call in flight
+            // can finish.
+            shutdown_grace: Duration::from_secs(30),
+            max_connections: 512,
+            handshake_timeout: Duration::from_secs(10),
             calls: CallPolicy::default(),
             graph: graph::Settings::default(),
         }
+    }
+}
+
+// === impl Settings ===
+
+impl Settings {
+    /// What is allowed but probably a mistake, for the logs at start-up.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut warnings = Vec::new();
+        if let ListenAddr::Tcp(addr) = &self.listen
+            && !addr.ip().is_loopback()
+            && self.tls.is_none()
+        {
+            warnings.push(format!(
+                "the gRPC API listens on {addr} without TLS: bearer tokens would cross the network \
+                 unencrypted; set --tls-cert and --tls-key, or listen on loopback or a Unix socket"
+            ));
+        }
+        if self.shutdown_grace < self.calls.deadlines.max {
+            warnings.push(format!(
+                "--shutdown-grace ({}) is shorter than --max-timeout ({}): calls still in flight \
+                 when it ends are cut off with UNAVAILABLE",
+                humantime::format_duration(self.shutdown_grace),
+                humantime::format_duration(self.calls.deadlines.max),
+            ));
+        }
+        warnings
     }
 }
 
@@ -125,10 +176,18 @@ pub async fn serve(
     listeners: Listeners,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
+    for warning in settings.warnings() {
+        tracing::warn!("{warning}");
+    }
     let metrics = Metrics::new();
     let graph = GraphClient::new(&settings.graph, metrics.clone())?;
     let abort_calls = CancellationToken::new();
-    let gateway = PrintJobGateway::new(graph, metrics.clone(), settings.calls, abort_calls.clone());
+    let gateway = Arc::new(PrintJobGateway::new(
+        graph,
+        metrics.clone(),
+        settings.calls,
+        abort_calls.clone(),
+    ));
     let (reporter, health_service) = tonic_health::server::health_reporter();
     let health = Health {
         reporter,
@@ -139,7 +198,14 @@ pub async fn serve(
     let reflection_v1 = reflection(API_DESCRIPTORS).build_v1()?;
     let reflection_v1alpha = reflection(API_DESCRIPTORS).build_v1alpha()?;
 
-    let tls = settings.tls.as_ref().map(tls::acceptor).transpose()?;
+    // Stops the certificate reloader when `serve` returns, however it returns.
+    let stop_reloading = CancellationToken::new();
+    let _stop_reloading = stop_reloading.clone().drop_guard();
+    let tls = settings
+        .tls
+        .clone()
+        .map(|files| TlsConfig::load_and_watch(files, stop_reloading))
+        .transpose()?;
     let grpc_addr = listeners
         .grpc
         .local_addr()
@@ -148,32 +214,45 @@ pub async fn serve(
         .admin
         .local_addr()
         .unwrap_or(settings.admin_listen);
-    let grpc_routes = Routes::new(health_service.clone())
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
-        .add_service(
-            PrintJobServiceServer::new(gateway).max_decoding_message_size(MAX_REQUEST_BYTES),
-        );
-    let admin_routes = Routes::new(health_service)
-        .add_service(reflection(ADMIN_DESCRIPTORS).build_v1()?)
-        .add_service(reflection(ADMIN_DESCRIPTORS).build_v1alpha()?);
+    let api_streams = StreamCap::new(metrics.clone(), Listener::Api);
+    let grpc_routes = Routes::new(api_streams.wrap(health_service.clone()))
+        .add_service(api_streams.wrap(reflection_v1))
+        .add_service(api_streams.wrap(reflection_v1alpha))
+        .add_service(Admitted::new(
+            PrintJobServiceServer::from_arc(gateway.clone())
+                .max_decoding_message_size(MAX_REQUEST_BYTES),
+            gateway.clone(),
+            MAX_REQUEST_BYTES,
+        ));
+    let admin_streams = StreamCap::new(metrics.clone(), Listener::Admin);
+    let admin_routes = Routes::new(admin_streams.wrap(health_service))
+        .add_service(admin_streams.wrap(reflection(ADMIN_DESCRIPTORS).build_v1()?))
+        .add_service(admin_streams.wrap(reflection(ADMIN_DESCRIPTORS).build_v1alpha()?));
 
-    let stop_accepting = CancellationToken::new();
-    let stop_admin = CancellationToken::new();
     let tls_enabled = tls.is_some();
+    let serving = |listener, protocols, tls| Serving {
+        listener,
+        protocols,
+        tls,
+        max_connections: settings.max_connections,
+        handshake_timeout: settings.handshake_timeout,
+        metrics: metrics.clone(),
+    };
+    let (api_stops, api_done) = (Stops::default(), CancellationToken::new());
     let mut grpc = tokio::spawn(serve_connections(
         listeners.grpc,
         grpc_routes.into_axum_router(),
-        Protocols::Http2,
-        tls,
-        stop_accepting.clone(),
+        serving(Listener::Api, Protocols::Http2, tls),
+        api_stops.clone(),
+        api_done.clone().drop_guard(),
     ));
+    let (admin_stops, admin_done) = (Stops::default(), CancellationToken::new());
     let mut admin = tokio::spawn(serve_connections(
         listeners.admin.into(),
-        admin::router(admin_routes, metrics, health.readiness.clone()),
-        Protocols::Http1AndHttp2,
-        None,
-        stop_admin.clone(),
+        admin::router(admin_routes, metrics.clone(), health.readiness.clone()),
+        serving(Listener::Admin, Protocols::Http1AndHttp2, None),
+        admin_stops.clone(),
+        admin_done.clone().drop_guard(),
     ));
 
     health.set(true).await;
@@ -194,19 +273,41 @@ pub async fn serve(
 
     tracing::info!(grace = ?settings.shutdown_grace, "shutting down: draining calls in flight");
     health.set(false).await;
-    stop_accepting.cancel();
-    if tokio::time::timeout(settings.shutdown_grace, &mut grpc)
+    api_stops.drain.cancel();
+    // The drain waits for calls, not for connections: an idle connection whose client does not
+    // answer GOAWAY, or a health Watch, must not hold it.
+    let calls_answered = async {
+        tokio::select! {
+            () = api_done.cancelled() => {}
+            () = calls_finished(&gateway) => {}
+        }
+    };
+    if tokio::time::timeout(settings.shutdown_grace, calls_answered)
         .await
         .is_err()
     {
         tracing::warn!("grace period over: ending the calls still in flight with UNAVAILABLE");
         abort_calls.cancel();
-        let _ = tokio::time::timeout(FLUSH_AFTER_ABORT, &mut grpc).await;
+        let _ = tokio::time::timeout(FLUSH_AFTER_ABORT, calls_finished(&gateway)).await;
     }
-    stop_admin.cancel();
-    let _ = tokio::time::timeout(FLUSH_AFTER_ABORT, &mut admin).await;
+    // Every call is answered: the connections get a moment to write the last answers and close
+    // (a client acknowledges GOAWAY within a round trip); whatever is still open is then closed.
+    let _ = tokio::time::timeout(FLUSH_AFTER_ABORT, api_done.cancelled()).await;
+    api_stops.close.cancel();
+    admin_stops.drain.cancel();
+    let _ = tokio::time::timeout(FLUSH_AFTER_ABORT, admin_done.cancelled()).await;
+    admin_stops.close.cancel();
+    let _ = grpc.await;
+    let _ = admin.await;
     tracing::info!("shut down");
     Ok(())
+}
+
+/// Completes when no call is in flight.
+async fn calls_finished(gateway: &PrintJobGateway) {
+    while !gateway.is_idle() {
+        tokio::time::sleep(DRAIN_POLL).await;
+    }
 }
 
 /// Completes on SIGTERM or SIGINT (Ctrl-C). The handlers are installed when this is called, not
@@ -226,6 +327,16 @@ pub fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
             _ = received(terminate.as_mut()) => tracing::info!("SIGTERM received"),
             _ = received(interrupt.as_mut()) => tracing::info!("SIGINT received"),
         }
+        // While the gateway drains, a second signal means the operator will not wait: exit now,
+        // with the shell's code for death by that signal.
+        tokio::spawn(async move {
+            let (name, number) = tokio::select! {
+                _ = received(terminate.as_mut()) => ("SIGTERM", 15),
+                _ = received(interrupt.as_mut()) => ("SIGINT", 2),
+            };
+            tracing::warn!("{name} received again: exiting without waiting for calls in flight");
+            std::process::exit(128 + number);
+        });
     }
 }
 

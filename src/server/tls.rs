@@ -1,14 +1,36 @@
 //! TLS on the gRPC API, for the shared-service mode: a certificate and key, and optionally a
 //! client CA that every caller's certificate must chain to (mTLS).
+//!
+//! The files are re-read when they change, so that a renewed certificate (cert-manager writing a
+//! Kubernetes Secret) takes effect without a restart: new handshakes use the new material,
+//! connections already open keep theirs. A new set that does not load (a file half-written, a key
+//! that does not match its certificate) leaves the old one in place and is logged.
+//!
+//! Changes are found by polling each file's metadata every [`POLL_INTERVAL`], following
+//! symlinks. Kubernetes swaps a Secret volume's files by re-pointing the `..data` symlink at a new
+//! directory, which inotify-based watchers on the file itself do not see; a `stat` of three files
+//! once a second costs nothing and sees every kind of update (symlink swap, rename over, rewrite
+//! in place).
 
-use std::{path::PathBuf, sync::Arc};
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
 
 use rustls::{
     RootCertStore, ServerConfig,
     pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject},
     server::WebPkiClientVerifier,
 };
+use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+
+use crate::telemetry::ErrorChain;
+
+/// How often the TLS files are checked for changes.
+pub const POLL_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Where the TLS material is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,8 +65,103 @@ pub enum TlsError {
     ClientCa(#[from] rustls::server::VerifierBuilderError),
 }
 
-/// Builds the TLS acceptor: TLS 1.2 and 1.3 with ring, ALPN `h2` (gRPC needs HTTP/2).
-pub fn acceptor(files: &TlsFiles) -> Result<TlsAcceptor, TlsError> {
+/// The TLS configuration new connections use now. Cheap to clone.
+#[derive(Debug, Clone)]
+pub(crate) struct TlsConfig(watch::Receiver<Arc<ServerConfig>>);
+
+/// What identifies a version of a file: where the path leads, and when and how it was written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Fingerprint {
+    device: u64,
+    inode: u64,
+    len: u64,
+    modified: Option<SystemTime>,
+    changed: (i64, i64),
+}
+
+// === impl TlsConfig ===
+
+impl TlsConfig {
+    /// Loads `files`, and keeps reloading them when they change until `stop` fires.
+    pub(crate) fn load_and_watch(
+        files: TlsFiles,
+        stop: CancellationToken,
+    ) -> Result<Self, TlsError> {
+        let seen = fingerprints(&files);
+        let (sender, receiver) = watch::channel(Arc::new(server_config(&files)?));
+        tokio::spawn(async move {
+            tokio::select! {
+                () = watch_files(files, seen, sender) => {}
+                () = stop.cancelled() => {}
+            }
+        });
+        Ok(Self(receiver))
+    }
+
+    /// An acceptor with the current configuration.
+    pub(crate) fn acceptor(&self) -> TlsAcceptor {
+        TlsAcceptor::from(self.0.borrow().clone())
+    }
+}
+
+/// Polls `files` and sends a new configuration each time they change and load.
+async fn watch_files(
+    files: TlsFiles,
+    mut seen: Vec<Option<Fingerprint>>,
+    sender: watch::Sender<Arc<ServerConfig>>,
+) {
+    let mut interval = tokio::time::interval(POLL_INTERVAL);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        interval.tick().await;
+        let now = fingerprints(&files);
+        if now == seen {
+            continue;
+        }
+        // Remembered even when the load fails, so that a broken file is reported once, and
+        // tried again when it changes again.
+        seen = now;
+        match server_config(&files) {
+            Ok(config) => {
+                sender.send_replace(Arc::new(config));
+                tracing::info!(cert = %files.cert.display(), "TLS certificate reloaded");
+            }
+            Err(error) => tracing::error!(
+                error = %ErrorChain(&error),
+                "the TLS files changed but do not load: keeping the certificate in use"
+            ),
+        }
+    }
+}
+
+/// The fingerprints of every TLS file, `None` for one that cannot be read now.
+fn fingerprints(files: &TlsFiles) -> Vec<Option<Fingerprint>> {
+    [
+        Some(&files.cert),
+        Some(&files.key),
+        files.client_ca.as_ref(),
+    ]
+    .into_iter()
+    .flatten()
+    .map(|path| fingerprint(path))
+    .collect()
+}
+
+fn fingerprint(path: &Path) -> Option<Fingerprint> {
+    use std::os::unix::fs::MetadataExt;
+    // Follows symlinks: a Secret volume's `tls.crt` leads through `..data` to the current file.
+    let metadata = std::fs::metadata(path).ok()?;
+    Some(Fingerprint {
+        device: metadata.dev(),
+        inode: metadata.ino(),
+        len: metadata.len(),
+        modified: metadata.modified().ok(),
+        changed: (metadata.ctime(), metadata.ctime_nsec()),
+    })
+}
+
+/// Builds the TLS configuration: TLS 1.2 and 1.3 with ring, ALPN `h2` (gRPC needs HTTP/2).
+fn server_config(files: &TlsFiles) -> Result<ServerConfig, TlsError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let certs = read_all::<CertificateDer<'static>>(&files.cert, "certificates")?;
     let key = PrivateKeyDer::from_pem_file(&files.key).map_err(|source| TlsError::Pem {
@@ -68,7 +185,7 @@ pub fn acceptor(files: &TlsFiles) -> Result<TlsAcceptor, TlsError> {
     };
     let mut config = builder.with_single_cert(certs, key)?;
     config.alpn_protocols = vec![b"h2".to_vec()];
-    Ok(TlsAcceptor::from(Arc::new(config)))
+    Ok(config)
 }
 
 fn read_all<T: PemObject>(path: &PathBuf, what: &'static str) -> Result<Vec<T>, TlsError> {
