@@ -11,6 +11,7 @@ mod egress;
 mod egress_pool;
 mod faults;
 mod ids;
+mod ingress;
 mod limits;
 mod listen;
 mod observability;

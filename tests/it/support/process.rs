@@ -31,18 +31,18 @@ pub struct GatewayProcess {
 // === impl GatewayProcess ===
 
 impl GatewayProcess {
-    /// Starts the binary on `127.0.0.1:0` with JSON logs and `args`, and waits for the log line
-    /// that says it is serving (which names the bound addresses).
+    /// Starts the binary on `127.0.0.1:0` (unless `args` name a `--listen` of their own) with
+    /// JSON logs and `args`, and waits for the log line that says it is serving (which names the
+    /// bound addresses).
     pub async fn spawn(args: &[&str], env: &[(&str, &str)]) -> Self {
+        let listen: &[&str] = if args.contains(&"--listen") {
+            &[]
+        } else {
+            &["--listen", "127.0.0.1:0"]
+        };
         let mut child = Command::new(BINARY)
-            .args([
-                "--listen",
-                "127.0.0.1:0",
-                "--admin-listen",
-                "127.0.0.1:0",
-                "--log-format",
-                "json",
-            ])
+            .args(listen)
+            .args(["--admin-listen", "127.0.0.1:0", "--log-format", "json"])
             .args(args)
             .envs(env.iter().copied())
             .stdout(Stdio::piped())
@@ -72,6 +72,24 @@ impl GatewayProcess {
             output,
             readers,
         }
+    }
+
+    /// Waits until a line the process wrote contains `needle`, failing the test after `within`.
+    pub async fn wait_for_log(&self, needle: &str, within: Duration) {
+        let logged = async {
+            while !self
+                .output
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|line| line.contains(needle))
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        tokio::time::timeout(within, logged)
+            .await
+            .unwrap_or_else(|_| panic!("the gateway logs {needle:?}"));
     }
 
     /// The most memory the process has held so far (VmHWM), in KiB.

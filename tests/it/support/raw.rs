@@ -1,8 +1,12 @@
 //! Fake Graph servers that break HTTP on purpose: raw TCP on loopback, for the failures a real
 //! server cannot be asked to produce. Only requests for the printer `faulty` misbehave; every
 //! other request gets a plain 204, so a test can show that the gateway still serves afterwards.
+//! And hostile clients for the gateway: silent connections, and HTTP/2 streams that send their
+//! headers and never their message.
 
 use std::{net::SocketAddr, time::Duration};
+
+use bytes::Bytes;
 
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
@@ -147,4 +151,144 @@ async fn serve(
             }
         }
     }
+}
+
+// === Hostile clients ===
+
+/// Opens `count` TCP connections to `addr` that never send a byte.
+pub async fn silent_connections(addr: SocketAddr, count: usize) -> Vec<TcpStream> {
+    let mut connections = Vec::with_capacity(count);
+    for _ in 0..count {
+        connections.push(TcpStream::connect(addr).await.unwrap());
+    }
+    connections
+}
+
+/// Whether the peer closes `stream` (end of stream or a reset) within `within`. Whatever the
+/// peer sends first is read and ignored.
+pub async fn closed_within(stream: &mut TcpStream, within: Duration) -> bool {
+    let mut buffer = [0u8; 1024];
+    let closed = async {
+        while let Ok(n) = stream.read(&mut buffer).await {
+            if n == 0 {
+                return;
+            }
+        }
+    };
+    tokio::time::timeout(within, closed).await.is_ok()
+}
+
+/// A request body: these bytes (if any), then nothing, ever, and no end of stream.
+pub type StallingBody = http_body_util::combinators::BoxBody<Bytes, std::convert::Infallible>;
+
+/// A request body that sends `bytes` and then stalls forever without ending the stream.
+pub fn stalling_body(bytes: &[u8]) -> StallingBody {
+    use http_body_util::BodyExt;
+    use tokio_stream::StreamExt;
+    let first =
+        (!bytes.is_empty()).then(|| Ok(hyper::body::Frame::data(Bytes::copy_from_slice(bytes))));
+    let frames = tokio_stream::iter(first).chain(tokio_stream::pending());
+    http_body_util::StreamBody::new(frames).boxed()
+}
+
+/// A raw HTTP/2 connection for streams no well-behaved gRPC client would send.
+pub struct RawH2 {
+    addr: SocketAddr,
+    send: hyper::client::conn::http2::SendRequest<StallingBody>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl RawH2 {
+    /// Opens an HTTP/2 connection (prior knowledge) to `addr`.
+    pub async fn connect(addr: SocketAddr) -> Self {
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let (send, connection) =
+            hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                .handshake(hyper_util::rt::TokioIo::new(tcp))
+                .await
+                .unwrap();
+        let task = tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        Self { addr, send, task }
+    }
+
+    /// Opens a Cancel stream with a valid token, sending `grpc-timeout` when given, whose body is
+    /// `body`. Resolves to the call's gRPC status code and message once the gateway answers.
+    pub fn cancel(
+        &mut self,
+        grpc_timeout: Option<&str>,
+        body: StallingBody,
+    ) -> impl std::future::Future<Output = (i32, String)> + Send + 'static {
+        let mut request = http::Request::post(format!(
+            "http://{}/graph.print.v1.PrintJobService/Cancel",
+            self.addr
+        ))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .header("authorization", format!("Bearer {}", super::TOKEN));
+        if let Some(timeout) = grpc_timeout {
+            request = request.header("grpc-timeout", timeout);
+        }
+        let request = request.body(body).unwrap();
+        let response = self.send.send_request(request);
+        async move { grpc_status(response.await.expect("the gateway answers")).await }
+    }
+}
+
+impl Drop for RawH2 {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The gRPC status of a response: from its headers (a trailers-only answer) or its trailers.
+pub async fn grpc_status(response: http::Response<hyper::body::Incoming>) -> (i32, String) {
+    use http_body_util::BodyExt;
+    let (parts, body) = response.into_parts();
+    let trailers = if parts.headers.contains_key("grpc-status") {
+        parts.headers
+    } else {
+        body.collect()
+            .await
+            .ok()
+            .and_then(|collected| collected.trailers().cloned())
+            .unwrap_or_default()
+    };
+    let code = trailers
+        .get("grpc-status")
+        .and_then(|value| value.to_str().ok()?.parse().ok())
+        .expect("a grpc-status");
+    let message = trailers
+        .get("grpc-message")
+        .and_then(|value| value.to_str().ok())
+        .map(|text| {
+            percent_encoding::percent_decode_str(text)
+                .decode_utf8_lossy()
+                .into_owned()
+        })
+        .unwrap_or_default();
+    (code, message)
+}
+
+/// A gRPC message frame: no compression, the length, the payload.
+pub fn grpc_frame(payload: &[u8]) -> Vec<u8> {
+    let mut frame = vec![0];
+    frame.extend_from_slice(&u32::try_from(payload.len()).unwrap().to_be_bytes());
+    frame.extend_from_slice(payload);
+    frame
+}
+
+/// Raises this process's soft limit on open files to its hard limit, for tests that hold a
+/// thousand connections (common soft limits are 1,024).
+pub fn raise_open_files_limit() {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    let _ = setrlimit(
+        Resource::Nofile,
+        rustix::process::Rlimit {
+            current: limit.maximum,
+            maximum: limit.maximum,
+        },
+    );
 }
