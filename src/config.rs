@@ -448,6 +448,142 @@ mod tests {
     }
 
     #[test]
+    fn demo_listens_only_on_loopback_or_a_unix_socket() {
+        let error =
+            parse(&["printjob-gateway", "--demo", "--listen", "0.0.0.0:50051"]).unwrap_err();
+        assert_eq!(error.kind(), ErrorKind::ArgumentConflict);
+        assert!(error.to_string().contains("loopback"), "{error}");
+        for listen in ["127.0.0.1:50051", "[::1]:50051", "unix:/run/gw.sock"] {
+            parse(&["printjob-gateway", "--demo", "--listen", listen]).unwrap();
+        }
+    }
+
+    #[test]
+    fn durations_beyond_an_hour_are_refused() {
+        for flag in [
+            "--default-timeout",
+            "--max-timeout",
+            "--connect-timeout",
+            "--retry-after-max",
+            "--shutdown-grace",
+            "--handshake-timeout",
+        ] {
+            let error = parse(&["printjob-gateway", flag, "300000000000y"]).unwrap_err();
+            assert_eq!(error.kind(), ErrorKind::ValueValidation, "{flag}");
+            assert!(error.to_string().contains("at most 1h"), "{error}");
+        }
+        parse(&[
+            "printjob-gateway",
+            "--max-timeout",
+            "1h",
+            "--retry-after-max",
+            "1h",
+            "--shutdown-grace",
+            "1h",
+        ])
+        .unwrap();
+    }
+
+    #[test]
+    fn a_zero_handshake_timeout_is_refused() {
+        let error = parse(&["printjob-gateway", "--handshake-timeout", "0s"]).unwrap_err();
+        assert!(error.to_string().contains("--handshake-timeout"), "{error}");
+    }
+
+    #[test]
+    fn an_empty_or_unreadable_graph_ca_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "").unwrap();
+        let not_pem = dir.path().join("notes.txt");
+        std::fs::write(&not_pem, "a certificate, surely").unwrap();
+        let missing = dir.path().join("missing.pem");
+        for path in [&empty, &not_pem, &missing] {
+            let path = path.to_str().unwrap();
+            let error = parse(&["printjob-gateway", "--graph-ca-file", path]).unwrap_err();
+            assert!(error.to_string().contains("--graph-ca-file"), "{error}");
+        }
+        let ca = dir.path().join("ca.pem");
+        let certified = rcgen::generate_simple_self_signed(vec!["ca.example".to_owned()]).unwrap();
+        std::fs::write(&ca, certified.cert.pem()).unwrap();
+        parse(&["printjob-gateway", "--graph-ca-file", ca.to_str().unwrap()]).unwrap();
+    }
+
+    /// How long the drain may go on after the grace period: calls ended (at once), then up to a
+    /// second for each listener's connections to close (`server::FLUSH_AFTER_ABORT`), rounded up.
+    const EXIT_ALLOWANCE: Duration = Duration::from_secs(3);
+
+    #[test]
+    fn the_default_grace_covers_the_longest_call_and_the_manifests_cover_the_grace() {
+        let defaults = server::Settings::default();
+        assert!(defaults.shutdown_grace >= defaults.calls.deadlines.max);
+        assert_eq!(defaults.warnings(), Vec::<String>::new());
+
+        let k8s = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/k8s");
+        let env = std::fs::read_to_string(k8s.join("base/settings.env")).unwrap();
+        let setting = |name: &str| {
+            let value = env
+                .lines()
+                .find_map(|line| line.strip_prefix(name)?.strip_prefix('='))
+                .unwrap_or_else(|| panic!("settings.env sets {name}"));
+            parse_duration(value).unwrap()
+        };
+        let grace = setting("PRINTJOB_GATEWAY_SHUTDOWN_GRACE");
+        let max_timeout = setting("PRINTJOB_GATEWAY_MAX_TIMEOUT");
+        assert_eq!(grace, defaults.shutdown_grace);
+        assert_eq!(max_timeout, defaults.calls.deadlines.max);
+
+        let mut checked = 0;
+        for manifest in yaml_files(&k8s) {
+            let text = std::fs::read_to_string(&manifest).unwrap();
+            let Some(period) = number_after(&text, "terminationGracePeriodSeconds:") else {
+                continue;
+            };
+            // What may come before the gateway's SIGTERM: its preStop sleep, or an app whose
+            // last calls (up to --max-timeout) finish before the gateway is stopped.
+            let pre_stop = number_after(&text, r#"command: ["/usr/local/bin/sleep", ""#)
+                .map_or(Duration::ZERO, Duration::from_secs);
+            let app_first = if text.contains("- name: app") {
+                max_timeout
+            } else {
+                Duration::ZERO
+            };
+            let needed = pre_stop.max(app_first) + grace + EXIT_ALLOWANCE;
+            assert!(
+                Duration::from_secs(period) >= needed,
+                "{}: terminationGracePeriodSeconds {period} < {needed:?}",
+                manifest.display()
+            );
+            checked += 1;
+        }
+        assert!(checked >= 4, "every overlay sets a grace period: {checked}");
+    }
+
+    fn yaml_files(dir: &std::path::Path) -> Vec<PathBuf> {
+        let mut files = Vec::new();
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                files.extend(yaml_files(&path));
+            } else if path.extension().is_some_and(|ext| ext == "yaml") {
+                files.push(path);
+            }
+        }
+        files
+    }
+
+    /// The whole number that follows `marker` in `text`.
+    fn number_after(text: &str, marker: &str) -> Option<u64> {
+        let rest = &text[text.find(marker)? + marker.len()..];
+        let digits: String = rest
+            .trim_start()
+            .chars()
+            .take_while(char::is_ascii_digit)
+            .collect();
+        digits.parse().ok()
+    }
+
+    #[test]
     fn clap_definition_is_consistent() {
         Cli::command().debug_assert();
     }

@@ -40,7 +40,17 @@ const SETTINGS: &[(&str, &str, &str)] = &[
         "PRINTJOB_GATEWAY_CONNECT_TIMEOUT",
         "5s",
     ),
-    ("--shutdown-grace", "PRINTJOB_GATEWAY_SHUTDOWN_GRACE", "20s"),
+    ("--shutdown-grace", "PRINTJOB_GATEWAY_SHUTDOWN_GRACE", "30s"),
+    (
+        "--max-connections",
+        "PRINTJOB_GATEWAY_MAX_CONNECTIONS",
+        "512",
+    ),
+    (
+        "--handshake-timeout",
+        "PRINTJOB_GATEWAY_HANDSHAKE_TIMEOUT",
+        "10s",
+    ),
     // A flag: off unless given, so clap shows no default.
     ("--demo", "PRINTJOB_GATEWAY_DEMO", ""),
     ("--log-format", "PRINTJOB_GATEWAY_LOG_FORMAT", "text"),

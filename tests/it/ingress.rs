@@ -20,6 +20,7 @@ use crate::support::{
     FakeGraph, TestGateway,
     gateway::{Call, connect},
     http_client,
+    metrics::{metrics, sample, wait_for_sample},
     pki::make_pki,
     process::GatewayProcess,
     raw::{RawH2, closed_within, grpc_frame, silent_connections, stalling_body},
@@ -36,38 +37,6 @@ fn cancel_request() -> Vec<u8> {
         print_job_id: "42".to_owned(),
     }
     .encode_to_vec()
-}
-
-/// The gateway's metrics, as text.
-async fn metrics(admin: std::net::SocketAddr) -> String {
-    http_client()
-        .get(format!("http://{admin}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
-}
-
-/// The value of one sample in the metrics text, 0 when absent.
-fn sample(metrics: &str, name: &str) -> f64 {
-    metrics
-        .lines()
-        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
-        .map_or(0.0, |value| value.trim().parse().unwrap())
-}
-
-/// Polls the metrics until `name` reaches `value` (an event the gateway reports, not a sleep).
-async fn wait_for_sample(admin: std::net::SocketAddr, name: &str, value: f64) {
-    let reached = async {
-        while sample(&metrics(admin).await, name) < value {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    };
-    tokio::time::timeout(PATIENCE, reached)
-        .await
-        .unwrap_or_else(|_| panic!("{name} reaches {value}"));
 }
 
 #[tokio::test]
@@ -279,63 +248,6 @@ async fn health_and_reflection_streams_are_capped_per_listener() {
     tokio::time::timeout(PATIENCE, check)
         .await
         .expect("a closed Watch gives its place back");
-}
-
-/// Issue 13's hostile load on the real binary, at its default limits: 1,000 connections that
-/// never speak plus 1,000 streams that send their headers and never their message. The gateway
-/// runs as its own process so that its memory is measured alone (VmHWM in /proc).
-#[tokio::test]
-async fn silent_connections_and_header_only_streams_leave_memory_bounded_and_calls_served() {
-    const PEAK_RSS_LIMIT_KIB: u64 = 64 * 1024;
-    crate::support::raw::raise_open_files_limit();
-    let graph = FakeGraph::start().await;
-    let gateway = GatewayProcess::spawn(&["--graph-url", &graph.url()], &[]).await;
-
-    let silent = silent_connections(gateway.grpc_addr, 1_000).await;
-    let mut streams = Vec::new();
-    let mut connections = Vec::new();
-    for _ in 0..10 {
-        let mut raw = RawH2::connect(gateway.grpc_addr).await;
-        for _ in 0..100 {
-            streams.push(tokio::spawn(raw.cancel(Some("6S"), stalling_body(&[]))));
-        }
-        connections.push(raw);
-    }
-    wait_for_sample(
-        gateway.admin_addr,
-        "printjob_gateway_calls_in_flight",
-        1_000.0,
-    )
-    .await;
-
-    // At --max-in-flight (1,000 by default) a call is refused at once rather than queued.
-    let shed = Call::to(gateway.grpc_addr).send().await.unwrap_err();
-    assert_eq!(shed.code(), Code::ResourceExhausted, "{shed:?}");
-    let peak = gateway.peak_rss_kib();
-    assert!(peak < PEAK_RSS_LIMIT_KIB, "peak RSS {peak} KiB under load");
-
-    for stream in streams {
-        let (code, message) = stream.await.unwrap();
-        assert_eq!(code, Code::DeadlineExceeded as i32, "{message}");
-    }
-    Call::to(gateway.grpc_addr)
-        .send()
-        .await
-        .expect("a normal call is served once the streams have ended");
-    let text = metrics(gateway.admin_addr).await;
-    assert!(
-        sample(
-            &text,
-            r#"printjob_gateway_connections_closed_total{listener="api",reason="limit"}"#
-        ) >= 1.0,
-        "silent connections over the cap were closed:\n{text}"
-    );
-    let peak = gateway.peak_rss_kib();
-    assert!(peak < PEAK_RSS_LIMIT_KIB, "peak RSS {peak} KiB");
-    drop(silent);
-    drop(connections);
-    let (status, logs) = gateway.terminate(PATIENCE).await;
-    assert!(status.success(), "{logs}");
 }
 
 // === Certificates rotate ===

@@ -4,6 +4,7 @@
 pub mod fake_graph;
 pub mod gateway;
 pub mod graph_like;
+pub mod metrics;
 pub mod pki;
 pub mod process;
 pub mod raw;
