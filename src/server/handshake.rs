@@ -166,3 +166,65 @@ impl AsyncWrite for Prefixed {
         self.inner.as_mut().poll_shutdown(cx)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncWriteExt, duplex};
+
+    use super::*;
+
+    /// The client's first bytes: the magic and an empty SETTINGS frame.
+    const HTTP2_START: &[u8] =
+        b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00";
+
+    /// What `complete` makes of a client that sends `bytes` (and then closes).
+    async fn handshake(bytes: &[u8], protocols: Protocols) -> Result<Vec<u8>, HandshakeError> {
+        let (mut client, server) = duplex(64 * 1024);
+        client.write_all(bytes).await.unwrap();
+        drop(client);
+        let mut connection = complete(Box::pin(server), None, protocols).await?;
+        let mut replayed = Vec::new();
+        connection.read_to_end(&mut replayed).await.unwrap();
+        Ok(replayed)
+    }
+
+    #[tokio::test]
+    async fn the_preface_is_read_and_given_back_to_hyper_with_what_follows() {
+        let mut bytes = HTTP2_START.to_vec();
+        bytes.extend_from_slice(b"more frames");
+        for protocols in [Protocols::Http2, Protocols::Http1AndHttp2] {
+            assert_eq!(handshake(&bytes, protocols).await.unwrap(), bytes);
+        }
+    }
+
+    #[tokio::test]
+    async fn http1_is_passed_on_where_it_is_spoken_and_refused_where_it_is_not() {
+        let request = b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n";
+        assert_eq!(
+            handshake(request, Protocols::Http1AndHttp2).await.unwrap(),
+            request
+        );
+        assert!(matches!(
+            handshake(request, Protocols::Http2).await,
+            Err(HandshakeError::NotHttp2)
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_preface_without_its_settings_frame_is_refused() {
+        let mut ping_first = HTTP2_START[..24].to_vec();
+        ping_first.extend_from_slice(b"\x00\x00\x08\x06\x00\x00\x00\x00\x00");
+        let mut huge_settings = HTTP2_START[..24].to_vec();
+        huge_settings.extend_from_slice(b"\x01\x00\x00\x04\x00\x00\x00\x00\x00");
+        for bytes in [&ping_first, &huge_settings] {
+            assert!(matches!(
+                handshake(bytes, Protocols::Http2).await,
+                Err(HandshakeError::NotHttp2)
+            ));
+        }
+        assert!(matches!(
+            handshake(&HTTP2_START[..30], Protocols::Http2).await,
+            Err(HandshakeError::Io(_))
+        ));
+    }
+}
