@@ -10,7 +10,7 @@ use std::{path::Path, sync::Arc, time::Duration};
 use prost::Message;
 use tonic::{
     Code,
-    transport::{Certificate, ClientTlsConfig, Endpoint},
+    transport::{Certificate, ClientTlsConfig, Endpoint, Identity},
 };
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
@@ -256,14 +256,20 @@ async fn health_and_reflection_streams_are_capped_per_listener() {
 /// then the `..data` symlink swapped to it in one rename (`tls.crt` and `tls.key` are symlinks
 /// through `..data`).
 fn publish(secret: &Path, version: &str, cert: &str, key: &str) {
+    publish_files(secret, version, &[("tls.crt", cert), ("tls.key", key)]);
+}
+
+/// Publishes these files (name, contents) as one version of a Secret volume.
+fn publish_files(secret: &Path, version: &str, files: &[(&str, &str)]) {
     let dir = secret.join(format!("..{version}"));
     std::fs::create_dir(&dir).unwrap();
-    std::fs::write(dir.join("tls.crt"), cert).unwrap();
-    std::fs::write(dir.join("tls.key"), key).unwrap();
+    for (name, contents) in files {
+        std::fs::write(dir.join(name), contents).unwrap();
+    }
     let next = secret.join("..data_tmp");
     std::os::unix::fs::symlink(format!("..{version}"), &next).unwrap();
     std::fs::rename(&next, secret.join("..data")).unwrap();
-    for name in ["tls.crt", "tls.key"] {
+    for (name, _) in files {
         let link = secret.join(name);
         if std::fs::symlink_metadata(&link).is_err() {
             std::os::unix::fs::symlink(format!("..data/{name}"), link).unwrap();
@@ -333,10 +339,17 @@ async fn a_certificate_swapped_in_is_used_by_new_handshakes_while_old_connection
             cert.to_str().unwrap(),
             "--tls-key",
             key.to_str().unwrap(),
+            "--handshake-timeout",
+            "2s",
         ],
         &[],
     )
     .await;
+    // The handshake timeout covers TLS too: a client that never sends its ClientHello is closed.
+    let mut silent = tokio::net::TcpStream::connect(gateway.grpc_addr)
+        .await
+        .unwrap();
+    assert!(closed_within(&mut silent, PATIENCE).await);
     let both = [first.ca.as_str(), second.ca.as_str()];
     assert_eq!(
         presented_certificate(gateway.grpc_addr, &both).await,
@@ -380,6 +393,80 @@ async fn a_certificate_swapped_in_is_used_by_new_handshakes_while_old_connection
     );
     let (status, logs) = gateway.terminate(PATIENCE).await;
     assert!(status.success(), "{logs}");
+}
+
+#[tokio::test]
+async fn a_client_ca_swapped_in_decides_which_callers_new_handshakes_accept() {
+    let dir = tempfile::tempdir().unwrap();
+    let (first, second) = (dir.path().join("first"), dir.path().join("second"));
+    std::fs::create_dir(&first).unwrap();
+    std::fs::create_dir(&second).unwrap();
+    let (first, second) = (make_pki(&first), make_pki(&second));
+    let secret = dir.path().join("secret");
+    std::fs::create_dir(&secret).unwrap();
+    let files = |ca: &str| {
+        [
+            ("tls.crt", first.server_cert.clone()),
+            ("tls.key", first.server_key.clone()),
+            ("ca.crt", ca.to_owned()),
+        ]
+    };
+    let publish_ca = |version: &str, ca: &str| {
+        let files = files(ca);
+        let files: Vec<(&str, &str)> = files.iter().map(|(n, c)| (*n, c.as_str())).collect();
+        publish_files(&secret, version, &files);
+    };
+    publish_ca("2026_01", &first.ca);
+    let graph = FakeGraph::start().await;
+    let path = |name: &str| secret.join(name).to_str().unwrap().to_owned();
+    let gateway = GatewayProcess::spawn(
+        &[
+            "--graph-url",
+            &graph.url(),
+            "--tls-cert",
+            &path("tls.crt"),
+            "--tls-key",
+            &path("tls.key"),
+            "--tls-client-ca",
+            &path("ca.crt"),
+        ],
+        &[],
+    )
+    .await;
+    // Callers trust the server's CA and present a certificate from one PKI or the other.
+    let caller = |pki: &crate::support::pki::Pki| {
+        ClientTlsConfig::new()
+            .domain_name("localhost")
+            .ca_certificate(Certificate::from_pem(&first.ca))
+            .identity(Identity::from_pem(&pki.client_cert, &pki.client_key))
+    };
+    let call = |tls: ClientTlsConfig| async move {
+        let channel = Endpoint::from_shared(format!("https://{}", gateway.grpc_addr))
+            .unwrap()
+            .tls_config(tls)
+            .unwrap()
+            .connect()
+            .await
+            .map_err(|error| tonic::Status::unavailable(error.to_string()))?;
+        Call::to(gateway.grpc_addr).send_on(channel).await.map(drop)
+    };
+    call(caller(&first))
+        .await
+        .expect("a caller of the first CA");
+    call(caller(&second))
+        .await
+        .expect_err("a caller of the second CA, not yet trusted");
+
+    publish_ca("2026_02", &second.ca);
+    gateway
+        .wait_for_log("TLS certificate reloaded", PATIENCE)
+        .await;
+    call(caller(&second))
+        .await
+        .expect("a caller of the second CA, now trusted");
+    call(caller(&first))
+        .await
+        .expect_err("a caller of the first CA, no longer trusted");
 }
 
 // === Start-up ===
