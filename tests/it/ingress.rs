@@ -142,6 +142,47 @@ async fn a_connection_that_does_not_finish_its_handshake_in_time_is_closed() {
     );
 }
 
+/// The settings a listener sends a new HTTP/2 connection, as (identifier, value) pairs.
+async fn server_settings(addr: std::net::SocketAddr) -> Vec<(u16, u32)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        .await
+        .unwrap();
+    let mut header = [0u8; 9];
+    stream.read_exact(&mut header).await.unwrap();
+    assert_eq!(header[3], 0x4, "the server's first frame is SETTINGS");
+    let length =
+        usize::from(header[0]) << 16 | usize::from(header[1]) << 8 | usize::from(header[2]);
+    let mut payload = vec![0u8; length];
+    stream.read_exact(&mut payload).await.unwrap();
+    payload
+        .chunks(6)
+        .map(|setting| {
+            (
+                u16::from_be_bytes([setting[0], setting[1]]),
+                u32::from_be_bytes([setting[2], setting[3], setting[4], setting[5]]),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn every_connection_is_told_the_stream_limit_of_100() {
+    const SETTINGS_MAX_CONCURRENT_STREAMS: u16 = 0x3;
+    let graph = FakeGraph::start().await;
+    let gateway = TestGateway::start(&graph.url()).await;
+    for addr in [gateway.grpc_addr, gateway.admin_addr] {
+        let settings = server_settings(addr).await;
+        assert!(
+            settings.contains(&(SETTINGS_MAX_CONCURRENT_STREAMS, 100)),
+            "{settings:?}"
+        );
+    }
+    assert_eq!(printjob_gateway::server::MAX_CONCURRENT_STREAMS, 100);
+}
+
 #[tokio::test]
 async fn a_stream_whose_message_never_comes_holds_its_permit_and_ends_deadline_exceeded() {
     let graph = FakeGraph::start().await;
