@@ -30,10 +30,12 @@ use crate::{
 /// The most HTTP/2 header bytes a call may send. Entra access tokens are a few kilobytes; large
 /// group claims can double that.
 const MAX_HEADER_LIST_BYTES: u32 = 32 * 1024;
-/// The most streams one HTTP/2 connection may have open at once (SETTINGS_MAX_CONCURRENT_STREAMS):
-/// the smallest value RFC 9113 recommends, and what most HTTP/2 servers advertise. Clients queue
-/// calls beyond it on their side, or open another connection.
-pub const MAX_CONCURRENT_STREAMS: u32 = 100;
+/// The most streams one HTTP/2 connection may have open at once (SETTINGS_MAX_CONCURRENT_STREAMS).
+/// Memory does not depend on it: a Cancel stream holds a place under `--max-in-flight` from its
+/// headers and is refused at once beyond it, and health and reflection streams have their own cap.
+/// It lets one caller (a sidecar's app, on one connection) have as many calls in flight as the
+/// gateway allows; clients queue calls beyond it on their side, or open another connection.
+pub const MAX_CONCURRENT_STREAMS: u32 = 1024;
 /// How much request data a stream, and a whole connection, may have in flight before the gateway
 /// reads it. A request message is at most a few kilobytes, so the RFC's default window is
 /// plenty, and it bounds what a client can make the gateway buffer.

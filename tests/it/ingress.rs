@@ -169,18 +169,18 @@ async fn server_settings(addr: std::net::SocketAddr) -> Vec<(u16, u32)> {
 }
 
 #[tokio::test]
-async fn every_connection_is_told_the_stream_limit_of_100() {
+async fn every_connection_is_told_the_stream_limit_of_1024() {
     const SETTINGS_MAX_CONCURRENT_STREAMS: u16 = 0x3;
     let graph = FakeGraph::start().await;
     let gateway = TestGateway::start(&graph.url()).await;
     for addr in [gateway.grpc_addr, gateway.admin_addr] {
         let settings = server_settings(addr).await;
         assert!(
-            settings.contains(&(SETTINGS_MAX_CONCURRENT_STREAMS, 100)),
+            settings.contains(&(SETTINGS_MAX_CONCURRENT_STREAMS, 1024)),
             "{settings:?}"
         );
     }
-    assert_eq!(printjob_gateway::server::MAX_CONCURRENT_STREAMS, 100);
+    assert_eq!(printjob_gateway::server::MAX_CONCURRENT_STREAMS, 1024);
 }
 
 #[tokio::test]
