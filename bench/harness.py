@@ -1,14 +1,22 @@
 #!/usr/bin/env python3
-"""The benchmark of issue 8, run by bench/run.sh (which installs the tools and builds the gateway).
+"""The benchmark of issues 8 and 12, run by bench/run.sh (which installs the tools and builds the gateway).
 
 In one run, side by side on this machine:
   1. start-up to SERVING and idle RSS (fresh gateway, repeated, median);
-  2. rounds of: the reject path (no token), forwarded calls (gateway -> nginx 204), and nginx alone,
-     all with the same h2load load; CPU per call from /proc/<pid>/stat (utime+stime);
+  2. rounds of: the reject path (no token), forwarded calls (gateway -> nginx 204 over h2c), nginx
+     alone, and the same reject and forward on a second gateway whose upstream is nginx over TLS
+     with h2 (the fast path as to Graph); all with the same h2load load; CPU per call from
+     /proc/<pid>/stat (utime+stime);
   3. latency at concurrency 1 (forwarded and nginx alone);
-  4. RSS per call in flight with 1,000 and 10,000 calls held by the Graph simulator (slow upstream).
+  4. RSS per call in flight with 1,000 and 10,000 calls held by the Graph simulator (slow upstream);
+  5. against a Graph-like upstream (nginx: TLS, h2, 100 streams per connection, in front of the
+     simulator answering after 1 s): calls/s with 1,000 calls in flight against the ideal
+     (in flight / delay), and the TLS connections the gateway opened to it;
+  6. RSS per call in flight with 10,000 calls in flight against the same stream-capped upstream,
+     so that most of them wait in the gateway for a stream.
 Every forwarded call is checked against nginx's stub_status request counter, and a sample call's
-grpc-status is read, because h2load counts gRPC errors (HTTP 200) as successes.
+grpc-status is read, because h2load counts gRPC errors (HTTP 200) as successes; in steps 5 and 6
+the gateway's own count of answers by gRPC code is read too.
 """
 
 from __future__ import annotations
@@ -51,7 +59,19 @@ TARGETS = {
     "kib_per_call_10k": 8.0,  # KiB RSS per call in flight at 10,000, at most
     "idle_rss_mib": 8.0,  # idle RSS right after start-up, at most
     "startup_ms": 30.0,  # exec to first SERVING health check (median), at most
+    # Issue 12, against the Graph-like upstream (TLS, h2 only, 100 streams per connection, 1 s):
+    "tls_cpu_ratio": 1.8,  # over TLS h2 to nginx 204: CPU per forwarded call / per rejected call, at most
+    "stream_cap_ratio": 0.9,  # calls/s with 1,000 in flight / (1,000 / 1 s), at least
+    "stream_cap_connections": 12,  # TLS connections opened for those calls, at most
+    "stream_cap_kib_per_call_10k": 8.0,  # KiB RSS per call in flight at 10,000 (most waiting for a stream), at most
 }
+
+# The Graph-like upstream: what Graph's front ends, like most HTTP/2 servers, advertise as
+# SETTINGS_MAX_CONCURRENT_STREAMS, and how long each answer takes (the simulator's `delay`).
+GRAPH_LIKE_STREAMS = 100
+GRAPH_LIKE_DELAY_S = 1.0
+GRAPH_LIKE_PRINTER = "graph-like-printer"  # answered after GRAPH_LIKE_DELAY_S
+HELD_PRINTER = "held-printer"  # answered after 300 s: the calls stay in flight while RSS is read
 
 
 class HarnessError(Exception):
@@ -132,6 +152,22 @@ def calls_in_flight(admin_port: int) -> int:
     return 0
 
 
+def calls_by_code(admin_port: int) -> dict[str, int]:
+    """The gateway's count of Cancel calls answered, by gRPC code, from its /metrics."""
+    codes: dict[str, int] = {}
+    with urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/metrics", timeout=5) as response:
+        for line in response.read().decode().splitlines():
+            if line.startswith("printjob_gateway_calls_total{") and 'method="' in line and "Cancel" in line:
+                labels, value = line.rsplit(" ", 1)
+                code = labels.split('code="', 1)[1].split('"', 1)[0]
+                codes[code] = codes.get(code, 0) + int(float(value))
+    return codes
+
+
+def codes_delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
+    return {code: n - before.get(code, 0) for code, n in after.items() if n != before.get(code, 0)}
+
+
 def established_to_port(port: int) -> int:
     """ESTABLISHED IPv4 TCP connections whose remote port is `port` (the client ends)."""
     count = 0
@@ -189,14 +225,18 @@ class Nginx:
 
     def counters(self) -> tuple[int, int]:
         """nginx's accepted connections and requests (stub_status); the status request counts too."""
-        url = f"http://127.0.0.1:{self.http1_port}/__nginx_status"
-        with urllib.request.urlopen(url, timeout=5) as answer:
-            lines = answer.read().decode().splitlines()
-        accepts, _handled, requests = (int(w) for w in lines[2].split())
-        return accepts, requests
+        return stub_status(self.http1_port)
 
     def requests(self) -> int:
         return self.counters()[1]
+
+
+def stub_status(port: int) -> tuple[int, int]:
+    """An nginx process's accepted connections and requests; the status request counts in both."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/__nginx_status", timeout=5) as answer:
+        lines = answer.read().decode().splitlines()
+    accepts, _handled, requests = (int(w) for w in lines[2].split())
+    return accepts, requests
 
 
 NGINX_CONF = """\
@@ -233,17 +273,20 @@ http {{
 """
 
 
+def nginx_user() -> str:
+    """As root nginx would switch its worker to `nobody`; run it as the current user instead."""
+    if os.geteuid() != 0:
+        return ""
+    import grp
+    import pwd
+
+    return f"user {pwd.getpwuid(os.geteuid()).pw_name} {grp.getgrgid(os.getegid()).gr_name};"
+
+
 def start_nginx(tmp: Path) -> Nginx:
     http1_port, h2c_port = free_ports(2)
-    user = ""
-    if os.geteuid() == 0:
-        # As root nginx would switch its worker to `nobody`; run as the current user instead.
-        import grp
-        import pwd
-
-        user = f"user {pwd.getpwuid(os.geteuid()).pw_name} {grp.getgrgid(os.getegid()).gr_name};"
     conf = tmp / "nginx.conf"
-    conf.write_text(NGINX_CONF.format(tmp=tmp, user=user, http1_port=http1_port, h2c_port=h2c_port))
+    conf.write_text(NGINX_CONF.format(tmp=tmp, user=nginx_user(), http1_port=http1_port, h2c_port=h2c_port))
     proc = PROCS.start(
         ["nginx", "-p", str(tmp), "-c", str(conf), "-e", str(tmp / "nginx-error.log")],
         tmp / "nginx.out",
@@ -265,6 +308,192 @@ def start_nginx(tmp: Path) -> Nginx:
 
 
 # --------------------------------------------------------------------------------------------------
+# The Graph-like upstream: nginx with TLS and HTTP/2 (h2 by ALPN), a cap of streams per connection,
+# in front of the Graph simulator, whose scenario delays every answer.
+
+
+def make_tls_files(tmp: Path) -> tuple[Path, Path, Path]:
+    """A throwaway CA and a server certificate it signs for 127.0.0.1 and localhost (P-256).
+
+    The gateway trusts the CA through --graph-ca-file, as it would a TLS-inspecting proxy's CA; a
+    CA separate from the server certificate because webpki refuses a CA certificate as a server's.
+    Returns (CA certificate, server certificate, server key).
+    """
+    ca_key, ca_cert = tmp / "graph-like-ca.key", tmp / "graph-like-ca.pem"
+    key, csr, cert = tmp / "graph-like.key", tmp / "graph-like.csr", tmp / "graph-like.pem"
+    ext = tmp / "graph-like-ext.cnf"
+    ext.write_text("basicConstraints = critical, CA:FALSE\n"
+                   "keyUsage = critical, digitalSignature\n"
+                   "extendedKeyUsage = serverAuth\n"
+                   "subjectAltName = IP:127.0.0.1, DNS:localhost\n")
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    commands = [
+        ["openssl", "req", "-x509", *ec, "-keyout", ca_key, "-out", ca_cert, "-days", "2",
+         "-subj", "/CN=printjob-gateway benchmark CA",
+         "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign"],
+        ["openssl", "req", "-new", *ec, "-keyout", key, "-out", csr, "-subj", "/CN=localhost"],
+        ["openssl", "x509", "-req", "-in", csr, "-CA", ca_cert, "-CAkey", ca_key, "-set_serial",
+         str(int.from_bytes(os.urandom(8), "big")), "-days", "2", "-extfile", ext, "-out", cert],
+    ]
+    for argv in commands:
+        done = subprocess.run([str(a) for a in argv], capture_output=True, text=True, timeout=60)
+        if done.returncode != 0:
+            raise HarnessError(f"{' '.join(str(a) for a in argv)}: {done.stderr.strip()}")
+    return ca_cert, cert, key
+
+
+def start_simulator(binary: str, tmp: Path, name: str, scenario: dict) -> tuple[subprocess.Popen, int]:
+    """The gateway's own Graph simulator (`simulate`) with `scenario`, on a free port."""
+    port = free_ports(1)[0]
+    scenario_file = tmp / f"{name}-scenario.json"
+    scenario_file.write_text(json.dumps(scenario))
+    log = tmp / f"{name}.log"
+    proc = PROCS.start([binary, "simulate", "--listen", f"127.0.0.1:{port}", "--scenario", str(scenario_file),
+                        "--log-filter", "warn"], log)
+
+    def up() -> bool:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/__requests", timeout=2):
+                return True
+        except OSError:
+            return False
+
+    try:
+        wait_until(up, 20, f"{name} answering", proc=proc)
+    except HarnessError as e:
+        raise HarnessError(f"{e}\n{tail(log)}") from None
+    return proc, port
+
+
+GRAPH_LIKE_NGINX_CONF = """\
+# Generated by bench/harness.py: a Graph-like upstream. TLS with HTTP/2, at most {streams} streams
+# per connection, in front of the Graph simulator (which delays its answers); and, on another
+# port, the same TLS and HTTP/2 answering 204 at once (the fast path as to Graph).
+daemon off;
+master_process off;
+{user}
+pid {tmp}/graph-like-nginx.pid;
+error_log {tmp}/graph-like-nginx-error.log warn;
+worker_rlimit_nofile 65536;
+events {{ worker_connections 30000; }}
+http {{
+    access_log off;
+    client_body_temp_path {tmp}/graph-like-client_body;
+    proxy_temp_path {tmp}/graph-like-proxy;
+    fastcgi_temp_path {tmp}/graph-like-fastcgi;
+    uwsgi_temp_path {tmp}/graph-like-uwsgi;
+    scgi_temp_path {tmp}/graph-like-scgi;
+    # Connections stay open for the whole run: the connections counted are the ones the gateway
+    # chose to open, not ones nginx closed under it.
+    keepalive_requests 10000000;
+    keepalive_timeout 600s;
+    ssl_certificate {cert};
+    ssl_certificate_key {key};
+    ssl_protocols TLSv1.2 TLSv1.3;
+    upstream simulator {{
+        server 127.0.0.1:{sim_port};
+        keepalive 4096;
+        keepalive_requests 10000000;
+        keepalive_timeout 600s;
+    }}
+    server {{
+        # nginx 1.22 offers h2 and http/1.1 by ALPN and has no setting to offer h2 alone: a client
+        # that fell back to HTTP/1.1 gets 505 for every call, which the harness's checks catch.
+        listen 127.0.0.1:{capped_port} ssl http2;
+        http2_max_concurrent_streams {streams};
+        if ($server_protocol != "HTTP/2.0") {{ return 505; }}
+        location / {{
+            proxy_pass http://simulator;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_read_timeout 900s;
+            proxy_send_timeout 900s;
+        }}
+    }}
+    server {{
+        # nginx's default stream cap (128) is at least the benchmark's 16 x 8 calls outstanding,
+        # so this port measures the cost of a call, not waiting for a stream.
+        listen 127.0.0.1:{fast_port} ssl http2;
+        if ($server_protocol != "HTTP/2.0") {{ return 505; }}
+        location ~ ^/v1\\.0/print/printers/[^/]+/jobs/[^/]+/cancel$ {{
+            if ($request_method != POST) {{ return 405; }}
+            return 204;
+        }}
+        location / {{ return 404; }}
+    }}
+    server {{
+        listen 127.0.0.1:{status_port};
+        location = /__nginx_status {{ stub_status; }}
+        location / {{ return 404; }}
+    }}
+}}
+"""
+
+
+@dataclass
+class GraphLike:
+    """nginx over TLS (h2) in front of the simulator; `proc` is nginx, whose stub_status counts."""
+
+    proc: subprocess.Popen
+    simulator: subprocess.Popen
+    capped_port: int  # TLS, h2, GRAPH_LIKE_STREAMS streams per connection, proxied to the simulator
+    fast_port: int  # TLS, h2, 204 at once
+    status_port: int  # plain HTTP: stub_status
+    ca_file: Path
+    negotiated: str  # the ALPN protocol nginx chose when offered h2 and http/1.1
+
+    def counters(self) -> tuple[int, int]:
+        return stub_status(self.status_port)
+
+    def requests(self) -> int:
+        return self.counters()[1]
+
+    def url(self, port: int) -> str:
+        return f"https://127.0.0.1:{port}/v1.0"
+
+
+def alpn_choice(port: int, ca_file: Path) -> str:
+    """What the server selects by ALPN when offered h2 and http/1.1 (a TLS handshake, no request)."""
+    import ssl
+
+    context = ssl.create_default_context(cafile=str(ca_file))
+    context.set_alpn_protocols(["h2", "http/1.1"])
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+        with context.wrap_socket(raw, server_hostname="localhost") as tls:
+            return tls.selected_alpn_protocol() or "none"
+
+
+def start_graph_like(binary: str, tmp: Path) -> GraphLike:
+    ca_file, cert, key = make_tls_files(tmp)
+    simulator, sim_port = start_simulator(binary, tmp, "simulator-graph-like", {
+        "printers": [{"id": GRAPH_LIKE_PRINTER, "anyJob": True}, {"id": HELD_PRINTER, "anyJob": True}],
+        "rules": [{"printer": GRAPH_LIKE_PRINTER, "delay": GRAPH_LIKE_DELAY_S},
+                  {"printer": HELD_PRINTER, "delay": "300s"}],
+    })
+    capped_port, fast_port, status_port = free_ports(3)
+    conf = tmp / "graph-like-nginx.conf"
+    conf.write_text(GRAPH_LIKE_NGINX_CONF.format(
+        tmp=tmp, user=nginx_user(), cert=cert, key=key, sim_port=sim_port, streams=GRAPH_LIKE_STREAMS,
+        capped_port=capped_port, fast_port=fast_port, status_port=status_port))
+    error_log = tmp / "graph-like-nginx-error.log"
+    proc = PROCS.start(["nginx", "-p", str(tmp), "-c", str(conf), "-e", str(error_log)], tmp / "graph-like-nginx.out")
+
+    def up() -> bool:
+        try:
+            stub_status(status_port)
+            return True
+        except OSError:
+            return False
+
+    try:
+        wait_until(up, 10, "Graph-like nginx answering stub_status", proc=proc)
+        negotiated = alpn_choice(capped_port, ca_file)
+    except (HarnessError, OSError) as e:
+        raise HarnessError(f"{e}\n{tail(error_log)}") from None
+    return GraphLike(proc, simulator, capped_port, fast_port, status_port, ca_file, negotiated)
+
+
+# --------------------------------------------------------------------------------------------------
 # The gateway and the simulator
 
 
@@ -280,7 +509,10 @@ class Gateway:
         return self.proc.pid
 
 
-def gateway_argv(binary: str, port: int, admin_port: int, graph_url: str, extra=()) -> list[str]:
+def gateway_argv(binary: str, port: int, admin_port: int, graph_url: str, extra=(), protocol: str | None = "") -> list[str]:
+    """The gateway's command line; `protocol` None leaves --graph-protocol at its default
+    (`auto`: HTTP/2 when TLS's ALPN offers it, as with Graph), "" takes the harness's setting."""
+    protocol = GRAPH_PROTOCOL if protocol == "" else protocol
     return [
         binary,
         "--listen",
@@ -291,16 +523,15 @@ def gateway_argv(binary: str, port: int, admin_port: int, graph_url: str, extra=
         graph_url,
         "--log-filter",
         "warn",
-        "--graph-protocol",
-        GRAPH_PROTOCOL,
+        *(["--graph-protocol", protocol] if protocol else []),
         *extra,
     ]
 
 
-def start_gateway(binary: str, graph_url: str, tmp: Path, name: str, extra=()) -> Gateway:
+def start_gateway(binary: str, graph_url: str, tmp: Path, name: str, extra=(), protocol: str | None = "") -> Gateway:
     port, admin_port = free_ports(2)
     log = tmp / f"{name}.log"
-    proc = PROCS.start(gateway_argv(binary, port, admin_port, graph_url, extra), log)
+    proc = PROCS.start(gateway_argv(binary, port, admin_port, graph_url, extra, protocol), log)
     try:
         wait_until(lambda: grpc_h2.is_serving("127.0.0.1", admin_port), 20, f"{name} SERVING", proc=proc)
     except HarnessError as e:
@@ -411,7 +642,7 @@ def latency_percentiles(log_file: Path) -> dict:
     def pct(p: float) -> float:
         return elapsed[min(len(elapsed) - 1, int(round(p / 100 * (len(elapsed) - 1))))] / 1000.0
 
-    return {"p50_ms": pct(50), "p99_ms": pct(99), "max_ms": elapsed[-1] / 1000.0}
+    return {"p50_ms": pct(50), "p99_ms": pct(99), "max_ms": elapsed[-1] / 1000.0, "min_ms": elapsed[0] / 1000.0}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -429,6 +660,10 @@ class Bench:
         self.body.write_bytes(grpc_h2.cancel_request("any-job-printer", "1"))
         self.slow_body = tmp / "cancel-slow.bin"
         self.slow_body.write_bytes(grpc_h2.cancel_request("slow", "1"))
+        self.graph_like_body = tmp / "cancel-graph-like.bin"
+        self.graph_like_body.write_bytes(grpc_h2.cancel_request(GRAPH_LIKE_PRINTER, "1"))
+        self.held_body = tmp / "cancel-held.bin"
+        self.held_body.write_bytes(grpc_h2.cancel_request(HELD_PRINTER, "1"))
 
     def supports(self, flag: str) -> bool:
         """Whether this build of the gateway has `flag` (the harness also runs older builds)."""
@@ -441,8 +676,23 @@ class Bench:
             self.problems.append(what)
             print(f"  SANITY CHECK FAILED: {what}", flush=True)
 
-    def run_load(self, kind: str, load: Load, gateway: Gateway | None, nginx: Nginx, log_name: str | None) -> dict:
-        """One h2load run of `kind` ('forward', 'reject' or 'upstream'), with its checks and CPU."""
+    def graph_like_args(self, graph_like: GraphLike, max_in_flight: int | None = None) -> list[str]:
+        """Flags of a gateway whose Graph is the Graph-like upstream: trust its CA; the connection
+        pool's bound at its documented default where the build has a pool; otherwise defaults."""
+        extra = ["--graph-ca-file", str(graph_like.ca_file)]
+        if self.supports("--graph-max-connections"):
+            extra += ["--graph-max-connections", "16"]
+        if max_in_flight is not None:
+            extra += ["--default-timeout", "600s", "--max-timeout", "600s", "--connect-timeout", "120s"]
+            if self.supports("--max-in-flight"):
+                extra += ["--max-in-flight", str(max_in_flight)]
+        return extra
+
+    def run_load(self, kind: str, load: Load, gateway: Gateway | None, nginx: Nginx | GraphLike, log_name: str | None,
+                 label: str | None = None) -> dict:
+        """One h2load run of `kind` ('forward', 'reject' or 'upstream'), with its checks and CPU;
+        `nginx` is the upstream whose stub_status counts (the h2c one or the Graph-like one)."""
+        label = label or kind
         if kind == "upstream":
             url = f"http://127.0.0.1:{nginx.h2c_port}{UPSTREAM_PATH}"
             headers = GRPC_HEADERS + [AUTH_HEADER]
@@ -464,18 +714,18 @@ class Bench:
         result["nginx_cpu_us_per_call"] = (after_nginx - before_nginx) / CLK_TCK * 1e6 / load.calls
         if gateway:
             result["cpu_us_per_call"] = (after_gw - before_gw) / CLK_TCK * 1e6 / load.calls
-            self.check(gateway.proc.poll() is None, f"{kind}: the gateway is still running")
+            self.check(gateway.proc.poll() is None, f"{label}: the gateway is still running")
         if log_file:
             result.update(latency_percentiles(log_file))
         self.check(result["succeeded"] == load.calls and result["failed"] == 0 and result["errored"] == 0,
-                   f"{kind}: h2load: {result['succeeded']} of {load.calls} succeeded")
-        self.check(result.get("s2xx") == load.calls, f"{kind}: {result.get('s2xx')} of {load.calls} answered HTTP 2xx")
+                   f"{label}: h2load: {result['succeeded']} of {load.calls} succeeded")
+        self.check(result.get("s2xx") == load.calls, f"{label}: {result.get('s2xx')} of {load.calls} answered HTTP 2xx")
         expected = 0 if kind == "reject" else load.calls
         self.check(upstream_requests == expected,
-                   f"{kind}: nginx saw {upstream_requests} requests for {load.calls} calls (expected {expected})")
+                   f"{label}: nginx saw {upstream_requests} requests for {load.calls} calls (expected {expected})")
         return result
 
-    def sample_calls(self, gateway: Gateway, nginx: Nginx) -> dict:
+    def sample_calls(self, gateway: Gateway, nginx: Nginx | GraphLike) -> dict:
         """One forwarded and one rejected call with their grpc-status, before any load."""
         before = nginx.requests()
         forwarded = grpc_h2.call("127.0.0.1", gateway.port, CANCEL_PATH, self.body.read_bytes(),
@@ -494,22 +744,9 @@ class Bench:
 
     def in_flight(self, n: int, connections: int, streams: int) -> dict:
         """RSS with `n` calls held by the simulator (a slow upstream), on a fresh gateway."""
-        sim_port = free_ports(1)[0]
-        scenario = self.tmp / "slow-scenario.json"
-        scenario.write_text(json.dumps({"printers": [{"id": "slow", "anyJob": True}],
-                                        "rules": [{"printer": "slow", "delay": "300s"}]}))
-        sim_log = self.tmp / f"simulator-{n}.log"
-        sim = PROCS.start([self.binary, "simulate", "--listen", f"127.0.0.1:{sim_port}", "--scenario", str(scenario),
-                           "--log-filter", "warn"], sim_log)
-
-        def sim_up() -> bool:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{sim_port}/__requests", timeout=2):
-                    return True
-            except OSError:
-                return False
-
-        wait_until(sim_up, 20, "simulator answering", proc=sim)
+        sim, sim_port = start_simulator(self.binary, self.tmp, f"simulator-{n}",
+                                        {"printers": [{"id": "slow", "anyJob": True}],
+                                         "rules": [{"printer": "slow", "delay": "300s"}]})
         extra = ["--default-timeout", "600s", "--max-timeout", "600s", "--connect-timeout", "120s"]
         if self.supports("--max-in-flight"):
             # The cap on calls in flight (default 1,000) would answer the rest RESOURCE_EXHAUSTED.
@@ -517,12 +754,6 @@ class Bench:
         gateway = start_gateway(self.binary, f"http://127.0.0.1:{sim_port}/v1.0", self.tmp, f"gateway-inflight-{n}",
                                 extra=extra)
         idle_kib = status_kib(gateway.pid, "VmRSS")
-        load_log = self.tmp / f"h2load-inflight-{n}.out"
-        argv = ["h2load", "-n", str(n), "-c", str(connections), "-m", str(streams), "-t", "1", "-d", str(self.slow_body)]
-        for header in GRPC_HEADERS + [AUTH_HEADER]:
-            argv += ["-H", header]
-        argv.append(f"http://127.0.0.1:{gateway.port}{CANCEL_PATH}")
-        load = PROCS.start(argv, load_log)
         # Sound point of measurement. Over HTTP/1.1 every call waiting for the simulator holds
         # exactly one ESTABLISHED connection to it (one request at a time per connection, answers
         # only after 300 s), so counting those sockets in /proc/net/tcp counts the calls in flight.
@@ -532,15 +763,8 @@ class Bench:
             reached = lambda: established_to_port(sim_port) >= n  # noqa: E731
         else:
             reached = lambda: calls_in_flight(gateway.admin_port) >= n  # noqa: E731
-        try:
-            took = wait_until(reached, 180, f"{n} calls in flight", interval=0.05, proc=load)
-        except HarnessError as e:
-            raise HarnessError(f"{e}: {established_to_port(sim_port)} upstream connections\n{tail(load_log)}\n{tail(gateway.log)}") from None
-        # Let the last requests be written and read, then take the highest of a few readings.
-        samples = []
-        for _ in range(10):
-            samples.append(status_kib(gateway.pid, "VmRSS"))
-            time.sleep(0.1)
+        load, took, samples = self.hold(gateway, n, connections, streams, self.slow_body, reached,
+                                        lambda: f"{established_to_port(sim_port)} upstream connections", f"inflight-{n}")
         upstream_conns = established_to_port(sim_port)
         if GRAPH_PROTOCOL == "http1":
             self.check(upstream_conns == n, f"in flight {n}: {upstream_conns} upstream connections after sampling")
@@ -560,6 +784,106 @@ class Bench:
         PROCS.stop(sim, signal.SIGKILL)
         return result
 
+    def hold(self, gateway: Gateway, n: int, connections: int, streams: int, body: Path, reached, state, name: str):
+        """Starts h2load with `n` calls that the upstream holds, waits until `reached()`, then reads
+        the gateway's RSS 10 times 100 ms apart (the last requests being written and read).
+        Returns (h2load's process, seconds to reach, RSS samples in KiB); `state()` describes the
+        upstream side when `n` is not reached."""
+        load_log = self.tmp / f"h2load-{name}.out"
+        argv = ["h2load", "-n", str(n), "-c", str(connections), "-m", str(streams), "-t", "1", "-d", str(body)]
+        for header in GRPC_HEADERS + [AUTH_HEADER]:
+            argv += ["-H", header]
+        argv.append(f"http://127.0.0.1:{gateway.port}{CANCEL_PATH}")
+        load = PROCS.start(argv, load_log)
+        try:
+            took = wait_until(reached, 180, f"{n} calls in flight", interval=0.05, proc=load)
+        except HarnessError as e:
+            raise HarnessError(f"{e}: {state()}\n{tail(load_log)}\n{tail(gateway.log)}") from None
+        self.check(load.poll() is None, f"{name}: h2load ended early:\n{tail(load_log)}")
+        samples = []
+        for _ in range(10):
+            samples.append(status_kib(gateway.pid, "VmRSS"))
+            time.sleep(0.1)
+        return load, took, samples
+
+    def stream_cap_throughput(self, graph_like: GraphLike, in_flight: int, connections: int, calls: int) -> dict:
+        """`in_flight` calls kept in flight against the Graph-like upstream (GRAPH_LIKE_STREAMS
+        streams per connection, answers after GRAPH_LIKE_DELAY_S), `calls` in all, on a fresh
+        gateway: calls/s against the ideal in_flight / delay, and the TLS connections it opened."""
+        name = f"stream-cap-{in_flight}"
+        # Long deadlines: the figure is how fast the connection layer lets calls through, so a call
+        # queued behind a full connection must wait, not fail and leave its place to the next.
+        gateway = start_gateway(self.binary, graph_like.url(graph_like.capped_port), self.tmp, f"gateway-{name}",
+                                extra=self.graph_like_args(graph_like, max_in_flight=2 * in_flight), protocol=None)
+        url = f"http://127.0.0.1:{gateway.port}{CANCEL_PATH}"
+        log_file = self.out / f"{name}.tsv"
+        load = Load(calls, connections, in_flight // connections)
+        before_accepts, before_requests = graph_like.counters()
+        before_codes = calls_by_code(gateway.admin_port)
+        before_cpu = cpu_ticks(gateway.pid)
+        result = h2load(url, load, self.graph_like_body, GRPC_HEADERS + [AUTH_HEADER], log_file)
+        after_cpu = cpu_ticks(gateway.pid)
+        open_at_end = established_to_port(graph_like.capped_port)
+        after_accepts, after_requests = graph_like.counters()
+        codes = codes_delta(before_codes, calls_by_code(gateway.admin_port))
+        result.update(latency_percentiles(log_file))
+        ideal = in_flight / GRAPH_LIKE_DELAY_S
+        result.update({
+            "in_flight": in_flight, "calls": calls, "connections": connections, "streams": load.streams,
+            "ideal_rps": ideal, "ratio": result["rps"] / ideal,
+            "upstream_connections_opened": after_accepts - before_accepts - 1,  # minus the second status read
+            "upstream_connections_open_at_end": open_at_end,
+            "upstream_requests": after_requests - before_requests - 1,
+            "codes": codes, "cpu_us_per_call": (after_cpu - before_cpu) / CLK_TCK * 1e6 / calls,
+        })
+        self.check(gateway.proc.poll() is None, f"{name}: the gateway is still running")
+        self.check(result["succeeded"] == calls and result["failed"] == 0 and result["errored"] == 0,
+                   f"{name}: h2load: {result['succeeded']} of {calls} succeeded")
+        self.check(codes == {"OK": calls}, f"{name}: the gateway answered {codes} for {calls} calls (expected all OK)")
+        self.check(result["upstream_requests"] == calls,
+                   f"{name}: nginx saw {result['upstream_requests']} requests for {calls} calls (expected {calls})")
+        # Every answer waits the simulator's delay: a faster call means the delay was not applied
+        # and the ideal is not what the harness thinks.
+        self.check(result["min_ms"] >= 990 * GRAPH_LIKE_DELAY_S,
+                   f"{name}: the fastest call took {result['min_ms']:.0f} ms, under the upstream's delay")
+        PROCS.stop(gateway.proc)
+        return result
+
+    def stream_cap_in_flight(self, graph_like: GraphLike, n: int, connections: int, streams: int) -> dict:
+        """RSS with `n` calls in flight against the Graph-like upstream, which holds the calls it
+        accepts (GRAPH_LIKE_STREAMS per connection) for 300 s: most calls wait in the gateway for a
+        stream. A fresh gateway."""
+        name = f"stream-cap-inflight-{n}"
+        gateway = start_gateway(self.binary, graph_like.url(graph_like.capped_port), self.tmp, f"gateway-{name}",
+                                extra=self.graph_like_args(graph_like, max_in_flight=n), protocol=None)
+        idle_kib = status_kib(gateway.pid, "VmRSS")
+        before_accepts, before_requests = graph_like.counters()
+        before_codes = calls_by_code(gateway.admin_port)
+        load, took, samples = self.hold(
+            gateway, n, connections, streams, self.held_body, lambda: calls_in_flight(gateway.admin_port) >= n,
+            lambda: f"{established_to_port(graph_like.capped_port)} connections to the Graph-like upstream", name)
+        in_flight_now = calls_in_flight(gateway.admin_port)
+        open_now = established_to_port(graph_like.capped_port)
+        after_accepts, after_requests = graph_like.counters()
+        codes = codes_delta(before_codes, calls_by_code(gateway.admin_port))
+        at_upstream = after_requests - before_requests - 1
+        self.check(in_flight_now == n, f"{name}: the gateway counts {in_flight_now} in flight after sampling")
+        self.check(load.poll() is None, f"{name}: h2load ended early")
+        self.check(not codes, f"{name}: calls ended while they should all be in flight: {codes}")
+        self.check(at_upstream <= open_now * GRAPH_LIKE_STREAMS,
+                   f"{name}: nginx holds {at_upstream} requests on {open_now} connections of {GRAPH_LIKE_STREAMS} streams")
+        rss_kib = max(samples)
+        result = {
+            "calls": n, "connections": connections, "streams": streams, "seconds_to_reach": round(took, 2),
+            "idle_rss_kib": idle_kib, "rss_kib": rss_kib, "rss_samples_kib": samples,
+            "kib_per_call": (rss_kib - idle_kib) / n, "upstream_connections": open_now,
+            "upstream_connections_opened": after_accepts - before_accepts - 1,
+            "calls_at_upstream": at_upstream, "calls_waiting_in_gateway": n - at_upstream,
+        }
+        PROCS.stop(load, signal.SIGKILL)
+        PROCS.stop(gateway.proc, signal.SIGKILL)
+        return result
+
 
 def run(args) -> int:
     smoke = args.smoke
@@ -573,10 +897,16 @@ def run(args) -> int:
     c1 = Load(300 if smoke else 5000, 1, 1)
     startup_repeat = 3 if smoke else 10
     in_flight_steps = [(1000, 10, 100)] if smoke else [(1000, 10, 100), (10000, 100, 100)]
+    # Against the Graph-like upstream: (calls in flight, h2load connections, calls in all). Smoke:
+    # two connections' worth of streams, so that a pool has a reason to open a second one.
+    stream_cap = (200, 2, 400) if smoke else (1000, 10, args.stream_cap_calls)
+    stream_cap_in_flight = None if smoke else (10000, 100, 100)
 
     bench = Bench(args, tmp, out_dir)
     results: dict = {"mode": "smoke" if smoke else "full", "load": vars(shape), "rounds": rounds,
-                     "graph_protocol": GRAPH_PROTOCOL}
+                     "graph_protocol": GRAPH_PROTOCOL,
+                     "graph_like": {"streams": GRAPH_LIKE_STREAMS, "delay_s": GRAPH_LIKE_DELAY_S,
+                                    "has_max_connections": bench.supports("--graph-max-connections")}}
     print(f"== printjob-gateway benchmark ({results['mode']}): temp dir {tmp}", flush=True)
     nginx = start_nginx(tmp)
     upstream_port = nginx.h2c_port if GRAPH_PROTOCOL == "http2" else nginx.http1_port
@@ -594,20 +924,44 @@ def run(args) -> int:
     print(f"-- sample calls: forwarded grpc-status {results['sample_calls']['forwarded_grpc_status']}, "
           f"rejected grpc-status {results['sample_calls']['rejected_grpc_status']}", flush=True)
 
-    print(f"-- warm-up: {warmup.calls} calls of each kind", flush=True)
-    for kind in ("forward", "reject", "upstream"):
-        bench.run_load(kind, warmup, gateway if kind != "upstream" else None, nginx, None)
+    graph_like = start_graph_like(bench.binary, tmp)
+    results["graph_like"]["alpn"] = graph_like.negotiated
+    print(f"Graph-like upstream: nginx TLS h2 on {graph_like.capped_port} ({GRAPH_LIKE_STREAMS} streams per connection, "
+          f"simulator delay {GRAPH_LIKE_DELAY_S:g} s) and on {graph_like.fast_port} (204 at once); "
+          f"ALPN choice when offered h2 and http/1.1: {graph_like.negotiated}", flush=True)
+    bench.check(graph_like.negotiated == "h2", f"the Graph-like upstream chose {graph_like.negotiated!r} by ALPN, not h2")
+    # The fast path as to Graph: a second gateway whose Graph is nginx over TLS answering 204 at
+    # once, with --graph-protocol at its default (HTTP/2 chosen by ALPN).
+    tls_gateway = start_gateway(bench.binary, graph_like.url(graph_like.fast_port), tmp, "gateway-tls",
+                                extra=bench.graph_like_args(graph_like), protocol=None)
+    results["sample_calls_tls"] = bench.sample_calls(tls_gateway, graph_like)
+    print(f"-- sample calls over TLS h2: forwarded grpc-status {results['sample_calls_tls']['forwarded_grpc_status']}, "
+          f"rejected grpc-status {results['sample_calls_tls']['rejected_grpc_status']}", flush=True)
 
-    runs = {"reject": [], "forward": [], "upstream": []}
+    # (name, kind, gateway, upstream that counts): each round runs them back to back.
+    paths = [
+        ("reject", "reject", gateway, nginx),
+        ("forward", "forward", gateway, nginx),
+        ("upstream", "upstream", None, nginx),
+        ("tls_reject", "reject", tls_gateway, graph_like),
+        ("tls_forward", "forward", tls_gateway, graph_like),
+    ]
+    print(f"-- warm-up: {warmup.calls} calls of each kind", flush=True)
+    for name, kind, gw, upstream in paths:
+        bench.run_load(kind, warmup, gw, upstream, None, label=name)
+
+    runs: dict[str, list] = {name: [] for name, *_ in paths}
     for r in range(rounds):
-        for kind in ("reject", "forward", "upstream"):
-            res = bench.run_load(kind, shape, gateway if kind != "upstream" else None, nginx, f"{kind}-{r}")
-            runs[kind].append(res)
+        for name, kind, gw, upstream in paths:
+            res = bench.run_load(kind, shape, gw, upstream, f"{name}-{r}", label=name)
+            runs[name].append(res)
             cpu = f", gateway CPU {res['cpu_us_per_call']:.1f} µs/call" if "cpu_us_per_call" in res else ""
-            print(f"   round {r + 1} {kind:8s}: {res['rps']:9.0f} calls/s, p50 {res['p50_ms']:.2f} ms, "
+            print(f"   round {r + 1} {name:11s}: {res['rps']:9.0f} calls/s, p50 {res['p50_ms']:.2f} ms, "
                   f"p99 {res['p99_ms']:.2f} ms{cpu}, nginx saw {res['upstream_requests']} requests "
                   f"on {res['upstream_connections_opened']} new connections", flush=True)
     results["runs"] = runs
+    results["peak_rss_kib_tls_gateway"] = status_kib(tls_gateway.pid, "VmHWM")
+    PROCS.stop(tls_gateway.proc)
 
     print(f"-- latency at concurrency 1: {c1.calls} calls", flush=True)
     results["c1"] = {kind: bench.run_load(kind, c1, gateway if kind != "upstream" else None, nginx, f"{kind}-c1")
@@ -622,6 +976,24 @@ def run(args) -> int:
         results["in_flight"].append(res)
         print(f"   idle {res['idle_rss_kib']} KiB -> {res['rss_kib']} KiB with {n} in flight: "
               f"{res['kib_per_call']:.2f} KiB per call (reached in {res['seconds_to_reach']} s)", flush=True)
+
+    n, c, total = stream_cap
+    print(f"-- {n} calls in flight against the Graph-like upstream ({GRAPH_LIKE_STREAMS} streams per connection, "
+          f"{GRAPH_LIKE_DELAY_S:g} s): {total} calls, h2load -c {c} -m {n // c}", flush=True)
+    res = bench.stream_cap_throughput(graph_like, n, c, total)
+    results["stream_cap"] = res
+    print(f"   {res['rps']:.0f} calls/s of an ideal {res['ideal_rps']:.0f}: {res['ratio']:.2f}; "
+          f"{res['upstream_connections_opened']} TLS connections opened ({res['upstream_connections_open_at_end']} open at the end); "
+          f"p50 {res['p50_ms']:.0f} ms, p99 {res['p99_ms']:.0f} ms", flush=True)
+    if stream_cap_in_flight is not None:
+        n, c, m = stream_cap_in_flight
+        print(f"-- {n} calls in flight against the Graph-like upstream holding what it accepts (-c {c} -m {m})", flush=True)
+        res = bench.stream_cap_in_flight(graph_like, n, c, m)
+        results["stream_cap_in_flight"] = res
+        print(f"   idle {res['idle_rss_kib']} KiB -> {res['rss_kib']} KiB with {n} in flight: "
+              f"{res['kib_per_call']:.2f} KiB per call; {res['calls_at_upstream']} at the upstream on "
+              f"{res['upstream_connections']} connections, {res['calls_waiting_in_gateway']} waiting in the gateway "
+              f"(reached in {res['seconds_to_reach']} s)", flush=True)
     PROCS.stop_all()
     shutil.rmtree(tmp, ignore_errors=True)  # kept when a step failed, for its logs
 
@@ -686,6 +1058,21 @@ def summarise(results: dict, smoke: bool) -> dict:
     }
     for step in results["in_flight"]:
         s[f"kib_per_call_{step['calls'] // 1000}k"] = step["kib_per_call"]
+    s.update({
+        "tls_reject_cpu_us": median_of(runs["tls_reject"], "cpu_us_per_call"),
+        "tls_forward_cpu_us": median_of(runs["tls_forward"], "cpu_us_per_call"),
+        "tls_reject_rps": median_of(runs["tls_reject"], "rps"), "tls_forward_rps": median_of(runs["tls_forward"], "rps"),
+        "tls_forward_p50_ms": median_of(runs["tls_forward"], "p50_ms"),
+        "tls_forward_p99_ms": median_of(runs["tls_forward"], "p99_ms"),
+        "nginx_cpu_us_tls_forward": median_of(runs["tls_forward"], "nginx_cpu_us_per_call"),
+        "tls_cpu_ratio": statistics.median(f["cpu_us_per_call"] / r["cpu_us_per_call"]
+                                           for r, f in zip(runs["tls_reject"], runs["tls_forward"])),
+        "stream_cap_in_flight": results["stream_cap"]["in_flight"],
+        "stream_cap_ratio": results["stream_cap"]["ratio"],
+        "stream_cap_connections": results["stream_cap"]["upstream_connections_opened"],
+    })
+    if "stream_cap_in_flight" in results:
+        s["stream_cap_kib_per_call_10k"] = results["stream_cap_in_flight"]["kib_per_call"]
     targets = {
         "cpu_ratio": {"value": s["cpu_ratio"], "target": "≤ 2.0", "pass": s["cpu_ratio"] <= TARGETS["cpu_ratio"]},
         "throughput_ratio": {"value": s["throughput_ratio"], "target": "≥ 0.9",
@@ -697,6 +1084,16 @@ def summarise(results: dict, smoke: bool) -> dict:
     targets["idle_rss_mib"] = {"value": s["idle_rss_kib"] / 1024, "target": "≤ 8 MiB",
                                "pass": s["idle_rss_kib"] / 1024 <= TARGETS["idle_rss_mib"]}
     targets["startup_ms"] = {"value": s["startup_ms"], "target": "≤ 30 ms", "pass": s["startup_ms"] <= TARGETS["startup_ms"]}
+    targets["tls_cpu_ratio"] = {"value": s["tls_cpu_ratio"], "target": "≤ 1.8",
+                                "pass": s["tls_cpu_ratio"] <= TARGETS["tls_cpu_ratio"]}
+    targets["stream_cap_ratio"] = {"value": s["stream_cap_ratio"], "target": "≥ 0.9",
+                                   "pass": s["stream_cap_ratio"] >= TARGETS["stream_cap_ratio"]}
+    targets["stream_cap_connections"] = {"value": s["stream_cap_connections"], "target": "≤ 12",
+                                         "pass": s["stream_cap_connections"] <= TARGETS["stream_cap_connections"]}
+    if "stream_cap_kib_per_call_10k" in s:
+        targets["stream_cap_kib_per_call_10k"] = {
+            "value": s["stream_cap_kib_per_call_10k"], "target": "≤ 8 KiB",
+            "pass": s["stream_cap_kib_per_call_10k"] <= TARGETS["stream_cap_kib_per_call_10k"]}
     s["targets"] = targets
     return s
 
@@ -714,9 +1111,17 @@ def sane(s: dict) -> list[str]:
         problems.append(f"startup_ms = {s['startup_ms']}")
     if not 256 <= s["idle_rss_kib"] <= 1_000_000:
         problems.append(f"idle_rss_kib = {s['idle_rss_kib']}")
-    for key in ("kib_per_call_1k", "kib_per_call_10k"):
+    for key in ("kib_per_call_1k", "kib_per_call_10k", "stream_cap_kib_per_call_10k"):
         if key in s and not 0 < s[key] < 1024:
             problems.append(f"{key} = {s[key]}")
+    for key in ("tls_reject_cpu_us", "tls_forward_cpu_us"):
+        if not 0.5 <= s[key] <= 50_000:
+            problems.append(f"{key} = {s[key]}")
+    # Above the ideal means the upstream did not hold each call for its delay.
+    if not 0 < s["stream_cap_ratio"] <= 1.05:
+        problems.append(f"stream_cap_ratio = {s['stream_cap_ratio']}")
+    if not 1 <= s["stream_cap_connections"] <= s["stream_cap_in_flight"]:
+        problems.append(f"stream_cap_connections = {s['stream_cap_connections']}")
     return problems
 
 
@@ -780,6 +1185,15 @@ def report(results: dict) -> str:
         lines.append("| RSS per call in flight at 10,000 | not measured in smoke mode | ≤ 8 KiB | |")
     lines.append(f"| Idle RSS right after start-up (median) | {t['idle_rss_mib']['value']:.1f} MiB | ≤ 8 MiB | {mark(t['idle_rss_mib']['pass'])} |")
     lines.append(f"| Start-up to SERVING (median of {len(results['startup']['runs_ms'])}) | {t['startup_ms']['value']:.1f} ms | ≤ 30 ms | {mark(t['startup_ms']['pass'])} |")
+    sc = results["stream_cap"]
+    lines.append(f"| Over TLS h2 (nginx answering 204 at once): CPU per forwarded call ÷ CPU per rejected call (median of the rounds' ratios) | {t['tls_cpu_ratio']['value']:.2f} (medians: {s['tls_forward_cpu_us']:.1f} µs and {s['tls_reject_cpu_us']:.1f} µs) | ≤ 1.8 | {mark(t['tls_cpu_ratio']['pass'])} |")
+    lines.append(f"| Graph-like upstream ({GRAPH_LIKE_STREAMS} streams per connection, {GRAPH_LIKE_DELAY_S:g} s), {sc['in_flight']:,} calls in flight: calls/s ÷ ideal ({sc['in_flight']:,} ÷ {GRAPH_LIKE_DELAY_S:g} s) | {t['stream_cap_ratio']['value']:.2f} ({sc['rps']:,.0f} of {sc['ideal_rps']:,.0f} calls/s) | ≥ 0.9 | {mark(t['stream_cap_ratio']['pass'])} |")
+    lines.append(f"| Same: TLS connections the gateway opened to the upstream | {t['stream_cap_connections']['value']} | ≤ 12 | {mark(t['stream_cap_connections']['pass'])} |")
+    if "stream_cap_kib_per_call_10k" in t:
+        held = results["stream_cap_in_flight"]
+        lines.append(f"| Graph-like upstream, 10,000 calls in flight ({held['calls_waiting_in_gateway']:,} of them waiting in the gateway for a stream): RSS per call in flight | {t['stream_cap_kib_per_call_10k']['value']:.2f} KiB | ≤ 8 KiB | {mark(t['stream_cap_kib_per_call_10k']['pass'])} |")
+    else:
+        lines.append("| Graph-like upstream, 10,000 calls in flight: RSS per call in flight | not measured in smoke mode | ≤ 8 KiB | |")
     lines += [
         "",
         "### Measurements",
@@ -829,7 +1243,71 @@ def report(results: dict) -> str:
     for step in results["in_flight"]:
         lines.append(f"| {step['calls']:,} | -c {step['connections']} -m {step['streams']} | {step['idle_rss_kib'] / 1024:.1f} MiB | "
                      f"{step['rss_kib'] / 1024:.1f} MiB | {step['kib_per_call']:.2f} KiB |")
+    lines += report_graph_like(results)
     return "\n".join(lines) + "\n"
+
+
+def report_graph_like(results: dict) -> list[str]:
+    """The section on the Graph-like upstream (issue 12)."""
+    s = results["summary"]
+    g = results["graph_like"]
+    sc = results["stream_cap"]
+    pool = ("has `--graph-max-connections` (passed at its default, 16)" if g["has_max_connections"]
+            else "has no `--graph-max-connections` (no connection pool of its own)")
+    lines = [
+        "",
+        "### Against a Graph-like upstream",
+        "",
+        f"The upstream: nginx (one process) with TLS and HTTP/2 (it chose `{g['alpn']}` by ALPN when offered h2 and "
+        "http/1.1; nginx 1.22 cannot be told to offer h2 alone, so it answers any HTTP/1.1 request 505, which the checks "
+        f"would catch), `http2_max_concurrent_streams {g['streams']}`, proxying over HTTP/1.1 keep-alive to the gateway's "
+        f"own simulator (`printjob-gateway simulate`), whose scenario delays every answer by {g['delay_s']:g} s; a second "
+        "TLS h2 port of the same nginx answers 204 at once (nginx's default of 128 streams). Certificates come from a "
+        "throwaway CA made at run time, which the gateway trusts through `--graph-ca-file`. The gateway runs with "
+        f"`--graph-protocol` at its default (`auto`); this build {pool}. TLS connections are counted as nginx's accepted "
+        "connections (`stub_status`) during the step; every call is checked three ways: h2load's count, nginx's request "
+        "count (one per call: Graph saw each call once) and the gateway's own count of answers by gRPC code (all `OK`), "
+        "and no call may answer sooner than the delay.",
+        "",
+        f"Calls in flight against the stream cap (a fresh gateway with `--default-timeout 600s` and `--max-in-flight "
+        f"{2 * sc['in_flight']}`, so that calls queued in the gateway wait rather than fail; h2load keeps "
+        f"{sc['in_flight']:,} calls in flight until {sc['calls']:,} are done; ideal = calls in flight ÷ delay):",
+        "",
+        "| Calls in flight | Calls | Calls/s | Ideal | Ratio | TLS connections opened | Open at the end | p50 | p99 | Gateway CPU per call |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+        f"| {sc['in_flight']:,} | {sc['calls']:,} | {sc['rps']:,.0f} | {sc['ideal_rps']:,.0f} | {sc['ratio']:.2f} | "
+        f"{sc['upstream_connections_opened']} | {sc['upstream_connections_open_at_end']} | {sc['p50_ms'] / 1000:.2f} s | "
+        f"{sc['p99_ms'] / 1000:.2f} s | {sc['cpu_us_per_call']:.1f} µs |",
+    ]
+    if "stream_cap_in_flight" in results:
+        held = results["stream_cap_in_flight"]
+        lines += [
+            "",
+            "Calls in flight against the same stream cap, the upstream holding the calls it accepts for 300 s (a fresh "
+            f"gateway, `--max-in-flight {held['calls']}`, long timeouts; N counted by the gateway's gauge; RSS is the "
+            "highest of 10 readings 100 ms apart; no call may have ended meanwhile):",
+            "",
+            "| Calls in flight | h2load | At the upstream | Waiting in the gateway | TLS connections | Idle RSS | RSS with N in flight | Per call in flight |",
+            "|---|---|---|---|---|---|---|---|",
+            f"| {held['calls']:,} | -c {held['connections']} -m {held['streams']} | {held['calls_at_upstream']:,} | "
+            f"{held['calls_waiting_in_gateway']:,} | {held['upstream_connections']} | {held['idle_rss_kib'] / 1024:.1f} MiB | "
+            f"{held['rss_kib'] / 1024:.1f} MiB | {held['kib_per_call']:.2f} KiB |",
+        ]
+    lines += [
+        "",
+        f"The fast path over TLS h2 (a second gateway, its Graph the 204 port; same load and rounds as above, "
+        f"back to back with them): forwarded {s['tls_forward_rps']:,.0f} calls/s, p50 {s['tls_forward_p50_ms']:.2f} ms, "
+        f"p99 {s['tls_forward_p99_ms']:.2f} ms, nginx CPU {s['nginx_cpu_us_tls_forward']:.1f} µs per call; "
+        f"peak RSS of that gateway {results['peak_rss_kib_tls_gateway'] / 1024:.1f} MiB; new TLS connections during the "
+        f"forwarded rounds: {', '.join(str(r['upstream_connections_opened']) for r in results['runs']['tls_forward'])}.",
+        "",
+        "| Round | Reject (TLS gateway) | Forward over TLS h2 | CPU ratio |",
+        "|---|---|---|---|",
+    ]
+    for i, (rej, fwd) in enumerate(zip(results["runs"]["tls_reject"], results["runs"]["tls_forward"])):
+        lines.append(f"| {i + 1} | {rej['cpu_us_per_call']:.1f} µs; {rej['rps']:,.0f} | {fwd['cpu_us_per_call']:.1f} µs; "
+                     f"{fwd['rps']:,.0f} | {fwd['cpu_us_per_call'] / rej['cpu_us_per_call']:.2f} |")
+    return lines
 
 
 def write_section(path: Path, text: str) -> None:
@@ -857,6 +1335,8 @@ def main() -> int:
     parser.add_argument("--out", help="results file (default: BENCHMARKS.md in a full run, none in smoke mode)")
     parser.add_argument("--calls", type=int, help="calls per measurement (default 100000; smoke 3000)")
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--stream-cap-calls", type=int, default=5000,
+                        help="calls in all with 1,000 in flight against the Graph-like upstream (default 5000; smoke: 400 with 200 in flight)")
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--streams", type=int, default=8)
     parser.add_argument("--command-line", default="bench/run.sh")
