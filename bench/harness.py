@@ -771,7 +771,7 @@ class Bench:
         else:
             in_flight_now = calls_in_flight(gateway.admin_port)
             self.check(in_flight_now == n, f"in flight {n}: the gateway counts {in_flight_now} after sampling")
-        self.check(load.poll() is None, f"in flight {n}: h2load ended early:\n{tail(load_log)}")
+        self.check(load.poll() is None, f"in flight {n}: h2load ended early:\n{tail(self.tmp / f'h2load-inflight-{n}.out')}")
         rss_kib = max(samples)
         result = {
             "calls": n, "connections": connections, "streams": streams, "seconds_to_reach": round(took, 2),
