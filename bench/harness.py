@@ -180,6 +180,30 @@ def established_to_port(port: int) -> int:
     return count
 
 
+class PeakSampler:
+    """Samples `read()` every `interval` seconds on a thread until stopped; keeps the highest."""
+
+    def __init__(self, read, interval: float = 0.1) -> None:
+        import threading
+
+        self.read, self.interval, self.peak = read, interval, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self.read())
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> "PeakSampler":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
 def free_ports(n: int) -> list[int]:
     socks = []
     try:
@@ -821,7 +845,8 @@ class Bench:
         before_accepts, before_requests = graph_like.counters()
         before_codes = calls_by_code(gateway.admin_port)
         before_cpu = cpu_ticks(gateway.pid)
-        result = h2load(url, load, self.graph_like_body, GRPC_HEADERS + [AUTH_HEADER], log_file)
+        with PeakSampler(lambda: established_to_port(graph_like.capped_port)) as open_peak:
+            result = h2load(url, load, self.graph_like_body, GRPC_HEADERS + [AUTH_HEADER], log_file)
         after_cpu = cpu_ticks(gateway.pid)
         open_at_end = established_to_port(graph_like.capped_port)
         after_accepts, after_requests = graph_like.counters()
@@ -833,6 +858,7 @@ class Bench:
             "ideal_rps": ideal, "ratio": result["rps"] / ideal,
             "upstream_connections_opened": after_accepts - before_accepts - 1,  # minus the second status read
             "upstream_connections_open_at_end": open_at_end,
+            "upstream_connections_open_peak": open_peak.peak,  # sampled every 100 ms
             "upstream_requests": after_requests - before_requests - 1,
             "codes": codes, "cpu_us_per_call": (after_cpu - before_cpu) / CLK_TCK * 1e6 / calls,
         })
@@ -907,6 +933,7 @@ def run(args) -> int:
                      "graph_protocol": GRAPH_PROTOCOL,
                      "graph_like": {"streams": GRAPH_LIKE_STREAMS, "delay_s": GRAPH_LIKE_DELAY_S,
                                     "has_max_connections": bench.supports("--graph-max-connections")}}
+    results["loadavg_start"] = open("/proc/loadavg").read().split()[:3]
     print(f"== printjob-gateway benchmark ({results['mode']}): temp dir {tmp}", flush=True)
     nginx = start_nginx(tmp)
     upstream_port = nginx.h2c_port if GRAPH_PROTOCOL == "http2" else nginx.http1_port
@@ -983,7 +1010,8 @@ def run(args) -> int:
     res = bench.stream_cap_throughput(graph_like, n, c, total)
     results["stream_cap"] = res
     print(f"   {res['rps']:.0f} calls/s of an ideal {res['ideal_rps']:.0f}: {res['ratio']:.2f}; "
-          f"{res['upstream_connections_opened']} TLS connections opened ({res['upstream_connections_open_at_end']} open at the end); "
+          f"{res['upstream_connections_opened']} TLS connections opened (at most {res['upstream_connections_open_peak']} open at once, "
+          f"{res['upstream_connections_open_at_end']} at the end); "
           f"p50 {res['p50_ms']:.0f} ms, p99 {res['p99_ms']:.0f} ms", flush=True)
     if stream_cap_in_flight is not None:
         n, c, m = stream_cap_in_flight
@@ -1162,7 +1190,7 @@ def report(results: dict) -> str:
         "",
         f"- Command: `{results['command']}`",
         f"- Date: {m['date']}; gateway built from `{m['gateway_commit']}`" + (" (`-dirty`: a work tree with uncommitted changes)" if m['gateway_commit'].endswith("-dirty") else ""),
-        f"- Machine: {m['nproc']} CPUs ({m['cpu']}), {m['memory_gib']} GiB, Linux {m['kernel']}; load average at the end {' '.join(m['loadavg'])} (shared machine)",
+        f"- Machine: {m['nproc']} CPUs ({m['cpu']}), {m['memory_gib']} GiB, Linux {m['kernel']}; load average {' '.join(results.get('loadavg_start', ['?']))} at the start and {' '.join(m['loadavg'])} at the end: a shared machine, where other work (builds) runs at the same time, so absolute figures are noisy and only the ratios, measured side by side, compare across runs",
         f"- Tools: {m['h2load']}, {m['nginx']}, {m['rustc']}",
         f"- Load: h2load over h2c, {load['connections']} connections × {load['streams']} streams, one h2load thread, "
         f"{load['calls']:,} calls per measurement, {results['rounds']} rounds of reject, forward and upstream back to back, medians shown; "
@@ -1273,10 +1301,10 @@ def report_graph_like(results: dict) -> list[str]:
         f"{2 * sc['in_flight']}`, so that calls queued in the gateway wait rather than fail; h2load keeps "
         f"{sc['in_flight']:,} calls in flight until {sc['calls']:,} are done; ideal = calls in flight ÷ delay):",
         "",
-        "| Calls in flight | Calls | Calls/s | Ideal | Ratio | TLS connections opened | Open at the end | p50 | p99 | Gateway CPU per call |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| Calls in flight | Calls | Calls/s | Ideal | Ratio | TLS connections opened | Most open at once (sampled every 100 ms) | Open at the end | p50 | p99 | Gateway CPU per call |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
         f"| {sc['in_flight']:,} | {sc['calls']:,} | {sc['rps']:,.0f} | {sc['ideal_rps']:,.0f} | {sc['ratio']:.2f} | "
-        f"{sc['upstream_connections_opened']} | {sc['upstream_connections_open_at_end']} | {sc['p50_ms'] / 1000:.2f} s | "
+        f"{sc['upstream_connections_opened']} | {sc['upstream_connections_open_peak']} | {sc['upstream_connections_open_at_end']} | {sc['p50_ms'] / 1000:.2f} s | "
         f"{sc['p99_ms'] / 1000:.2f} s | {sc['cpu_us_per_call']:.1f} µs |",
     ]
     if "stream_cap_in_flight" in results:
