@@ -835,13 +835,28 @@ class Bench:
         streams per connection, answers after GRAPH_LIKE_DELAY_S), `calls` in all, on a fresh
         gateway: calls/s against the ideal in_flight / delay, and the TLS connections it opened."""
         name = f"stream-cap-{in_flight}"
+        streams = in_flight // connections
+        # The upstream's own ceiling, side by side: h2load straight at nginx with the same calls in
+        # flight (h2load keeps to the stream cap, so `connections` x `streams` fits exactly).
+        direct_log = self.out / f"{name}-upstream-alone.tsv"
+        before_accepts, before_requests = graph_like.counters()
+        direct = h2load(f"https://127.0.0.1:{graph_like.capped_port}/v1.0/print/printers/{GRAPH_LIKE_PRINTER}/jobs/1/cancel",
+                        Load(calls, connections, streams), self.graph_like_body, GRPC_HEADERS + [AUTH_HEADER], direct_log)
+        after_accepts, after_requests = graph_like.counters()
+        direct.update(latency_percentiles(direct_log))
+        direct.update({"ratio": direct["rps"] / (in_flight / GRAPH_LIKE_DELAY_S),
+                       "upstream_connections_opened": after_accepts - before_accepts - 1,
+                       "upstream_requests": after_requests - before_requests - 1})
+        self.check(direct["succeeded"] == calls and direct.get("s2xx") == calls and direct["upstream_requests"] == calls,
+                   f"{name}: straight at the upstream, {direct['succeeded']} of {calls} succeeded, "
+                   f"{direct.get('s2xx')} answered 2xx, nginx saw {direct['upstream_requests']}")
         # Long deadlines: the figure is how fast the connection layer lets calls through, so a call
         # queued behind a full connection must wait, not fail and leave its place to the next.
         gateway = start_gateway(self.binary, graph_like.url(graph_like.capped_port), self.tmp, f"gateway-{name}",
                                 extra=self.graph_like_args(graph_like, max_in_flight=2 * in_flight), protocol=None)
         url = f"http://127.0.0.1:{gateway.port}{CANCEL_PATH}"
         log_file = self.out / f"{name}.tsv"
-        load = Load(calls, connections, in_flight // connections)
+        load = Load(calls, connections, streams)
         before_accepts, before_requests = graph_like.counters()
         before_codes = calls_by_code(gateway.admin_port)
         before_cpu = cpu_ticks(gateway.pid)
@@ -861,6 +876,7 @@ class Bench:
             "upstream_connections_open_peak": open_peak.peak,  # sampled every 100 ms
             "upstream_requests": after_requests - before_requests - 1,
             "codes": codes, "cpu_us_per_call": (after_cpu - before_cpu) / CLK_TCK * 1e6 / calls,
+            "upstream_alone": direct,
         })
         self.check(gateway.proc.poll() is None, f"{name}: the gateway is still running")
         self.check(result["succeeded"] == calls and result["failed"] == 0 and result["errored"] == 0,
@@ -1012,7 +1028,8 @@ def run(args) -> int:
     print(f"   {res['rps']:.0f} calls/s of an ideal {res['ideal_rps']:.0f}: {res['ratio']:.2f}; "
           f"{res['upstream_connections_opened']} TLS connections opened (at most {res['upstream_connections_open_peak']} open at once, "
           f"{res['upstream_connections_open_at_end']} at the end); "
-          f"p50 {res['p50_ms']:.0f} ms, p99 {res['p99_ms']:.0f} ms", flush=True)
+          f"p50 {res['p50_ms']:.0f} ms, p99 {res['p99_ms']:.0f} ms; straight at the upstream (its ceiling): "
+          f"{res['upstream_alone']['rps']:.0f} calls/s, {res['upstream_alone']['ratio']:.2f}", flush=True)
     if stream_cap_in_flight is not None:
         n, c, m = stream_cap_in_flight
         print(f"-- {n} calls in flight against the Graph-like upstream holding what it accepts (-c {c} -m {m})", flush=True)
@@ -1301,11 +1318,15 @@ def report_graph_like(results: dict) -> list[str]:
         f"{2 * sc['in_flight']}`, so that calls queued in the gateway wait rather than fail; h2load keeps "
         f"{sc['in_flight']:,} calls in flight until {sc['calls']:,} are done; ideal = calls in flight ÷ delay):",
         "",
-        "| Calls in flight | Calls | Calls/s | Ideal | Ratio | TLS connections opened | Most open at once (sampled every 100 ms) | Open at the end | p50 | p99 | Gateway CPU per call |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
-        f"| {sc['in_flight']:,} | {sc['calls']:,} | {sc['rps']:,.0f} | {sc['ideal_rps']:,.0f} | {sc['ratio']:.2f} | "
+        "| Calls from | Calls in flight | Calls | Calls/s | Ideal | Ratio | TLS connections opened | Most open at once (sampled every 100 ms) | Open at the end | p50 | p99 | Gateway CPU per call |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        f"| the gateway | {sc['in_flight']:,} | {sc['calls']:,} | {sc['rps']:,.0f} | {sc['ideal_rps']:,.0f} | {sc['ratio']:.2f} | "
         f"{sc['upstream_connections_opened']} | {sc['upstream_connections_open_peak']} | {sc['upstream_connections_open_at_end']} | {sc['p50_ms'] / 1000:.2f} s | "
         f"{sc['p99_ms'] / 1000:.2f} s | {sc['cpu_us_per_call']:.1f} µs |",
+        f"| h2load straight at the upstream, just before (its ceiling on this machine now) | {sc['in_flight']:,} | {sc['calls']:,} | "
+        f"{sc['upstream_alone']['rps']:,.0f} | {sc['ideal_rps']:,.0f} | {sc['upstream_alone']['ratio']:.2f} | "
+        f"{sc['upstream_alone']['upstream_connections_opened']} | – | – | {sc['upstream_alone']['p50_ms'] / 1000:.2f} s | "
+        f"{sc['upstream_alone']['p99_ms'] / 1000:.2f} s | – |",
     ]
     if "stream_cap_in_flight" in results:
         held = results["stream_cap_in_flight"]
