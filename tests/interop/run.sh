@@ -158,8 +158,8 @@ demo() {
     printf '%s\n' "$out"
     expected="$(printf 'ERROR:\n  Code: FailedPrecondition\n  Message: The print job is already completed and cannot be canceled.')"
     if [ "$rc" -ne 73 ] || [ "${out:0:${#expected}}" != "$expected" ] \
-        || ! grep -qF '"graphErrorCode":"notAllowed"' <<<"$out"; then
-        echo "the demo's second command: expected exit 73 and FailedPrecondition with Graph's error, got exit $rc"
+        || ! grep -qF '"graphErrorCode":"notAllowed"' <<<"$out" || ! grep -qF '"jobState":"completed"' <<<"$out"; then
+        echo "the demo's second command: expected exit 73 and FailedPrecondition with Graph's error and jobState, got exit $rc"
         return 1
     fi
     # It stops cleanly on SIGTERM.

@@ -131,12 +131,31 @@ test('Cancel OK carries request-id and client-request-id', async () => {
   assert.equal(the(outcome, 'request-id'), seen[0].requestId);
 });
 
-test('a pending job is canceled once, then FAILED_PRECONDITION', async () => {
+test('a paused job is canceled once, then answered as already canceled', async () => {
   const first = await cancel('printer-1', '6');
   assert.equal(first.error, null);
-  const second = await cancel('printer-1', '6');
-  assert.equal(second.error.code, grpc.status.FAILED_PRECONDITION);
-  assert.equal(details(second).ErrorInfo.metadata.graphErrorCode, 'notAllowed');
+  assert.equal(first.response.already_canceled, undefined, 'false is the default: not sent');
+  // Graph refuses the repeat (409); the gateway reads the job, finds it canceled and answers OK.
+  const requestId = randomUUID();
+  const second = await cancel('printer-1', '6', { metadata: { 'x-request-id': requestId } });
+  assert.equal(second.error, null);
+  assert.deepEqual(second.response, { already_canceled: true });
+  const seen = await graphRequests(requestId);
+  assert.deepEqual(
+    seen.map((r) => [r.method, r.path, r.status]),
+    [
+      ['POST', '/v1.0/print/printers/printer-1/jobs/6/cancel', 409],
+      ['GET', '/v1.0/print/printers/printer-1/jobs/6?$select=status', 200],
+    ],
+  );
+});
+
+test('a completed job: FAILED_PRECONDITION with jobState', async () => {
+  const outcome = await cancel('printer-1', '3');
+  assert.equal(outcome.error.code, grpc.status.FAILED_PRECONDITION);
+  const found = details(outcome);
+  assert.equal(found.ErrorInfo.metadata.graphErrorCode, 'notAllowed');
+  assert.equal(found.ErrorInfo.metadata.jobState, 'completed');
 });
 
 test('no token: UNAUTHENTICATED, Graph not called', async () => {

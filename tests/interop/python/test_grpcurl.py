@@ -111,11 +111,17 @@ def test_cancel_not_found_exit_code_and_details(gateway):
     assert details["RequestInfo"]["servingData"].startswith("client-request-id=")
 
 
+def test_cancel_already_canceled_job_is_ok_with_the_field(gateway):
+    # Job 4 is canceled: Graph answers 409, the gateway reads the job and answers OK.
+    assert json.loads(ok(cancel(gateway, "printer-1", "4"))) == {"alreadyCanceled": True}
+
+
 def test_cancel_completed_job_is_failed_precondition(gateway):
     result = cancel(gateway, "printer-1", "3")
     details = assert_error(result, "FailedPrecondition")
     assert "  Message: The print job is already completed and cannot be canceled." in result.stderr
     assert details["ErrorInfo"]["metadata"]["graphErrorCode"] == "notAllowed"
+    assert details["ErrorInfo"]["metadata"]["jobState"] == "completed"
 
 
 def test_cancel_without_token_is_unauthenticated(gateway):

@@ -61,12 +61,23 @@ def test_cancel_ok_carries_graph_request_id_and_client_request_id(cancel, stubs,
     assert the_one(metadata, "request-id") == seen["requestId"]
 
 
-def test_cancel_moves_a_pending_job_to_canceled(cancel):
-    _, call = cancel("printer-1", "2")
+def test_cancel_moves_a_pending_job_to_canceled_and_a_repeat_is_ok(cancel, graph_requests):
+    response, call = cancel("printer-1", "2")
     assert call.code() == grpc.StatusCode.OK
-    with pytest.raises(grpc.RpcError) as raised:
-        cancel("printer-1", "2")
-    assert raised.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert response.already_canceled is False
+    # The repeat: Graph refuses (409), the gateway reads the job, finds it canceled and answers OK.
+    request_id = new_request_id()
+    response, call = cancel("printer-1", "2", metadata=[("x-request-id", request_id)])
+    assert call.code() == grpc.StatusCode.OK
+    assert response.already_canceled is True
+    seen = [r for r in graph_requests() if r.get("clientRequestId") == request_id]
+    assert [(r["method"], r["path"], r["status"]) for r in seen] == [
+        ("POST", "/v1.0/print/printers/printer-1/jobs/2/cancel", 409),
+        ("GET", "/v1.0/print/printers/printer-1/jobs/2?$select=status", 200),
+    ]
+    assert all(r["bearerToken"] for r in seen)
+    # The answer names the cancel's Graph request-id.
+    assert the_one(all_metadata(call), "request-id") == seen[0]["requestId"]
 
 
 def test_client_request_id_is_new_when_the_caller_sends_none(cancel, graph_requests):
@@ -137,6 +148,7 @@ def test_completed_job_is_failed_precondition(cancel):
     assert (info.domain, info.reason) == ("graph.microsoft.com", "NOT_ALLOWED")
     assert info.metadata["graphErrorCode"] == "notAllowed"
     assert info.metadata["httpStatus"] == "409"
+    assert info.metadata["jobState"] == "completed"
 
 
 def test_forbidden_is_permission_denied(cancel):

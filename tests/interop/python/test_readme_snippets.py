@@ -51,8 +51,10 @@ def run(command, cwd, **env):
 
 
 OUTCOMES = {
-    # PRINTER_ID, PRINT_JOB_ID: what every snippet must print
+    # PRINTER_ID, PRINT_JOB_ID, exit code: what every snippet must print
     "ok": ("any-job-printer", "readme-{language}", 0),
+    # The built-in scenario's job 4 is canceled: Graph refuses the cancel (409), the job reads canceled.
+    "already_canceled": ("printer-1", "4", 0),
     "not_found": ("printer-1", "no-such-job", 1),
 }
 
@@ -82,7 +84,7 @@ def snippet_command(language, python_dir):
     raise AssertionError(language)
 
 
-@pytest.mark.parametrize("outcome", ["ok", "not_found"])
+@pytest.mark.parametrize("outcome", ["ok", "already_canceled", "not_found"])
 @pytest.mark.parametrize("language", ["grpcurl", "python", "node"])
 def test_snippet(language, outcome, python_dir, gateway):
     if language != "grpcurl":
@@ -102,9 +104,10 @@ def test_snippet(language, outcome, python_dir, gateway):
     output = result.stdout + result.stderr
     print(output)
     if language == "grpcurl":
-        if outcome == "ok":
+        if outcome != "not_found":
             assert result.returncode == 0, output
-            assert json.loads(result.stdout) == {}, output
+            expected = {"alreadyCanceled": outcome == "already_canceled"}
+            assert json.loads(result.stdout) == expected, output
         else:
             assert result.returncode == 64 + 5, output
             assert "  Code: NotFound\n" in result.stderr
@@ -113,8 +116,11 @@ def test_snippet(language, outcome, python_dir, gateway):
     assert result.returncode == exit_code, output
     lines = result.stdout.splitlines()
     assert re.fullmatch(r"  request-id=[0-9a-f-]{36} client-request-id=[0-9a-f-]{36}", lines[1]), output
-    if outcome == "ok":
-        assert lines[0] == f"OK: canceled job {print_job_id} on printer {printer_id}", output
+    if outcome != "not_found":
+        already_canceled = "true" if outcome == "already_canceled" else "false"
+        assert lines[0] == (
+            f"OK: canceled job {print_job_id} on printer {printer_id} (already_canceled={already_canceled})"
+        ), output
         assert len(lines) == 2, output
     else:
         assert lines[0].startswith("NOT_FOUND: "), output
