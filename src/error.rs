@@ -3,7 +3,11 @@
 
 use std::time::Duration;
 
-use crate::{auth::AuthError, graph::GraphError, request::InvalidField};
+use crate::{
+    auth::AuthError,
+    graph::{GraphError, GraphRejection},
+    request::InvalidField,
+};
 
 /// Why a Cancel call did not succeed.
 #[derive(Debug, thiserror::Error)]
@@ -28,6 +32,15 @@ pub enum CancelError {
         /// The wait the gateway would have made before another attempt, when it stopped only
         /// because that wait would have ended past the deadline.
         retry_delay: Option<Duration>,
+    },
+    /// Graph refused the cancel because the job can no longer be canceled (409), and a read of
+    /// the job found it in a state other than canceled, such as completed or aborted.
+    #[error("Graph answered HTTP {} and the job is {job_state}", .rejection.status)]
+    NotCancelable {
+        /// Graph's refusal of the cancel.
+        rejection: Box<GraphRejection>,
+        /// The job's state as Graph reported it, such as `completed`.
+        job_state: String,
     },
     /// The gateway already has as many calls in flight as it allows.
     #[error("the gateway is at its limit of {limit} calls in flight: retry shortly")]

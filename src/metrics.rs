@@ -32,6 +32,7 @@ struct Inner {
     graph_failures: Family<FailureLabels, Counter>,
     graph_duration: Histogram,
     retries: Family<RetryLabels, Counter>,
+    job_reads: Family<JobReadLabels, Counter>,
     in_flight: Gauge,
     overload_rejections: Counter,
     graph_connections_opened: Family<ProtocolLabels, Counter>,
@@ -112,6 +113,11 @@ struct ResendLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct JobReadLabels {
+    outcome: JobReadOutcome,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct BuildLabels {
     version: &'static str,
     git_hash: &'static str,
@@ -170,6 +176,19 @@ impl EncodeLabelValue for ResendReason {
     fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
         encoder.write_str(self.as_str())
     }
+}
+
+/// What a read of a job, after Graph refused a cancel with 409, found.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
+pub enum JobReadOutcome {
+    /// The job is canceled: the call answered OK with `already_canceled`.
+    AlreadyCanceled,
+    /// The job is in another state, such as completed: the call answered FAILED_PRECONDITION.
+    NotCancelable,
+    /// The read failed: the call answered the 409 as it is.
+    Failed,
+    /// The call's deadline ran out during the read.
+    Timeout,
 }
 
 // === impl GraphFailure ===
@@ -234,6 +253,26 @@ impl EncodeLabelValue for ConnectionClosed {
     }
 }
 
+// === impl JobReadOutcome ===
+
+impl JobReadOutcome {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::AlreadyCanceled => "already_canceled",
+            Self::NotCancelable => "not_cancelable",
+            Self::Failed => "failed",
+            Self::Timeout => "timeout",
+        }
+    }
+}
+
+impl EncodeLabelValue for JobReadOutcome {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
+        encoder.write_str(self.as_str())
+    }
+}
+
 // === impl Metrics ===
 
 impl Metrics {
@@ -279,6 +318,12 @@ impl Metrics {
             "graph_retries",
             "Graph attempts retried, by reason",
             retries.clone(),
+        );
+        let job_reads = Family::<JobReadLabels, Counter>::default();
+        registry.register(
+            "job_reads",
+            "Reads of a job after Graph refused a cancel with 409, by what they found",
+            job_reads.clone(),
         );
         let in_flight = Gauge::default();
         registry.register(
@@ -355,6 +400,7 @@ impl Metrics {
                 graph_failures,
                 graph_duration,
                 retries,
+                job_reads,
                 in_flight,
                 overload_rejections,
                 graph_connections_opened,
@@ -434,6 +480,14 @@ impl Metrics {
         self.inner
             .retries
             .get_or_create(&RetryLabels { reason })
+            .inc();
+    }
+
+    /// Counts a read of a job after a 409, by what it found.
+    pub fn job_read(&self, outcome: JobReadOutcome) {
+        self.inner
+            .job_reads
+            .get_or_create(&JobReadLabels { outcome })
             .inc();
     }
 
@@ -539,6 +593,7 @@ mod tests {
         metrics.graph_answered(404, Duration::from_millis(15));
         metrics.graph_failed(GraphFailure::Unreachable);
         metrics.retried(RetryReason::Throttled);
+        metrics.job_read(JobReadOutcome::AlreadyCanceled);
         metrics.overloaded();
         let text = metrics.encode();
         for expected in [
@@ -548,6 +603,7 @@ mod tests {
             r#"printjob_gateway_graph_failures_total{kind="unreachable"} 1"#,
             "printjob_gateway_graph_request_duration_seconds_count 1",
             r#"printjob_gateway_graph_retries_total{reason="throttled"} 1"#,
+            r#"printjob_gateway_job_reads_total{outcome="already_canceled"} 1"#,
             "printjob_gateway_calls_in_flight 0",
             "printjob_gateway_overload_rejections_total 1",
             r#"printjob_gateway_build_info{version=""#,

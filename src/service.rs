@@ -1,6 +1,7 @@
 //! The `PrintJobService` implementation: turns a call into validated domain types at the boundary,
 //! makes the Graph call within the call's deadline, and answers with the status and correlation
-//! metadata the caller needs.
+//! metadata the caller needs. When Graph refuses a cancel with 409, it reads the job, so that a
+//! job that is already canceled answers OK: a retried cancel never turns into an error.
 
 use std::{
     sync::{
@@ -21,8 +22,8 @@ use tracing::{Instrument, Span, field};
 use crate::{
     auth::BearerToken,
     error::CancelError,
-    graph::{GraphAcceptance, GraphClient},
-    metrics::{InFlight, Metrics, code_name},
+    graph::{GraphAcceptance, GraphClient, GraphError, GraphRejection, JobReadError},
+    metrics::{InFlight, JobReadOutcome, Metrics, code_name},
     proto::{CancelRequest, CancelResponse, PrintJobService},
     request::{CancelTarget, ClientRequestId, caller_timeout},
     retry::{Attempted, RetryPolicy},
@@ -221,27 +222,122 @@ impl PrintJobGateway {
     }
 
     /// Makes the Graph call, with the retries the policy allows, before the deadline, counting
-    /// in `attempts_made` each attempt as it starts.
+    /// in `attempts_made` each attempt as it starts; when Graph refuses it because the job can no
+    /// longer be canceled, reads the job to tell why.
     async fn call_graph(
         &self,
         call: &ValidCall,
         client_request_id: &ClientRequestId,
         attempts_made: &AtomicU32,
-    ) -> Attempted<Result<GraphAcceptance, CancelError>> {
+    ) -> Attempted<Result<Canceled, CancelError>> {
         if Instant::now() >= call.deadline {
             return Attempted::not_sent(CancelError::DeadlineExceeded {
                 graph_called: false,
             });
         }
-        self.policy
+        let Attempted { outcome, attempts } = self
+            .policy
             .retry
             .run(call.deadline, &self.metrics, |attempt| {
                 attempts_made.store(attempt, Ordering::Relaxed);
                 self.graph
                     .cancel(&call.target, &call.token, client_request_id)
             })
-            .await
+            .await;
+        let outcome = match outcome {
+            Ok(acceptance) => Ok(Canceled::Accepted(acceptance)),
+            Err(CancelError::Graph {
+                source: GraphError::Rejected(refusal),
+                ..
+            }) if refusal.is_not_cancelable() => {
+                self.read_refused_job(call, client_request_id, refusal)
+                    .await
+            }
+            Err(error) => Err(error),
+        };
+        Attempted { outcome, attempts }
     }
+
+    /// Reads the job after Graph refused its cancel with 409, within the call's deadline, with
+    /// the cancel's token and `client-request-id`. A canceled job is a success: the cancel this
+    /// call retried (or an earlier call) went through before its answer was lost. Another state
+    /// is FAILED_PRECONDITION with that state. A failed read leaves the refusal as it is.
+    async fn read_refused_job(
+        &self,
+        call: &ValidCall,
+        client_request_id: &ClientRequestId,
+        refusal: Box<GraphRejection>,
+    ) -> Result<Canceled, CancelError> {
+        let deadline_exceeded = CancelError::DeadlineExceeded { graph_called: true };
+        if Instant::now() >= call.deadline {
+            self.metrics.job_read(JobReadOutcome::Timeout);
+            return Err(deadline_exceeded);
+        }
+        let span = tracing::info_span!(
+            "graph.read_job",
+            otel.kind = "client",
+            otel.name = "GET /print/printers/{printerId}/jobs/{printJobId}",
+            otel.status_code = field::Empty,
+            http.request.method = "GET",
+            http.response.status_code = field::Empty,
+        );
+        let read = self
+            .graph
+            .job_status(&call.target, &call.token, client_request_id);
+        let read = tokio::time::timeout_at(call.deadline, read)
+            .instrument(span.clone())
+            .await;
+        let status = match read {
+            Ok(Ok(status)) => status,
+            Ok(Err(error)) => {
+                if let JobReadError::Graph(GraphError::Rejected(rejection)) = &error {
+                    span.record("http.response.status_code", rejection.status.as_u16());
+                }
+                span.record("otel.status_code", "ERROR");
+                span.in_scope(|| {
+                    tracing::warn!(
+                        error = %ErrorChain(&error),
+                        "cannot read the job after Graph refused the cancel"
+                    );
+                });
+                self.metrics.job_read(JobReadOutcome::Failed);
+                return Err(GraphError::Rejected(refusal).into());
+            }
+            Err(_) => {
+                span.record("otel.status_code", "ERROR");
+                self.metrics.job_read(JobReadOutcome::Timeout);
+                return Err(deadline_exceeded);
+            }
+        };
+        span.in_scope(|| {
+            tracing::debug!(
+                job_state = status.state.as_str(),
+                description = status.description.as_deref(),
+                graph_request_id = status.request_id.as_deref(),
+                "read the job after Graph refused the cancel"
+            );
+        });
+        Span::current().record("job_state", status.state.as_str());
+        if status.is_canceled() {
+            self.metrics.job_read(JobReadOutcome::AlreadyCanceled);
+            Ok(Canceled::AlreadyCanceled(refusal))
+        } else {
+            self.metrics.job_read(JobReadOutcome::NotCancelable);
+            Err(CancelError::NotCancelable {
+                rejection: refusal,
+                job_state: status.state,
+            })
+        }
+    }
+}
+
+/// How a cancel succeeded.
+enum Canceled {
+    /// Graph accepted it.
+    Accepted(GraphAcceptance),
+    /// Graph refused it (409) because the job can no longer be canceled, and the job reads
+    /// canceled.
+    AlreadyCanceled(Box<GraphRejection>),
 }
 
 /// A call that passed validation: what the Graph call needs.
@@ -301,6 +397,7 @@ fn call_span(client_request_id: &ClientRequestId, metadata: &MetadataMap) -> Spa
         client_request_id = client_request_id.as_str(),
         graph_request_id = field::Empty,
         http_status = field::Empty,
+        job_state = field::Empty,
         grpc_code = field::Empty,
         attempts = field::Empty,
         latency_ms = field::Empty,
@@ -318,7 +415,7 @@ impl PrintJobGateway {
     /// and builds the answer.
     fn answer(
         &self,
-        attempted: Attempted<Result<GraphAcceptance, CancelError>>,
+        attempted: Attempted<Result<Canceled, CancelError>>,
         started: Instant,
         client_request_id: &ClientRequestId,
     ) -> Result<Response<CancelResponse>, Status> {
@@ -329,14 +426,22 @@ impl PrintJobGateway {
         // Whole microseconds: precise enough, and short in the logs.
         span.record("latency_ms", latency.as_micros() as f64 / 1e3);
         let answer = match outcome {
-            Ok(acceptance) => {
-                span.record("http_status", acceptance.status.as_u16());
-                if let Some(id) = &acceptance.request_id {
-                    span.record("graph_request_id", id.as_str());
+            Ok(canceled) => {
+                let (http_status, graph_request_id, already_canceled) = match &canceled {
+                    Canceled::Accepted(acceptance) => {
+                        (acceptance.status, acceptance.request_id.as_deref(), false)
+                    }
+                    Canceled::AlreadyCanceled(refusal) => {
+                        (refusal.status, refusal.request_id.as_deref(), true)
+                    }
+                };
+                span.record("http_status", http_status.as_u16());
+                if let Some(id) = graph_request_id {
+                    span.record("graph_request_id", id);
                 }
-                let mut response = Response::new(CancelResponse {});
+                let mut response = Response::new(CancelResponse { already_canceled });
                 *response.metadata_mut() =
-                    correlation_metadata(client_request_id, acceptance.request_id.as_deref());
+                    correlation_metadata(client_request_id, graph_request_id);
                 Ok(response)
             }
             Err(error) => {
@@ -359,6 +464,10 @@ impl PrintJobGateway {
         }
         self.metrics.call_answered(METHOD, code, latency);
         match answer {
+            Ok(response) if response.get_ref().already_canceled => {
+                tracing::info!("job already canceled");
+                Ok(response)
+            }
             Ok(response) => {
                 tracing::info!("cancel accepted by Graph");
                 Ok(response)

@@ -74,7 +74,8 @@ impl CancelError {
             Self::Graph {
                 source: GraphError::Rejected(rejection),
                 ..
-            } => code_for_http_status(rejection.status),
+            }
+            | Self::NotCancelable { rejection, .. } => code_for_http_status(rejection.status),
             Self::Graph { .. } => Code::Unavailable,
             Self::Overloaded { .. } | Self::MessageTooLarge { .. } => Code::ResourceExhausted,
             Self::ShuttingDown => Code::Unavailable,
@@ -83,22 +84,30 @@ impl CancelError {
 
     /// The HTTP status Graph answered with, when it answered.
     pub fn http_status(&self) -> Option<StatusCode> {
-        match self {
-            Self::Graph {
-                source: GraphError::Rejected(rejection),
-                ..
-            } => Some(rejection.status),
-            _ => None,
-        }
+        self.rejection().map(|rejection| rejection.status)
     }
 
     /// Graph's `request-id`, when Graph answered.
     pub fn graph_request_id(&self) -> Option<&str> {
+        self.rejection()?.request_id.as_deref()
+    }
+
+    /// Graph's refusal of the cancel, when Graph answered.
+    fn rejection(&self) -> Option<&GraphRejection> {
         match self {
             Self::Graph {
                 source: GraphError::Rejected(rejection),
                 ..
-            } => rejection.request_id.as_deref(),
+            }
+            | Self::NotCancelable { rejection, .. } => Some(rejection),
+            _ => None,
+        }
+    }
+
+    /// The job's state, when a read of the job after a 409 found one.
+    fn job_state(&self) -> Option<&str> {
+        match self {
+            Self::NotCancelable { job_state, .. } => Some(job_state),
             _ => None,
         }
     }
@@ -117,12 +126,11 @@ impl CancelError {
     pub fn to_status(&self, client_request_id: &ClientRequestId) -> Status {
         let mut details = ErrorDetails::new();
         let mut metadata = correlation_metadata(client_request_id, self.graph_request_id());
-        let message = match self {
-            Self::Graph {
-                source: GraphError::Rejected(rejection),
-                ..
-            } => describe_rejection(rejection, &mut details, &mut metadata),
-            _ => {
+        let message = match self.rejection() {
+            Some(rejection) => {
+                describe_rejection(rejection, self.job_state(), &mut details, &mut metadata)
+            }
+            None => {
                 let (reason, extra) = self.gateway_reason();
                 details.set_error_info(reason, GATEWAY_DOMAIN, extra);
                 if let Self::InvalidArgument(invalid) = self {
@@ -160,6 +168,8 @@ impl CancelError {
                 ..
             } => "GRAPH_UNREACHABLE",
             Self::Graph { .. } => "GRAPH_CONNECTION_FAILED",
+            // Answered with Graph's own reason, by `describe_rejection`.
+            Self::NotCancelable { .. } => "NOT_CANCELABLE",
             Self::Overloaded { .. } => "OVERLOADED",
             Self::MessageTooLarge { .. } => "MESSAGE_TOO_LARGE",
             Self::ShuttingDown => "SHUTTING_DOWN",
@@ -188,9 +198,10 @@ impl CancelError {
 }
 
 /// Fills the details of a Graph rejection and returns its status message: Graph's own message
-/// when it sent one.
+/// when it sent one. `job_state` is the job's state read after a 409, as metadata `jobState`.
 fn describe_rejection(
     rejection: &GraphRejection,
+    job_state: Option<&str>,
     details: &mut ErrorDetails,
     metadata: &mut MetadataMap,
 ) -> String {
@@ -203,6 +214,9 @@ fn describe_rejection(
     }
     if let Some(inner_code) = &rejection.inner_code {
         info.insert("graphInnerErrorCode".to_owned(), inner_code.clone());
+    }
+    if let Some(job_state) = job_state {
+        info.insert("jobState".to_owned(), job_state.to_owned());
     }
     let reason = rejection
         .code

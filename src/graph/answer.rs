@@ -123,7 +123,7 @@ fn bounded_identifier(text: String, max_len: usize) -> Option<String> {
 
 /// Cuts a message to [`MAX_MESSAGE_LEN`] bytes at a character boundary, marking the cut, and
 /// replaces control characters with spaces so that it stays one readable line.
-fn bounded_message(text: String) -> String {
+pub(super) fn bounded_message(text: String) -> String {
     let mut text: String = text
         .trim()
         .chars()

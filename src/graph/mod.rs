@@ -1,9 +1,10 @@
 //! The only module that knows Microsoft Graph: the URL of the cancel action, the headers Graph
-//! wants, and how to read its answers and errors. It returns [`GraphError`] for every outcome
+//! wants, and how to read its answers and errors (and, in `job.rs`, the read of a job's state). It returns [`GraphError`] for every outcome
 //! that is not a 2xx, so the rest of the gateway never sees HTTP.
 
 mod answer;
 mod connect;
+mod job;
 mod pool;
 mod url;
 
@@ -19,6 +20,7 @@ use tokio::time::Instant;
 
 pub use self::answer::{GraphRejection, parse_retry_after};
 pub use self::connect::{ConnectError, GraphClientError, GraphProtocol};
+pub use self::job::{JobReadError, PrintJobStatus};
 pub use self::pool::{Body, SendError};
 pub use self::url::{GraphBaseUrl, GraphUrlError};
 use crate::{

@@ -106,8 +106,20 @@ impl GraphBaseUrl {
     /// The URI of the cancel action of one print job, as hyper sends it:
     /// `{base}/print/printers/{printerId}/jobs/{printJobId}/cancel`, each ID one encoded segment.
     pub fn cancel_uri(&self, target: &CancelTarget) -> Uri {
+        self.job_uri(target, "/cancel")
+    }
+
+    /// The URI that reads one print job's status, and nothing else of it:
+    /// `{base}/print/printers/{printerId}/jobs/{printJobId}?$select=status`, each ID one encoded
+    /// segment.
+    pub fn job_status_uri(&self, target: &CancelTarget) -> Uri {
+        self.job_uri(target, "?$select=status")
+    }
+
+    /// `{base}/print/printers/{printerId}/jobs/{printJobId}` and a fixed `tail`.
+    fn job_uri(&self, target: &CancelTarget, tail: &'static str) -> Uri {
         let path = format!(
-            "{}/print/printers/{}/jobs/{}/cancel",
+            "{}/print/printers/{}/jobs/{}{tail}",
             self.path,
             utf8_percent_encode(target.printer_id.as_str(), PATH_SEGMENT),
             utf8_percent_encode(target.print_job_id.as_str(), PATH_SEGMENT),
@@ -117,8 +129,9 @@ impl GraphBaseUrl {
             .authority(self.authority.clone())
             .path_and_query(path)
             .build()
-            // A checked base and a path of unreserved characters and %-escapes is always a URI.
-            .expect("an encoded cancel path is a valid URI")
+            // A checked base, a path of unreserved characters and %-escapes, and a fixed tail is
+            // always a URI.
+            .expect("an encoded job path is a valid URI")
     }
 
     /// The URL of the cancel action of one print job:
@@ -238,6 +251,8 @@ mod tests {
                 format!("https://graph.microsoft.com/v1.0/print/printers/{expected}/cancel");
             assert_eq!(base.cancel_url(&target), expected);
             assert_eq!(base.cancel_uri(&target).to_string(), expected);
+            let read = expected.replace("/cancel", "?$select=status");
+            assert_eq!(base.job_status_uri(&target).to_string(), read);
         }
     }
 }
