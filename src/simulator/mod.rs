@@ -8,6 +8,8 @@
 //! Routes:
 //! - `POST /v1.0/print/printers/{printerId}/jobs/{printJobId}/cancel`: 204, or a Graph-shaped JSON
 //!   error; 401 without a bearer token.
+//! - `GET /v1.0/print/printers/{printerId}/jobs/{printJobId}`: the job's `printJob` JSON with its
+//!   `status`, or the same errors.
 //! - `GET /__requests`: the requests received (the newest [`MAX_RECORDED`]), as JSON.
 
 mod model;
@@ -34,6 +36,7 @@ use serde::Serialize;
 use tokio::net::TcpListener;
 
 use self::model::{Answer, Failure, Model, usual_error};
+use self::scenario::RuleMethod;
 pub use self::scenario::{Scenario, ScenarioError};
 
 /// How many requests `GET /__requests` keeps: the newest ones, so that long load tests run in
@@ -74,9 +77,9 @@ pub struct ReceivedRequest {
     pub method: String,
     /// The request target exactly as received: path and query, not normalised.
     pub path: String,
-    /// The printer ID, decoded, when the path is a cancel.
+    /// The printer ID, decoded, when the path is a cancel or a job read.
     pub printer_id: Option<String>,
-    /// The job ID, decoded, when the path is a cancel.
+    /// The job ID, decoded, when the path is a cancel or a job read.
     pub print_job_id: Option<String>,
     /// Whether an `Authorization: Bearer` token came with it. The token itself is never kept.
     pub bearer_token: bool,
@@ -90,9 +93,9 @@ pub struct ReceivedRequest {
     pub request_id: String,
 }
 
-/// The IDs a cancel named, passed from the handler to the recording layer.
+/// The IDs a cancel or job read named, passed from the handler to the recording layer.
 #[derive(Debug, Clone)]
-struct CancelIds {
+struct JobIds {
     printer_id: String,
     print_job_id: String,
 }
@@ -128,6 +131,10 @@ impl Simulator {
                 "/v1.0/print/printers/{printer_id}/jobs/{print_job_id}/cancel",
                 post(cancel),
             )
+            .route(
+                "/v1.0/print/printers/{printer_id}/jobs/{print_job_id}",
+                get(read_job),
+            )
             .method_not_allowed_fallback(method_not_allowed)
             .fallback(no_such_resource)
             .layer(middleware::from_fn_with_state(self.clone(), record))
@@ -159,18 +166,46 @@ async fn cancel(
     Path((printer_id, print_job_id)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Response {
-    let ids = CancelIds {
-        printer_id: printer_id.clone(),
-        print_job_id: print_job_id.clone(),
+    let ids = JobIds {
+        printer_id,
+        print_job_id,
     };
-    let answer = if bearer_token(&headers) {
-        let plan = lock(&simulator.shared.model).plan(&printer_id, &print_job_id);
+    answer_job_request(simulator, RuleMethod::Post, ids, &headers, Model::cancel).await
+}
+
+async fn read_job(
+    State(simulator): State<Simulator>,
+    Path((printer_id, print_job_id)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    let ids = JobIds {
+        printer_id,
+        print_job_id,
+    };
+    answer_job_request(simulator, RuleMethod::Get, ids, &headers, Model::read).await
+}
+
+/// Answers a cancel or read of a job: 401 without a token; else the first matching rule, after
+/// its delay; else what `decide` makes of the printers and jobs.
+async fn answer_job_request(
+    simulator: Simulator,
+    method: RuleMethod,
+    ids: JobIds,
+    headers: &HeaderMap,
+    decide: fn(&mut Model, &str, &str) -> Answer,
+) -> Response {
+    let JobIds {
+        printer_id,
+        print_job_id,
+    } = &ids;
+    let answer = if bearer_token(headers) {
+        let plan = lock(&simulator.shared.model).plan(method, printer_id, print_job_id);
         if let Some(delay) = plan.delay {
             tokio::time::sleep(delay).await;
         }
         match plan.answer {
             Some(answer) => answer,
-            None => lock(&simulator.shared.model).cancel(&printer_id, &print_job_id),
+            None => decide(&mut lock(&simulator.shared.model), printer_id, print_job_id),
         }
     } else {
         Answer::Failed(Failure {
@@ -180,7 +215,7 @@ async fn cancel(
             retry_after: None,
         })
     };
-    let mut response = respond(answer, &headers);
+    let mut response = respond(answer, headers);
     response.extensions_mut().insert(ids);
     response
 }
@@ -224,6 +259,16 @@ fn respond(answer: Answer, request: &HeaderMap) -> Response {
         .map_or_else(|| request_id.clone(), str::to_owned);
     let mut response = match answer {
         Answer::Accepted(status) => status_code(status).into_response(),
+        Answer::Job { id, state } => Json(serde_json::json!({
+            "id": id,
+            "status": {
+                "state": state,
+                "description": state.description(),
+                "details": [],
+                "isAcquiredByPrinter": false,
+            }
+        }))
+        .into_response(),
         Answer::Failed(failure) => {
             let body = serde_json::json!({
                 "error": {
@@ -292,7 +337,7 @@ async fn record(State(simulator): State<Simulator>, request: Request, next: Next
     let mut entry = ReceivedRequest::from(&request);
     let response = next.run(request).await;
 
-    if let Some(ids) = response.extensions().get::<CancelIds>() {
+    if let Some(ids) = response.extensions().get::<JobIds>() {
         entry.printer_id = Some(ids.printer_id.clone());
         entry.print_job_id = Some(ids.print_job_id.clone());
     }

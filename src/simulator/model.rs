@@ -1,15 +1,17 @@
-//! The simulated Graph's state and its decisions: which answer a cancel gets, after which delay.
-//! Pure logic, no HTTP.
+//! The simulated Graph's state and its decisions: which answer a cancel or a job read gets, after
+//! which delay. Pure logic, no HTTP.
 
 use std::{collections::HashMap, time::Duration};
 
-use super::scenario::{JobState, Rule, Scenario};
+use super::scenario::{JobState, Rule, RuleMethod, Scenario};
 
-/// What the simulated Graph answers to one cancel.
+/// What the simulated Graph answers to one cancel or read.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Answer {
-    /// Success with this 2xx status (Graph sends 204).
+    /// Success with this 2xx status and no body (Graph sends 204 to a cancel).
     Accepted(u16),
+    /// A job read: 200 with the job's `printJob` JSON.
+    Job { id: String, state: JobState },
     /// A Graph-shaped error.
     Failed(Failure),
 }
@@ -77,11 +79,12 @@ impl Model {
         Self { printers, rules }
     }
 
-    /// The plan for a cancel of `job` on `printer`: the first rule that matches and has uses
-    /// left, which spends one use; or no rule at all.
-    pub(crate) fn plan(&mut self, printer: &str, job: &str) -> Plan {
+    /// The plan for a cancel (`POST`) or read (`GET`) of `job` on `printer`: the first rule that
+    /// matches and has uses left, which spends one use; or no rule at all.
+    pub(crate) fn plan(&mut self, method: RuleMethod, printer: &str, job: &str) -> Plan {
         let matching = self.rules.iter_mut().find(|(rule, uses)| {
             uses.is_none_or(|left| left > 0)
+                && rule.method == method
                 && rule.printer.as_deref().is_none_or(|p| p == printer)
                 && rule.job.as_deref().is_none_or(|j| j == job)
         });
@@ -142,6 +145,27 @@ impl Model {
         }
         *state = JobState::Canceled;
         Answer::Accepted(204)
+    }
+
+    /// Reads `job` on `printer`: the job and its state, or 404 `itemNotFound`. A job of an
+    /// `anyJob` printer that is not listed reads as processing, as it cancels.
+    pub(crate) fn read(&mut self, printer: &str, job: &str) -> Answer {
+        let Some(found) = self.printers.get(printer) else {
+            return not_found(format!("The printer '{printer}' was not found."));
+        };
+        let state = match found.jobs.get(job) {
+            Some(state) => *state,
+            None if found.any_job => JobState::Processing,
+            None => {
+                return not_found(format!(
+                    "The print job '{job}' was not found on printer '{printer}'."
+                ));
+            }
+        };
+        Answer::Job {
+            id: job.to_owned(),
+            state,
+        }
     }
 }
 
@@ -250,17 +274,24 @@ mod tests {
         let status = |plan: Plan| match plan.answer {
             Some(Answer::Failed(failure)) => (failure.status, failure.retry_after),
             Some(Answer::Accepted(status)) => (status, None),
-            None => (0, None),
+            Some(Answer::Job { .. }) | None => (0, None),
         };
 
-        assert_eq!(status(model.plan("p", "1")), (500, None));
-        assert_eq!(status(model.plan("p", "2")), (429, Some("2.5".into())));
-        assert_eq!(status(model.plan("p", "2")), (429, Some("2.5".into())));
-        let third = model.plan("p", "2");
+        let post = RuleMethod::Post;
+        assert_eq!(status(model.plan(post, "p", "1")), (500, None));
+        assert_eq!(
+            status(model.plan(post, "p", "2")),
+            (429, Some("2.5".into()))
+        );
+        assert_eq!(
+            status(model.plan(post, "p", "2")),
+            (429, Some("2.5".into()))
+        );
+        let third = model.plan(post, "p", "2");
         assert_eq!(third.delay, Some(Duration::from_millis(10)));
         assert_eq!(status(third), (202, None));
         assert_eq!(
-            status(model.plan("p", "1")),
+            status(model.plan(post, "p", "1")),
             (500, None),
             "unlimited rules never run out"
         );
@@ -270,11 +301,56 @@ mod tests {
     fn without_a_matching_rule_the_state_decides() {
         let mut model = model(r#"{"rules": [{"printer": "other", "status": 503}]}"#);
         assert_eq!(
-            model.plan("p", "1"),
+            model.plan(RuleMethod::Post, "p", "1"),
             Plan {
                 delay: None,
                 answer: None
             }
         );
+    }
+
+    #[test]
+    fn rules_script_the_cancel_unless_they_name_the_read() {
+        let mut model = model(
+            r#"{"rules": [
+                {"job": "1", "status": 503, "times": 1},
+                {"job": "1", "method": "GET", "status": 403, "times": 1},
+                {"job": "2", "method": "POST", "delay": "1s"}
+            ]}"#,
+        );
+        let status = |plan: Plan| match plan.answer {
+            Some(Answer::Failed(failure)) => Some(failure.status),
+            _ => None,
+        };
+
+        assert_eq!(status(model.plan(RuleMethod::Get, "p", "1")), Some(403));
+        assert_eq!(status(model.plan(RuleMethod::Get, "p", "1")), None);
+        assert_eq!(status(model.plan(RuleMethod::Post, "p", "1")), Some(503));
+        assert_eq!(model.plan(RuleMethod::Get, "p", "2").delay, None);
+        assert_eq!(
+            model.plan(RuleMethod::Post, "p", "2").delay,
+            Some(Duration::from_secs(1))
+        );
+    }
+
+    #[test]
+    fn a_read_answers_the_state_a_cancel_left() {
+        let mut model = Model::new(Scenario::builtin());
+        let state = |answer: Answer| match answer {
+            Answer::Job { state, .. } => Ok(state),
+            Answer::Failed(failure) => Err(failure.status),
+            Answer::Accepted(status) => Err(status),
+        };
+
+        assert_eq!(state(model.read("printer-1", "2")), Ok(JobState::Pending));
+        model.cancel("printer-1", "2");
+        assert_eq!(state(model.read("printer-1", "2")), Ok(JobState::Canceled));
+        assert_eq!(state(model.read("printer-1", "3")), Ok(JobState::Completed));
+        assert_eq!(
+            state(model.read("any-job-printer", "7")),
+            Ok(JobState::Processing)
+        );
+        assert_eq!(state(model.read("printer-1", "99")), Err(404));
+        assert_eq!(state(model.read("no-such-printer", "1")), Err(404));
     }
 }

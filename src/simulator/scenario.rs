@@ -79,6 +79,9 @@ pub struct Rule {
     /// The job it applies to; every job when absent.
     #[serde(default)]
     pub job: Option<String>,
+    /// The request it scripts: the cancel (`POST`, also when absent) or the job read (`GET`).
+    #[serde(default)]
+    pub method: RuleMethod,
     /// The HTTP status to answer with. A 2xx answers success without changing any state; an
     /// error status answers a Graph-shaped JSON error. When absent, the call goes on to the
     /// printers and jobs as usual (after `delay`).
@@ -100,6 +103,19 @@ pub struct Rule {
     /// Applies to the first `times` matching calls only; to every matching call when absent.
     #[serde(default)]
     pub times: Option<u64>,
+}
+
+/// The request a rule scripts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+pub enum RuleMethod {
+    /// The cancel, `POST …/jobs/{printJobId}/cancel`: the default, so that rules written before
+    /// the simulator answered reads keep scripting only the cancel.
+    #[default]
+    #[serde(rename = "POST")]
+    Post,
+    /// The job read, `GET …/jobs/{printJobId}`.
+    #[serde(rename = "GET")]
+    Get,
 }
 
 /// Why a scenario could not be read.
@@ -162,6 +178,19 @@ impl JobState {
     /// Whether a job in this state can still be canceled.
     pub fn is_cancelable(self) -> bool {
         !matches!(self, Self::Completed | Self::Canceled | Self::Aborted)
+    }
+
+    /// Graph's human-readable description of the state (`status.description`).
+    pub fn description(self) -> &'static str {
+        match self {
+            Self::Pending => "The print job is waiting to be processed.",
+            Self::Processing => "The print job is being processed.",
+            Self::Paused => "The print job has been paused.",
+            Self::Stopped => "The print job has been stopped.",
+            Self::Completed => "The print job has completed.",
+            Self::Canceled => "The print job has been canceled.",
+            Self::Aborted => "The print job has been aborted.",
+        }
     }
 
     /// The state's name, as Graph spells it.
@@ -311,6 +340,7 @@ mod tests {
         assert_eq!(scenario.rules[0].retry_after.as_deref(), Some("2"));
         assert_eq!(scenario.rules[1].retry_after.as_deref(), Some("0.2"));
         assert_eq!(scenario.rules[3].delay, Some(Duration::from_secs(3)));
+        assert!(scenario.rules.iter().all(|r| r.method == RuleMethod::Post));
     }
 
     #[test]
@@ -345,6 +375,11 @@ mod tests {
                 "{\n  \"rules\": [\n    {\"retryAfter\": -1}\n  ]\n}",
                 "line 3",
                 "retryAfter -1",
+            ),
+            (
+                "{\n  \"rules\": [\n    {\"method\": \"DELETE\"}\n  ]\n}",
+                "line 3",
+                "unknown variant `DELETE`",
             ),
             ("{\n  \"printers\": [\n", "line 3", "EOF"),
         ];

@@ -11,7 +11,12 @@ async fn cancel_is_forwarded_as_the_documented_graph_call() {
 
     let response = gateway.call().ids("printer-1", "42").send().await.unwrap();
 
-    assert_eq!(response.get_ref(), &CancelResponse {});
+    assert_eq!(
+        response.get_ref(),
+        &CancelResponse {
+            already_canceled: false
+        }
+    );
     let requests = graph.requests();
     assert_eq!(requests.len(), 1, "exactly one Graph call");
     let request = &requests[0];

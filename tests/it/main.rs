@@ -10,6 +10,7 @@ mod discovery;
 mod egress;
 mod egress_pool;
 mod faults;
+mod idempotent;
 mod ids;
 mod ingress;
 mod limits;

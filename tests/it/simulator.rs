@@ -33,27 +33,38 @@ async fn jobs_follow_their_states_through_the_gateway() {
     let gateway = TestGateway::start(&url).await;
     let cancel = |printer: &str, job: &str| gateway.call().ids(printer, job).send();
 
-    cancel("printer-1", "1")
+    let first = cancel("printer-1", "1")
         .await
         .expect("a processing job is canceled");
-    let again = cancel("printer-1", "1").await.unwrap_err();
-    assert_eq!(again.code(), Code::FailedPrecondition);
-    assert_eq!(
-        again.message(),
-        "The print job is already canceled and cannot be canceled."
-    );
-    let info = again.get_details_error_info().unwrap();
-    assert_eq!(
-        (info.reason.as_str(), info.metadata["httpStatus"].as_str()),
-        ("NOT_ALLOWED", "409")
-    );
+    assert!(!first.get_ref().already_canceled);
+    let again = cancel("printer-1", "1")
+        .await
+        .expect("a repeated cancel is OK");
+    assert!(again.get_ref().already_canceled);
 
     cancel("printer-1", "2")
         .await
         .expect("a pending job is canceled");
-    for finished in ["3", "4", "5"] {
+    let canceled = cancel("printer-1", "4")
+        .await
+        .expect("a canceled job is OK");
+    assert!(canceled.get_ref().already_canceled);
+    for (finished, state) in [("3", "completed"), ("5", "aborted")] {
         let status = cancel("printer-1", finished).await.unwrap_err();
         assert_eq!(status.code(), Code::FailedPrecondition, "job {finished}");
+        assert_eq!(
+            status.message(),
+            format!("The print job is already {state} and cannot be canceled.")
+        );
+        let info = status.get_details_error_info().unwrap();
+        assert_eq!(
+            (
+                info.reason.as_str(),
+                info.metadata["httpStatus"].as_str(),
+                info.metadata["jobState"].as_str()
+            ),
+            ("NOT_ALLOWED", "409", state)
+        );
     }
     assert_eq!(
         cancel("printer-1", "404").await.unwrap_err().code(),
@@ -215,6 +226,65 @@ async fn it_answers_like_graph_and_records_what_it_received_without_the_token() 
         "the token is never kept"
     );
     assert_eq!(simulator.received().len(), 2);
+}
+
+#[tokio::test]
+async fn it_answers_a_job_read_with_the_state_cancels_leave() {
+    let (simulator, url) = start(Scenario::builtin()).await;
+    let http = crate::support::http_client();
+    let job = |id: &str| format!("{url}/print/printers/printer-1/jobs/{id}?$select=status");
+    let cancel_url = format!("{url}/print/printers/printer-1/jobs/2/cancel");
+
+    let anonymous = http.get(job("4")).send().await.unwrap();
+    assert_eq!(anonymous.status(), 401);
+    let read = http
+        .get(job("4"))
+        .bearer_auth(TOKEN)
+        .header("client-request-id", "abc")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(read.status(), 200);
+    assert_eq!(read.headers()["client-request-id"], "abc");
+    assert!(read.headers().contains_key("request-id"));
+    let body = json(read).await;
+    assert_eq!(body["id"], "4");
+    assert_eq!(body["status"]["state"], "canceled");
+    assert_eq!(
+        body["status"]["description"],
+        "The print job has been canceled."
+    );
+
+    let state = |id: &'static str| {
+        let request = http.get(job(id)).bearer_auth(TOKEN);
+        async move { json(request.send().await.unwrap()).await["status"]["state"].clone() }
+    };
+    assert_eq!(state("2").await, "pending");
+    let cancel = || http.post(&cancel_url).bearer_auth(TOKEN).send();
+    assert_eq!(cancel().await.unwrap().status(), 204);
+    assert_eq!(state("2").await, "canceled");
+    assert_eq!(cancel().await.unwrap().status(), 409, "a repeated cancel");
+
+    let missing = http.get(job("99")).bearer_auth(TOKEN).send().await.unwrap();
+    assert_eq!(missing.status(), 404);
+    assert_eq!(json(missing).await["error"]["code"], "itemNotFound");
+    let recorded = &simulator.received()[1];
+    assert_eq!(
+        (
+            recorded.method.as_str(),
+            recorded.path.as_str(),
+            recorded.printer_id.as_deref(),
+            recorded.print_job_id.as_deref(),
+            recorded.status
+        ),
+        (
+            "GET",
+            "/v1.0/print/printers/printer-1/jobs/4?$select=status",
+            Some("printer-1"),
+            Some("4"),
+            200
+        )
+    );
 }
 
 #[test]

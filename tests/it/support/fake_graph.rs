@@ -1,7 +1,9 @@
 //! A fake Graph: a real HTTP server on loopback that records every request exactly as it
-//! arrived (raw request target included) and answers with a reply the test chooses.
+//! arrived (raw request target included) and answers with a reply the test chooses, or with
+//! replies queued for each method in turn.
 
 use std::{
+    collections::VecDeque,
     net::SocketAddr,
     sync::{Arc, Mutex},
     time::Duration,
@@ -9,7 +11,7 @@ use std::{
 
 use axum::{body::Bytes, extract::State, http::Request, response::IntoResponse};
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
-use tokio::sync::Notify;
+use tokio::sync::{Notify, watch};
 
 /// A request as the fake received it.
 #[derive(Debug, Clone)]
@@ -37,6 +39,17 @@ pub struct Reply {
     pub body: Vec<u8>,
     /// How long the fake waits before it answers.
     pub delay: Duration,
+    /// Holds the answer until the test releases it.
+    pub hold: Option<Hold>,
+}
+
+/// Holds a reply until the test releases it, and tells the test when the client gave up on the
+/// request first: a test that needs a request to still be in flight waits on events, not on a
+/// delay that a busy machine might outlast.
+#[derive(Debug, Clone)]
+pub struct Hold {
+    released: Arc<watch::Sender<bool>>,
+    abandoned: Arc<watch::Sender<bool>>,
 }
 
 /// A running fake Graph. It stops when dropped.
@@ -49,6 +62,8 @@ pub struct FakeGraph {
 
 struct Shared {
     reply: Mutex<Reply>,
+    /// Replies for the next requests of a method, used before `reply`.
+    queued: Mutex<VecDeque<(String, Reply)>>,
     requests: Mutex<Vec<Recorded>>,
     arrived: Notify,
 }
@@ -63,6 +78,7 @@ impl Reply {
             headers: Vec::new(),
             body: Vec::new(),
             delay: Duration::ZERO,
+            hold: None,
         }
     }
 
@@ -107,6 +123,65 @@ impl Reply {
     pub fn delayed(mut self, delay: Duration) -> Self {
         self.delay = delay;
         self
+    }
+
+    /// Makes the fake hold the answer until `hold` is released.
+    pub fn held(mut self, hold: &Hold) -> Self {
+        self.hold = Some(hold.clone());
+        self
+    }
+}
+
+// === impl Hold ===
+
+impl Default for Hold {
+    fn default() -> Self {
+        Self {
+            released: Arc::new(watch::channel(false).0),
+            abandoned: Arc::new(watch::channel(false).0),
+        }
+    }
+}
+
+impl Hold {
+    /// A hold that is not released yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Lets the held reply go.
+    pub fn release(&self) {
+        self.released.send_replace(true);
+    }
+
+    /// Waits until the client of a held request went away before the hold was released: the
+    /// server dropped the request's handler.
+    pub async fn abandoned(&self) {
+        let _ = self
+            .abandoned
+            .subscribe()
+            .wait_for(|abandoned| *abandoned)
+            .await;
+    }
+
+    /// Waits for the release; marks the hold abandoned if dropped before it.
+    async fn wait(&self) {
+        /// Marks the hold abandoned when dropped while still armed.
+        struct Abandoned<'a>(&'a watch::Sender<bool>, bool);
+        impl Drop for Abandoned<'_> {
+            fn drop(&mut self) {
+                if self.1 {
+                    self.0.send_replace(true);
+                }
+            }
+        }
+        let mut armed = Abandoned(&self.abandoned, true);
+        let _ = self
+            .released
+            .subscribe()
+            .wait_for(|released| *released)
+            .await;
+        armed.1 = false;
     }
 }
 
@@ -185,6 +260,16 @@ impl FakeGraph {
         *self.state.reply.lock().unwrap() = reply;
     }
 
+    /// Queues `reply` for a later request with `method` (such as `POST` or `GET`): each request
+    /// takes the first reply queued for its method, and one with none queued gets the fake's reply.
+    pub fn queue(&self, method: &str, reply: Reply) {
+        self.state
+            .queued
+            .lock()
+            .unwrap()
+            .push_back((method.to_owned(), reply));
+    }
+
     /// Every request received so far.
     pub fn requests(&self) -> Vec<Recorded> {
         self.state.requests.lock().unwrap().clone()
@@ -212,6 +297,7 @@ impl Drop for FakeGraph {
 fn app(reply: Reply) -> (Arc<Shared>, axum::Router) {
     let state = Arc::new(Shared {
         reply: Mutex::new(reply),
+        queued: Mutex::new(VecDeque::new()),
         requests: Mutex::new(Vec::new()),
         arrived: Notify::new(),
     });
@@ -243,7 +329,19 @@ async fn answer(
     });
     state.arrived.notify_waiters();
 
-    let reply = state.reply.lock().unwrap().clone();
+    let reply = {
+        let mut queued = state.queued.lock().unwrap();
+        match queued
+            .iter()
+            .position(|(method, _)| method == parts.method.as_str())
+        {
+            Some(index) => queued.remove(index).unwrap().1,
+            None => state.reply.lock().unwrap().clone(),
+        }
+    };
+    if let Some(hold) = &reply.hold {
+        hold.wait().await;
+    }
     if !reply.delay.is_zero() {
         tokio::time::sleep(reply.delay).await; // the fake's scripted delay
     }
