@@ -338,6 +338,43 @@ mod tests {
     }
 
     #[test]
+    fn a_job_that_cannot_be_canceled_keeps_the_refusal_and_adds_its_state() {
+        let body = br#"{"error":{"code":"notAllowed","message":"Cannot cancel."}}"#;
+        let mut headers = http::HeaderMap::new();
+        headers.insert("request-id", "graph-409".parse().unwrap());
+        let refusal = || {
+            Box::new(GraphRejection::new(
+                StatusCode::CONFLICT,
+                &headers,
+                body,
+                std::time::SystemTime::now(),
+            ))
+        };
+        let id = ClientRequestId::random();
+        let plain = CancelError::from(GraphError::Rejected(refusal())).to_status(&id);
+        let with_state = CancelError::NotCancelable {
+            rejection: refusal(),
+            job_state: "completed".to_owned(),
+        }
+        .to_status(&id);
+
+        for status in [&plain, &with_state] {
+            assert_eq!(status.code(), Code::FailedPrecondition);
+            assert_eq!(status.message(), "Cannot cancel.");
+            assert_eq!(status.metadata().get(REQUEST_ID).unwrap(), "graph-409");
+        }
+        let plain = plain.get_details_error_info().unwrap();
+        let with_state = with_state.get_details_error_info().unwrap();
+        assert_eq!(plain.metadata.get("jobState"), None);
+        assert_eq!(with_state.metadata["jobState"], "completed");
+        assert_eq!(
+            (with_state.reason.as_str(), with_state.domain.as_str()),
+            ("NOT_ALLOWED", GRAPH_DOMAIN)
+        );
+        assert_eq!(with_state.metadata["httpStatus"], "409");
+    }
+
+    #[test]
     fn graph_codes_become_upper_snake_case_reasons() {
         let cases = [
             ("itemNotFound", Some("ITEM_NOT_FOUND")),

@@ -1,6 +1,6 @@
 //! Feeds arbitrary bytes to every parser that sees input from outside: the `authorization`
-//! value, the request IDs (and the URL they become), `grpc-timeout`, Graph's `Retry-After` and
-//! error bodies, listen addresses, Graph base URLs and simulator scenarios. Besides "no panic",
+//! value, the request IDs (and the URLs they become), `grpc-timeout`, Graph's `Retry-After`, error
+//! bodies and print jobs, listen addresses, Graph base URLs and simulator scenarios. Besides "no panic",
 //! it checks the one property that matters most: a valid ID pair always makes a URL with exactly
 //! one path segment per ID, and no query or fragment.
 
@@ -12,7 +12,7 @@ use http::{HeaderMap, HeaderValue, StatusCode};
 use libfuzzer_sys::fuzz_target;
 use printjob_gateway::{
     auth::BearerToken,
-    graph::{GraphBaseUrl, GraphRejection, parse_retry_after},
+    graph::{GraphBaseUrl, GraphRejection, PrintJobStatus, parse_retry_after},
     proto::CancelRequest,
     request::{CancelTarget, caller_timeout},
     server::ListenAddr,
@@ -34,6 +34,9 @@ fuzz_target!(|data: &[u8]| {
         let path = url.strip_prefix("https://graph.microsoft.com").unwrap();
         assert_eq!(path.split('/').count(), 8, "{url}");
         assert!(!path.contains('?') && !path.contains('#'), "{url}");
+        let read = base.job_status_uri(&target);
+        assert_eq!(read.path().split('/').count(), 7, "{read}");
+        assert_eq!(read.query(), Some("$select=status"), "{read}");
     }
 
     if let Ok(value) = HeaderValue::from_bytes(data) {
@@ -62,6 +65,9 @@ fuzz_target!(|data: &[u8]| {
         data,
         SystemTime::now(),
     );
+    if let Some(status) = PrintJobStatus::from_json(data) {
+        assert!(status.state.len() <= 64, "{status:?}");
+    }
 
     let _ = text.parse::<ListenAddr>();
     let _ = GraphBaseUrl::parse(&text);
