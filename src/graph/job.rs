@@ -128,9 +128,12 @@ impl GraphClient {
 mod tests {
     use super::*;
 
+    /// A job body and the state and description read from it, or `None` when it is refused.
+    type Case<'a> = (&'a str, Option<(&'a str, Option<&'a str>)>);
+
     #[test]
     fn reads_the_state_of_graphs_print_job_json() {
-        let cases: &[(&str, Option<(&str, Option<&str>)>)] = &[
+        let cases: &[Case] = &[
             (
                 r#"{"@odata.context":"https://graph.microsoft.com/v1.0/$metadata#print/printers('p')/jobs(status)/$entity","id":"5182","status":{"state":"canceled","description":"The print job has been canceled.","details":[],"isAcquiredByPrinter":true}}"#,
                 Some(("canceled", Some("The print job has been canceled."))),
