@@ -305,6 +305,9 @@ impl PrintJobGateway {
             }
             Err(_) => {
                 span.record("otel.status_code", "ERROR");
+                span.in_scope(|| {
+                    tracing::info!("the deadline ran out while reading the job");
+                });
                 self.metrics.job_read(JobReadOutcome::Timeout);
                 return Err(deadline_exceeded);
             }
