@@ -93,8 +93,8 @@ impl GraphClient {
     /// `GET {base}/print/printers/{printerId}/jobs/{printJobId}?$select=status`.
     ///
     /// The request is the cancel's with another method and URL, so that it carries the same
-    /// token, `client-request-id`, trace context and headers, and goes through the same client
-    /// (which never follows redirects). At most [`super::ERROR_BODY_LIMIT`] bytes of the answer
+    /// token, `client-request-id`, trace context and headers, and goes through the same entry
+    /// point, `Pool::send` (which never follows redirects). At most [`super::ERROR_BODY_LIMIT`] bytes of the answer
     /// are read, as for an error body. The caller bounds the time by dropping the future.
     pub async fn job_status(
         &self,
