@@ -12,7 +12,7 @@ pub const AUTHORIZATION: &str = "authorization";
 /// The token is opaque: it is never parsed or validated beyond its RFC 6750 shape. It has no
 /// `Display`, its `Debug` prints a redaction, and the header value it becomes is marked sensitive
 /// so that HTTP/2 never adds it to a compression table and `http`'s own `Debug` hides it too.
-#[derive(Clone)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct BearerToken {
     header: HeaderValue,
 }
@@ -81,6 +81,30 @@ impl BearerToken {
         let mut header = HeaderValue::from_bytes(&header).map_err(|_| AuthError::MalformedToken)?;
         header.set_sensitive(true);
         Ok(Self { header })
+    }
+
+    /// A bearer token from the token itself, such as one Entra ID issued: it must be an RFC 6750
+    /// token68 value, as a JWT is.
+    pub fn from_token(token: &str) -> Result<Self, AuthError> {
+        let token = token.as_bytes();
+        if token.is_empty() || token.len() != token.trim_ascii().len() {
+            return Err(AuthError::MalformedToken);
+        }
+        let mut value = Vec::with_capacity(b"Bearer ".len() + token.len());
+        value.extend_from_slice(b"Bearer ");
+        value.extend_from_slice(token);
+        Self::parse(&value)
+    }
+
+    /// The token, without the scheme: for the on-behalf-of exchange's `assertion`.
+    pub(crate) fn token(&self) -> &str {
+        // A token68 value is ASCII, and the header starts with `Bearer `.
+        std::str::from_utf8(&self.header.as_bytes()[b"Bearer ".len()..]).unwrap_or_default()
+    }
+
+    /// The token's bytes, without the scheme: what the token cache hashes.
+    pub(crate) fn token_bytes(&self) -> &[u8] {
+        &self.header.as_bytes()[b"Bearer ".len()..]
     }
 
     /// The `Authorization` header value to send to Graph: `Bearer ` and the caller's token.

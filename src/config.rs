@@ -8,6 +8,7 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 use clap::{Args, CommandFactory, Parser, Subcommand, error::ErrorKind};
 
 use crate::{
+    entra::{self, CredentialSource, EntraAuthority, TokenExchange},
     graph::{self, GraphBaseUrl, GraphProtocol},
     retry::RetryPolicy,
     server::{self, ListenAddr, TlsFiles},
@@ -178,6 +179,57 @@ pub struct GatewayArgs {
     #[arg(long, env = "PRINTJOB_GATEWAY_WORKER_THREADS", value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub worker_threads: Option<u16>,
 
+    /// Which token goes to Graph: none (the caller's own token, unchanged: callers send a Graph
+    /// token) or obo (the on-behalf-of exchange: callers send a token for their own API, and the
+    /// gateway exchanges it at Entra ID for a Graph token, with the app registration below).
+    #[arg(long, env = "PRINTJOB_GATEWAY_TOKEN_EXCHANGE", value_enum, default_value_t = TokenExchange::None)]
+    pub token_exchange: TokenExchange,
+
+    /// Entra ID's authority for the on-behalf-of exchange; another host for national clouds,
+    /// such as https://login.microsoftonline.us. Must be https, except for loopback hosts.
+    #[arg(
+        long,
+        env = "AZURE_AUTHORITY_HOST",
+        default_value = entra::PUBLIC_AUTHORITY,
+        value_name = "URL"
+    )]
+    pub entra_authority: EntraAuthority,
+
+    /// Tenant (directory) ID or domain of the app registration, for the on-behalf-of exchange.
+    #[arg(long, env = "AZURE_TENANT_ID")]
+    pub tenant_id: Option<String>,
+
+    /// Application (client) ID of the app registration that callers' tokens are issued for, for
+    /// the on-behalf-of exchange.
+    #[arg(long, env = "AZURE_CLIENT_ID")]
+    pub client_id: Option<String>,
+
+    /// File holding the app's client secret (a trailing newline is ignored). One of the three
+    /// client credentials of the on-behalf-of exchange.
+    #[arg(long, env = "PRINTJOB_GATEWAY_CLIENT_SECRET_FILE", value_name = "FILE")]
+    pub client_secret_file: Option<PathBuf>,
+
+    /// PEM file with the app's certificate chain and its RSA private key, which signs a
+    /// client_assertion (JWT with an x5t#S256 header) for each exchange. One of the three client
+    /// credentials of the on-behalf-of exchange.
+    #[arg(
+        long,
+        env = "PRINTJOB_GATEWAY_CLIENT_CERTIFICATE_FILE",
+        value_name = "FILE"
+    )]
+    pub client_certificate_file: Option<PathBuf>,
+
+    /// File holding a federated token (Azure workload identity: a Kubernetes service-account
+    /// token) sent as the client_assertion; read again at each exchange, since it rotates. One
+    /// of the three client credentials of the on-behalf-of exchange.
+    #[arg(long, env = "AZURE_FEDERATED_TOKEN_FILE", value_name = "FILE")]
+    pub federated_token_file: Option<PathBuf>,
+
+    /// Scope the on-behalf-of exchange asks for [default: https://<host of --graph-url>/.default,
+    /// so that national clouds get their own Graph].
+    #[arg(long, env = "PRINTJOB_GATEWAY_GRAPH_SCOPE")]
+    pub graph_scope: Option<String>,
+
     /// Starts a simulated Graph on loopback and serves the gateway in front of it, with the
     /// simulator's built-in printers and jobs, and prints grpcurl commands to try.
     #[arg(long, env = "PRINTJOB_GATEWAY_DEMO")]
@@ -259,6 +311,10 @@ impl GatewayArgs {
                 "--default-timeout must not be longer than --max-timeout",
             ));
         }
+        // The demo fills in what it needs: its simulator is the token endpoint too.
+        if self.token_exchange == TokenExchange::Obo && !self.demo {
+            self.check_on_behalf_of()?;
+        }
         if self.default_timeout.is_zero()
             || self.connect_timeout.is_zero()
             || self.handshake_timeout.is_zero()
@@ -317,6 +373,71 @@ impl GatewayArgs {
                 keepalive_interval: self.graph_keepalive_interval,
                 keepalive_timeout: self.graph_keepalive_timeout,
             },
+            token_exchange: self.token_exchange_settings(),
+        }
+    }
+
+    /// With `--token-exchange obo`: the tenant, the client and exactly one client credential.
+    fn check_on_behalf_of(&self) -> Result<(), clap::Error> {
+        let missing = |what: &str| {
+            Cli::command().error(
+                ErrorKind::MissingRequiredArgument,
+                format!("--token-exchange obo needs {what}"),
+            )
+        };
+        if self.tenant_id.as_deref().is_none_or(str::is_empty) {
+            return Err(missing("--tenant-id (AZURE_TENANT_ID)"));
+        }
+        if self.client_id.as_deref().is_none_or(str::is_empty) {
+            return Err(missing("--client-id (AZURE_CLIENT_ID)"));
+        }
+        let credentials = [
+            ("--client-secret-file", &self.client_secret_file),
+            ("--client-certificate-file", &self.client_certificate_file),
+            (
+                "--federated-token-file (AZURE_FEDERATED_TOKEN_FILE)",
+                &self.federated_token_file,
+            ),
+        ];
+        let given: Vec<&str> = credentials
+            .iter()
+            .filter(|(_, file)| file.is_some())
+            .map(|(flag, _)| *flag)
+            .collect();
+        match given.len() {
+            0 => Err(missing(
+                "one client credential: --client-secret-file, --client-certificate-file or --federated-token-file (AZURE_FEDERATED_TOKEN_FILE)",
+            )),
+            1 => Ok(()),
+            _ => Err(Cli::command().error(
+                ErrorKind::ArgumentConflict,
+                format!(
+                    "--token-exchange obo takes exactly one client credential, not {}",
+                    given.join(" and ")
+                ),
+            )),
+        }
+    }
+
+    /// The token exchange settings.
+    pub fn token_exchange_settings(&self) -> entra::Settings {
+        let credential = match (
+            &self.client_secret_file,
+            &self.client_certificate_file,
+            &self.federated_token_file,
+        ) {
+            (Some(file), _, _) => Some(CredentialSource::SecretFile(file.clone())),
+            (_, Some(file), _) => Some(CredentialSource::CertificateFile(file.clone())),
+            (_, _, Some(file)) => Some(CredentialSource::FederatedTokenFile(file.clone())),
+            _ => None,
+        };
+        entra::Settings {
+            exchange: self.token_exchange,
+            authority: self.entra_authority.clone(),
+            tenant_id: self.tenant_id.clone(),
+            client_id: self.client_id.clone(),
+            credential,
+            graph_scope: self.graph_scope.clone(),
         }
     }
 
@@ -581,6 +702,104 @@ mod tests {
             .take_while(char::is_ascii_digit)
             .collect();
         digits.parse().ok()
+    }
+
+    #[test]
+    fn on_behalf_of_needs_a_tenant_a_client_and_exactly_one_credential() {
+        let with = |extra: &[&str]| {
+            let args = [&["printjob-gateway", "--token-exchange", "obo"], extra].concat();
+            parse(&args).map_err(|error| error.to_string())
+        };
+        let secret = ["--client-secret-file", "/run/secret"];
+        let cases: [(&[&str], &str); 4] = [
+            (
+                &[&["--client-id", "c"][..], &secret].concat(),
+                "--tenant-id",
+            ),
+            (
+                &[&["--tenant-id", "t"][..], &secret].concat(),
+                "--client-id",
+            ),
+            (
+                &["--tenant-id", "t", "--client-id", "c"],
+                "one client credential",
+            ),
+            (
+                &[
+                    &["--tenant-id", "t", "--client-id", "c"][..],
+                    &secret,
+                    &["--client-certificate-file", "/run/c.pem"],
+                ]
+                .concat(),
+                "exactly one client credential, not --client-secret-file and --client-certificate-file",
+            ),
+        ];
+        for (args, expected) in cases {
+            let error = with(args).unwrap_err();
+            assert!(error.contains(expected), "{args:?}: {error}");
+        }
+
+        let cli = with(&[
+            "--tenant-id",
+            "t",
+            "--client-id",
+            "c",
+            "--federated-token-file",
+            "/var/run/secrets/azure/tokens/azure-identity-token",
+            "--entra-authority",
+            "https://login.microsoftonline.us/",
+            "--graph-scope",
+            "https://graph.microsoft.us/.default",
+        ])
+        .unwrap();
+        assert_eq!(
+            cli.gateway.server_settings().token_exchange,
+            entra::Settings {
+                exchange: TokenExchange::Obo,
+                authority: EntraAuthority::parse("https://login.microsoftonline.us").unwrap(),
+                tenant_id: Some("t".to_owned()),
+                client_id: Some("c".to_owned()),
+                credential: Some(CredentialSource::FederatedTokenFile(
+                    "/var/run/secrets/azure/tokens/azure-identity-token".into()
+                )),
+                graph_scope: Some("https://graph.microsoft.us/.default".to_owned()),
+            }
+        );
+        // Pass-through needs none of it, and ignores a credential the environment may carry; the
+        // demo brings its own.
+        assert!(parse(&["printjob-gateway", "--federated-token-file", "/f"]).is_ok());
+        assert!(with(&["--demo"]).is_ok());
+    }
+
+    #[test]
+    fn the_entra_authority_is_https_except_for_loopback() {
+        let authority = |url: &str| parse(&["printjob-gateway", "--entra-authority", url]);
+        assert!(authority("http://login.microsoftonline.com").is_err());
+        assert!(authority("http://127.0.0.1:8089/").is_ok());
+        assert!(authority("https://login.microsoftonline.com/").is_ok());
+    }
+
+    #[test]
+    fn the_default_graph_scope_follows_the_graph_url() {
+        let cases = [
+            (
+                "https://graph.microsoft.com/v1.0",
+                "https://graph.microsoft.com/.default",
+            ),
+            (
+                "https://graph.microsoft.us/beta",
+                "https://graph.microsoft.us/.default",
+            ),
+            (
+                "https://microsoftgraph.chinacloudapi.cn/v1.0",
+                "https://microsoftgraph.chinacloudapi.cn/.default",
+            ),
+            ("http://127.0.0.1:8089/v1.0", "https://127.0.0.1/.default"),
+        ];
+        for (graph_url, scope) in cases {
+            let graph_url = GraphBaseUrl::parse(graph_url).unwrap();
+            assert_eq!(entra::default_graph_scope(&graph_url), scope);
+        }
     }
 
     #[test]

@@ -1,10 +1,11 @@
 //! `CancelError`: every way a Cancel call can fail. [`crate::status`] turns it into the status the
 //! caller sees.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use crate::{
     auth::AuthError,
+    entra::ExchangeFailure,
     graph::{GraphError, GraphRejection},
     request::InvalidField,
 };
@@ -42,6 +43,10 @@ pub enum CancelError {
         /// The job's state as Graph reported it, such as `completed`.
         job_state: String,
     },
+    /// The on-behalf-of exchange of the caller's token for a Graph token failed; Graph was not
+    /// called.
+    #[error(transparent)]
+    TokenExchange(Arc<ExchangeFailure>),
     /// The gateway already has as many calls in flight as it allows.
     #[error("the gateway is at its limit of {limit} calls in flight: retry shortly")]
     Overloaded {

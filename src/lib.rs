@@ -15,6 +15,10 @@
 //!   the deadline).
 //! - [`retry`]: which Graph outcomes are tried again, how long to wait, never past the deadline.
 //! - [`auth`]: `BearerToken`, read from the `authorization` metadata; it never prints.
+//! - [`credentials`]: which token goes to Graph: the caller's own, or the one the on-behalf-of
+//!   exchange gave for it.
+//! - [`entra`]: the only module that knows Entra ID: the on-behalf-of exchange, the gateway's
+//!   client credential, and the cache of exchanged tokens.
 //! - [`graph`]: the only module that knows Graph: its URLs, headers and JSON errors.
 //! - [`error`]: `CancelError`, every way a call can fail; [`status`] maps it, through the one
 //!   HTTP-to-gRPC table, to the `tonic::Status` the caller sees.
@@ -28,6 +32,8 @@
 pub mod app;
 pub mod auth;
 pub mod config;
+pub mod credentials;
+pub mod entra;
 pub mod error;
 pub mod graph;
 pub mod metrics;

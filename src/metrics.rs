@@ -42,6 +42,9 @@ struct Inner {
     connections_open: Family<ListenerLabels, Gauge>,
     connections_closed: Family<ClosedLabels, Counter>,
     streams_refused: Family<ListenerLabels, Counter>,
+    token_exchanges: Family<OutcomeLabels, Counter>,
+    token_exchange_duration: Histogram,
+    token_cache_lookups: Family<LookupLabels, Counter>,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -115,6 +118,16 @@ struct ResendLabels {
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct JobReadLabels {
     outcome: JobReadOutcome,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LookupLabels {
+    result: &'static str,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -379,6 +392,25 @@ impl Metrics {
             "Health and reflection streams refused with RESOURCE_EXHAUSTED at the per-listener cap",
             streams_refused.clone(),
         );
+        let token_exchanges = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "token_exchanges",
+            "Requests to Entra ID's token endpoint for the on-behalf-of exchange, by outcome",
+            token_exchanges.clone(),
+        );
+        let token_exchange_duration = latency_histogram();
+        registry.register_with_unit(
+            "token_exchange_duration",
+            "Time Entra ID's token endpoint took to answer one request",
+            Unit::Seconds,
+            token_exchange_duration.clone(),
+        );
+        let token_cache_lookups = Family::<LookupLabels, Counter>::default();
+        registry.register(
+            "token_cache_lookups",
+            "Lookups of an exchanged Graph token, by result: hit (cached, or shared with a call in flight) or miss",
+            token_cache_lookups.clone(),
+        );
         let build_info = Family::<BuildLabels, Gauge>::default();
         build_info
             .get_or_create(&BuildLabels {
@@ -410,6 +442,9 @@ impl Metrics {
                 connections_open,
                 connections_closed,
                 streams_refused,
+                token_exchanges,
+                token_exchange_duration,
+                token_cache_lookups,
             }),
         }
     }
@@ -488,6 +523,27 @@ impl Metrics {
         self.inner
             .job_reads
             .get_or_create(&JobReadLabels { outcome })
+            .inc();
+    }
+
+    /// Counts a request to Entra ID's token endpoint by outcome (one of a fixed set of names),
+    /// and how long it took.
+    pub fn token_exchanged(&self, outcome: &'static str, duration: Duration) {
+        self.inner
+            .token_exchanges
+            .get_or_create(&OutcomeLabels { outcome })
+            .inc();
+        self.inner
+            .token_exchange_duration
+            .observe(duration.as_secs_f64());
+    }
+
+    /// Counts a lookup in the cache of exchanged tokens.
+    pub fn token_cache_lookup(&self, hit: bool) {
+        let result = if hit { "hit" } else { "miss" };
+        self.inner
+            .token_cache_lookups
+            .get_or_create(&LookupLabels { result })
             .inc();
     }
 
@@ -595,6 +651,8 @@ mod tests {
         metrics.retried(RetryReason::Throttled);
         metrics.job_read(JobReadOutcome::AlreadyCanceled);
         metrics.overloaded();
+        metrics.token_exchanged("ok", Duration::from_millis(80));
+        metrics.token_cache_lookup(true);
         let text = metrics.encode();
         for expected in [
             r#"printjob_gateway_calls_total{method="Cancel",code="NOT_FOUND"} 1"#,
@@ -606,6 +664,9 @@ mod tests {
             r#"printjob_gateway_job_reads_total{outcome="already_canceled"} 1"#,
             "printjob_gateway_calls_in_flight 0",
             "printjob_gateway_overload_rejections_total 1",
+            r#"printjob_gateway_token_exchanges_total{outcome="ok"} 1"#,
+            "printjob_gateway_token_exchange_duration_seconds_count 1",
+            r#"printjob_gateway_token_cache_lookups_total{result="hit"} 1"#,
             r#"printjob_gateway_build_info{version=""#,
         ] {
             assert!(text.contains(expected), "{expected} in\n{text}");

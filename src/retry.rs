@@ -26,7 +26,7 @@ use crate::{
 /// The first backoff wait; it doubles on each retry.
 const BACKOFF_MIN: Duration = Duration::from_millis(200);
 /// The longest backoff wait, before jitter.
-const BACKOFF_MAX: Duration = Duration::from_secs(5);
+pub(crate) const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
 /// How Graph calls are retried.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,13 +71,7 @@ impl RetryPolicy {
         F: FnMut(u32) -> Fut,
         Fut: Future<Output = Result<GraphAcceptance, GraphError>>,
     {
-        let mut backoff = ExponentialBuilder::new()
-            .with_min_delay(BACKOFF_MIN)
-            .with_max_delay(BACKOFF_MAX)
-            .with_factor(2.0)
-            .with_jitter()
-            .without_max_times()
-            .build();
+        let mut backoff = backoff();
         let mut attempts = 0;
         let outcome = loop {
             attempts += 1;
@@ -123,6 +117,18 @@ impl RetryPolicy {
         };
         Attempted { outcome, attempts }
     }
+}
+
+/// The waits between attempts when the other side says nothing: 200 ms doubling to 5 s, plus up
+/// to as much again at random. Entra ID's token requests wait the same way.
+pub(crate) fn backoff() -> impl Iterator<Item = Duration> {
+    ExponentialBuilder::new()
+        .with_min_delay(BACKOFF_MIN)
+        .with_max_delay(BACKOFF_MAX)
+        .with_factor(2.0)
+        .with_jitter()
+        .without_max_times()
+        .build()
 }
 
 // === impl Attempted ===

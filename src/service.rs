@@ -21,6 +21,7 @@ use tracing::{Instrument, Span, field};
 
 use crate::{
     auth::BearerToken,
+    credentials::GraphCredentials,
     error::CancelError,
     graph::{GraphAcceptance, GraphClient, GraphError, GraphRejection, JobReadError},
     metrics::{InFlight, JobReadOutcome, Metrics, code_name},
@@ -76,6 +77,8 @@ impl Default for CallPolicy {
 #[derive(Debug, Clone)]
 pub struct PrintJobGateway {
     graph: GraphClient,
+    /// Which token goes to Graph: the caller's, or one exchanged for it.
+    credentials: GraphCredentials,
     metrics: Metrics,
     policy: CallPolicy,
     /// One permit per call in flight, shared by every connection.
@@ -139,16 +142,18 @@ impl Deadlines {
 // === impl PrintJobGateway ===
 
 impl PrintJobGateway {
-    /// A service that calls Graph through `graph`, counts calls in `metrics`, and ends calls
-    /// still in flight when `abort` fires.
+    /// A service that calls Graph through `graph` with the token `credentials` give, counts
+    /// calls in `metrics`, and ends calls still in flight when `abort` fires.
     pub fn new(
         graph: GraphClient,
+        credentials: GraphCredentials,
         metrics: Metrics,
         policy: CallPolicy,
         abort: CancellationToken,
     ) -> Self {
         Self {
             graph,
+            credentials,
             metrics,
             policy,
             in_flight: Arc::new(Semaphore::new(policy.max_in_flight)),
@@ -221,9 +226,11 @@ impl PrintJobGateway {
         })
     }
 
-    /// Makes the Graph call, with the retries the policy allows, before the deadline, counting
-    /// in `attempts_made` each attempt as it starts; when Graph refuses it because the job can no
-    /// longer be canceled, reads the job to tell why.
+    /// Gets the token to send to Graph, then makes the Graph call with the retries the policy
+    /// allows, all before the deadline, counting in `attempts_made` each attempt as it starts;
+    /// when Graph refuses it because the job can no longer be canceled, reads the job to tell
+    /// why. When Graph refuses the token (401), the credentials are told, so that an exchanged
+    /// token is not used again.
     async fn call_graph(
         &self,
         call: &ValidCall,
@@ -235,22 +242,34 @@ impl PrintJobGateway {
                 graph_called: false,
             });
         }
+        let token = match self
+            .credentials
+            .graph_token(&call.token, call.deadline)
+            .await
+        {
+            Ok(token) => token,
+            Err(error) => return Attempted::not_sent(error),
+        };
         let Attempted { outcome, attempts } = self
             .policy
             .retry
             .run(call.deadline, &self.metrics, |attempt| {
                 attempts_made.store(attempt, Ordering::Relaxed);
-                self.graph
-                    .cancel(&call.target, &call.token, client_request_id)
+                self.graph.cancel(&call.target, &token, client_request_id)
             })
             .await;
+        if let Err(error) = &outcome
+            && error.http_status() == Some(http::StatusCode::UNAUTHORIZED)
+        {
+            self.credentials.refused_by_graph(&call.token).await;
+        }
         let outcome = match outcome {
             Ok(acceptance) => Ok(Canceled::Accepted(acceptance)),
             Err(CancelError::Graph {
                 source: GraphError::Rejected(refusal),
                 ..
             }) if refusal.is_not_cancelable() => {
-                self.read_refused_job(call, client_request_id, refusal)
+                self.read_refused_job(call, &token, client_request_id, refusal)
                     .await
             }
             Err(error) => Err(error),
@@ -265,6 +284,7 @@ impl PrintJobGateway {
     async fn read_refused_job(
         &self,
         call: &ValidCall,
+        token: &BearerToken,
         client_request_id: &ClientRequestId,
         refusal: Box<GraphRejection>,
     ) -> Result<Canceled, CancelError> {
@@ -283,7 +303,7 @@ impl PrintJobGateway {
         );
         let read = self
             .graph
-            .job_status(&call.target, &call.token, client_request_id);
+            .job_status(&call.target, token, client_request_id);
         let read = tokio::time::timeout_at(call.deadline, read)
             .instrument(span.clone())
             .await;

@@ -4,6 +4,7 @@
 
 use std::{collections::HashMap, time::Duration};
 
+use base64::{Engine, engine::general_purpose::STANDARD};
 use http::StatusCode;
 use tonic::{
     Code, Status,
@@ -13,6 +14,7 @@ use tonic_types::{ErrorDetails, StatusExt};
 
 use crate::{
     auth::AuthError,
+    entra::{EntraError, RejectionKind},
     error::CancelError,
     graph::{GraphError, GraphRejection},
     request::ClientRequestId,
@@ -20,6 +22,8 @@ use crate::{
 
 /// `ErrorInfo.domain` of errors that Graph reported.
 pub const GRAPH_DOMAIN: &str = "graph.microsoft.com";
+/// `ErrorInfo.domain` of errors that Entra ID reported.
+pub const ENTRA_DOMAIN: &str = "login.microsoftonline.com";
 /// `ErrorInfo.domain` of errors that the gateway itself reports.
 pub const GATEWAY_DOMAIN: &str = "printjob-gateway";
 
@@ -62,6 +66,87 @@ pub fn code_for_http_status(status: StatusCode) -> Code {
     }
 }
 
+/// Maps a failed on-behalf-of exchange to the gRPC code the caller sees, the `ErrorInfo` reason
+/// and the status message.
+///
+/// Sources: Microsoft's "OAuth 2.0 on-behalf-of flow" and "Microsoft Entra authentication and
+/// authorization error codes" pages, and `google/rpc/code.proto`. `invalid_grant` (a token
+/// expired, revoked or issued for another app) and `interaction_required` (sign-in again, MFA,
+/// Conditional Access) are about the caller's credentials: UNAUTHENTICATED, so that the caller
+/// gets a new token or passes the claims challenge up. Missing consent (AADSTS65001) is a
+/// permission the user or an administrator must grant: PERMISSION_DENIED. Entra refusing the
+/// gateway's own credential or request is the gateway's configuration, which no caller can fix:
+/// INTERNAL. Throttling and failures of Entra, once the retries that fit in the deadline are
+/// spent, are UNAVAILABLE (not RESOURCE_EXHAUSTED: the caller's own rate is not what Entra
+/// limits).
+pub fn token_exchange_outcome(error: &EntraError) -> (Code, &'static str, &'static str) {
+    use Code::*;
+    match error {
+        EntraError::Rejected(rejection) => match rejection.kind() {
+            RejectionKind::InvalidGrant => (
+                Unauthenticated,
+                "INVALID_GRANT",
+                "Entra ID did not accept the caller's token for the on-behalf-of exchange: it is expired, revoked or not issued for this service's API; get a new token",
+            ),
+            RejectionKind::InteractionRequired => (
+                Unauthenticated,
+                "INTERACTION_REQUIRED",
+                "Entra ID requires the user to sign in again or satisfy a Conditional Access policy before this service may call Graph for them; pass the www-authenticate challenge, when there is one, to the client",
+            ),
+            RejectionKind::ConsentRequired => (
+                PermissionDenied,
+                "CONSENT_REQUIRED",
+                "the user or an administrator has not consented to this service's app calling Microsoft Graph; grant consent, then retry",
+            ),
+            RejectionKind::ClientRejected => (
+                Internal,
+                "ENTRA_CLIENT_REJECTED",
+                "Entra ID refused the gateway's client credential: the gateway's on-behalf-of settings need fixing",
+            ),
+            RejectionKind::RequestRejected => (
+                Internal,
+                "ENTRA_REQUEST_REJECTED",
+                "Entra ID refused the gateway's token request: the gateway's on-behalf-of settings need fixing",
+            ),
+            RejectionKind::Throttled => (
+                Unavailable,
+                "ENTRA_THROTTLED",
+                "Entra ID is throttling the gateway's token requests: retry later",
+            ),
+            RejectionKind::Unavailable => (
+                Unavailable,
+                "ENTRA_UNAVAILABLE",
+                "Entra ID could not issue a Graph token: retry later",
+            ),
+        },
+        EntraError::Unreachable(_) => (
+            Unavailable,
+            "ENTRA_UNREACHABLE",
+            "cannot connect to Entra ID",
+        ),
+        EntraError::Transport(_) => (
+            Unavailable,
+            "ENTRA_CONNECTION_FAILED",
+            "the connection to Entra ID failed before it answered",
+        ),
+        EntraError::MalformedAnswer(_) => (
+            Internal,
+            "ENTRA_MALFORMED_ANSWER",
+            "Entra ID's answer to the token request is unusable",
+        ),
+        EntraError::Credential(_) => (
+            Unavailable,
+            "CLIENT_CREDENTIAL_UNAVAILABLE",
+            "the gateway cannot read its client credential: retry shortly",
+        ),
+        EntraError::DeadlineExceeded => (
+            DeadlineExceeded,
+            "TOKEN_EXCHANGE_DEADLINE_EXCEEDED",
+            "the call's deadline ran out before Entra ID issued a Graph token",
+        ),
+    }
+}
+
 // === impl CancelError ===
 
 impl CancelError {
@@ -77,6 +162,7 @@ impl CancelError {
             }
             | Self::NotCancelable { rejection, .. } => code_for_http_status(rejection.status),
             Self::Graph { .. } => Code::Unavailable,
+            Self::TokenExchange(failure) => token_exchange_outcome(&failure.error).0,
             Self::Overloaded { .. } | Self::MessageTooLarge { .. } => Code::ResourceExhausted,
             Self::ShuttingDown => Code::Unavailable,
         }
@@ -116,6 +202,7 @@ impl CancelError {
     fn retry_delay(&self) -> Option<Duration> {
         match self {
             Self::Graph { retry_delay, .. } => *retry_delay,
+            Self::TokenExchange(failure) => failure.retry_delay.or(failure.error.retry_after()),
             Self::Overloaded { .. } => Some(OVERLOADED_RETRY_DELAY),
             _ => None,
         }
@@ -126,11 +213,14 @@ impl CancelError {
     pub fn to_status(&self, client_request_id: &ClientRequestId) -> Status {
         let mut details = ErrorDetails::new();
         let mut metadata = correlation_metadata(client_request_id, self.graph_request_id());
-        let message = match self.rejection() {
-            Some(rejection) => {
+        let message = match (self.rejection(), self) {
+            (Some(rejection), _) => {
                 describe_rejection(rejection, self.job_state(), &mut details, &mut metadata)
             }
-            None => {
+            (None, Self::TokenExchange(failure)) => {
+                describe_exchange_failure(&failure.error, &mut details, &mut metadata)
+            }
+            (None, _) => {
                 let (reason, extra) = self.gateway_reason();
                 details.set_error_info(reason, GATEWAY_DOMAIN, extra);
                 if let Self::InvalidArgument(invalid) = self {
@@ -170,6 +260,7 @@ impl CancelError {
             Self::Graph { .. } => "GRAPH_CONNECTION_FAILED",
             // Answered with Graph's own reason, by `describe_rejection`.
             Self::NotCancelable { .. } => "NOT_CANCELABLE",
+            Self::TokenExchange(failure) => token_exchange_outcome(&failure.error).1,
             Self::Overloaded { .. } => "OVERLOADED",
             Self::MessageTooLarge { .. } => "MESSAGE_TOO_LARGE",
             Self::ShuttingDown => "SHUTTING_DOWN",
@@ -245,6 +336,54 @@ fn describe_rejection(
     }
 }
 
+/// Fills the details of a failed on-behalf-of exchange and returns its status message. What
+/// Entra reported goes into `ErrorInfo` (its `error`, the `AADSTS` code, the IDs Microsoft
+/// support asks for); a claims challenge becomes the `www-authenticate` metadata the caller
+/// passes up to its client, as the on-behalf-of page describes for a middle tier. Entra's own
+/// description is logged, not sent: it names the app and the tenant.
+fn describe_exchange_failure(
+    error: &EntraError,
+    details: &mut ErrorDetails,
+    metadata: &mut MetadataMap,
+) -> String {
+    let (_, reason, message) = token_exchange_outcome(error);
+    let mut message = message.to_owned();
+    let EntraError::Rejected(rejection) = error else {
+        details.set_error_info(reason, GATEWAY_DOMAIN, HashMap::new());
+        return message;
+    };
+    let mut info = HashMap::from([(
+        "httpStatus".to_owned(),
+        rejection.status.as_u16().to_string(),
+    )]);
+    let fields = [
+        ("entraError", rejection.error.clone()),
+        ("aadstsCode", rejection.aadsts()),
+        ("suberror", rejection.suberror.clone()),
+        ("traceId", rejection.trace_id.clone()),
+        ("correlationId", rejection.correlation_id.clone()),
+    ];
+    for (key, value) in fields {
+        if let Some(value) = value {
+            info.insert(key.to_owned(), value);
+        }
+    }
+    if let Some(aadsts) = rejection.aadsts() {
+        message = format!("{message} ({aadsts})");
+    }
+    details.set_error_info(reason, ENTRA_DOMAIN, info);
+    if let Some(claims) = &rejection.claims {
+        let challenge = format!(
+            r#"Bearer error="insufficient_claims", claims="{}""#,
+            STANDARD.encode(claims)
+        );
+        if let Ok(challenge) = AsciiMetadataValue::try_from(challenge) {
+            metadata.insert(WWW_AUTHENTICATE, challenge);
+        }
+    }
+    message
+}
+
 /// The response metadata that lets a caller find the call in the gateway's and Graph's logs.
 pub fn correlation_metadata(
     client_request_id: &ClientRequestId,
@@ -297,6 +436,74 @@ fn upper_snake_case(code: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_token_exchange_failure_maps_as_the_table_says() {
+        use crate::entra::{EntraRejection, MalformedAnswer};
+        let rejected = |status: u16, body: serde_json::Value| {
+            EntraError::Rejected(Box::new(EntraRejection::new(
+                StatusCode::from_u16(status).unwrap(),
+                &http::HeaderMap::new(),
+                body.to_string().as_bytes(),
+                std::time::SystemTime::now(),
+            )))
+        };
+        let oauth = |status, error: &str, code: u32| {
+            rejected(
+                status,
+                serde_json::json!({"error": error, "error_codes": [code]}),
+            )
+        };
+        let cases = [
+            (
+                oauth(400, "invalid_grant", 500133),
+                Code::Unauthenticated,
+                "INVALID_GRANT",
+            ),
+            (
+                oauth(400, "interaction_required", 50079),
+                Code::Unauthenticated,
+                "INTERACTION_REQUIRED",
+            ),
+            (
+                oauth(400, "invalid_grant", 65001),
+                Code::PermissionDenied,
+                "CONSENT_REQUIRED",
+            ),
+            (
+                oauth(401, "invalid_client", 7000215),
+                Code::Internal,
+                "ENTRA_CLIENT_REJECTED",
+            ),
+            (
+                oauth(400, "invalid_scope", 70011),
+                Code::Internal,
+                "ENTRA_REQUEST_REJECTED",
+            ),
+            (oauth(429, "", 0), Code::Unavailable, "ENTRA_THROTTLED"),
+            (oauth(503, "", 0), Code::Unavailable, "ENTRA_UNAVAILABLE"),
+            (
+                EntraError::Transport("reset".into()),
+                Code::Unavailable,
+                "ENTRA_CONNECTION_FAILED",
+            ),
+            (
+                EntraError::MalformedAnswer(MalformedAnswer::TooLarge),
+                Code::Internal,
+                "ENTRA_MALFORMED_ANSWER",
+            ),
+            (
+                EntraError::DeadlineExceeded,
+                Code::DeadlineExceeded,
+                "TOKEN_EXCHANGE_DEADLINE_EXCEEDED",
+            ),
+        ];
+        for (error, code, reason) in cases {
+            let (actual_code, actual_reason, message) = token_exchange_outcome(&error);
+            assert_eq!((actual_code, actual_reason), (code, reason), "{error}");
+            assert!(!message.is_empty() && !message.ends_with('.'), "{message}");
+        }
+    }
 
     #[test]
     fn every_http_status_maps_as_the_table_says() {

@@ -1,6 +1,7 @@
 //! Feeds arbitrary bytes to every parser that sees input from outside: the `authorization`
 //! value, the request IDs (and the URLs they become), `grpc-timeout`, Graph's `Retry-After`, error
-//! bodies and print jobs, listen addresses, Graph base URLs and simulator scenarios. Besides "no panic",
+//! bodies and print jobs, Entra ID's token answers and errors, listen addresses, Graph base URLs,
+//! Entra authorities and simulator scenarios. Besides "no panic",
 //! it checks the one property that matters most: a valid ID pair always makes a URL with exactly
 //! one path segment per ID, and no query or fragment.
 
@@ -12,6 +13,7 @@ use http::{HeaderMap, HeaderValue, StatusCode};
 use libfuzzer_sys::fuzz_target;
 use printjob_gateway::{
     auth::BearerToken,
+    entra::{EntraAuthority, EntraRejection, issued_token},
     graph::{GraphBaseUrl, GraphRejection, PrintJobStatus, parse_retry_after},
     proto::CancelRequest,
     request::{CancelTarget, caller_timeout},
@@ -67,6 +69,19 @@ fuzz_target!(|data: &[u8]| {
     );
     if let Some(status) = PrintJobStatus::from_json(data) {
         assert!(status.state.len() <= 64, "{status:?}");
+    }
+
+    let _ = issued_token(data);
+    let _ = BearerToken::from_token(&text);
+    let rejection = EntraRejection::new(
+        StatusCode::BAD_REQUEST,
+        &HeaderMap::new(),
+        data,
+        SystemTime::now(),
+    );
+    let _ = (rejection.kind(), rejection.aadsts());
+    if let Ok(authority) = EntraAuthority::parse(&text) {
+        let _ = authority.token_endpoint(&text);
     }
 
     let _ = text.parse::<ListenAddr>();

@@ -115,7 +115,7 @@ pub fn parse_retry_after(value: &HeaderValue, now: SystemTime) -> Option<Duratio
 
 /// Keeps an identifier only when it is short, non-empty, visible ASCII, so that it can travel as
 /// gRPC metadata and in `ErrorInfo` without escaping.
-fn bounded_identifier(text: String, max_len: usize) -> Option<String> {
+pub(crate) fn bounded_identifier(text: String, max_len: usize) -> Option<String> {
     let fits =
         !text.is_empty() && text.len() <= max_len && text.bytes().all(|b| b.is_ascii_graphic());
     fits.then_some(text)
@@ -123,7 +123,7 @@ fn bounded_identifier(text: String, max_len: usize) -> Option<String> {
 
 /// Cuts a message to [`MAX_MESSAGE_LEN`] bytes at a character boundary, marking the cut, and
 /// replaces control characters with spaces so that it stays one readable line.
-pub(super) fn bounded_message(text: String) -> String {
+pub(crate) fn bounded_message(text: String) -> String {
     let mut text: String = text
         .trim()
         .chars()

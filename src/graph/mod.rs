@@ -19,10 +19,13 @@ use http_body_util::{BodyExt, Empty};
 use tokio::time::Instant;
 
 pub use self::answer::{GraphRejection, parse_retry_after};
+pub(crate) use self::answer::{bounded_identifier, bounded_message};
 pub use self::connect::{ConnectError, GraphClientError, GraphProtocol};
+pub(crate) use self::connect::{Connected, Connector, Negotiated};
 pub use self::job::{JobReadError, PrintJobStatus};
 pub use self::pool::{Body, SendError};
 pub use self::url::{GraphBaseUrl, GraphUrlError};
+pub(crate) use self::url::{PATH_SEGMENT, check_url_is_safe};
 use crate::{
     auth::BearerToken, metrics::Metrics, request::CancelTarget, request::ClientRequestId, telemetry,
 };

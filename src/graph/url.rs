@@ -13,7 +13,7 @@ use crate::request::CancelTarget;
 /// Every byte but RFC 3986's unreserved characters is percent-encoded, so that an ID can never
 /// add a path separator, a query, a fragment or an escape of its own. The dot segments `.` and
 /// `..`, the one input this cannot neutralise, are refused earlier by [`crate::request`].
-const PATH_SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
+pub(crate) const PATH_SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'-')
     .remove(b'.')
     .remove(b'_')
@@ -65,19 +65,7 @@ impl GraphBaseUrl {
     /// Parses and checks a Graph base URL.
     pub fn parse(text: &str) -> Result<Self, GraphUrlError> {
         let url = url::Url::parse(text)?;
-        match url.scheme() {
-            "https" => {}
-            "http" if is_loopback(&url) => {}
-            "http" => return Err(GraphUrlError::Plaintext),
-            other => return Err(GraphUrlError::Scheme(other.to_owned())),
-        }
-        if !url.username().is_empty()
-            || url.password().is_some()
-            || url.query().is_some()
-            || url.fragment().is_some()
-        {
-            return Err(GraphUrlError::Extras);
-        }
+        check_url_is_safe(&url)?;
         let base = url.as_str().trim_end_matches('/').to_owned();
         let uri: Uri = base.parse().map_err(|_| GraphUrlError::Extras)?;
         let (Some(scheme), Some(authority)) = (uri.scheme().cloned(), uri.authority().cloned())
@@ -91,6 +79,11 @@ impl GraphBaseUrl {
             authority,
             path,
         })
+    }
+
+    /// The host, such as `graph.microsoft.com`.
+    pub fn host(&self) -> &str {
+        self.authority.host()
     }
 
     /// The base URL, for the HTTP client's choice of TLS and proxy.
@@ -153,6 +146,25 @@ impl std::str::FromStr for GraphBaseUrl {
     fn from_str(text: &str) -> Result<Self, Self::Err> {
         Self::parse(text)
     }
+}
+
+/// Checks that a URL a token is sent to is `https` (plain `http` only to a loopback host) and
+/// carries no user info, query or fragment. Entra ID's authority is checked the same way.
+pub(crate) fn check_url_is_safe(url: &url::Url) -> Result<(), GraphUrlError> {
+    match url.scheme() {
+        "https" => {}
+        "http" if is_loopback(url) => {}
+        "http" => return Err(GraphUrlError::Plaintext),
+        other => return Err(GraphUrlError::Scheme(other.to_owned())),
+    }
+    if !url.username().is_empty()
+        || url.password().is_some()
+        || url.query().is_some()
+        || url.fragment().is_some()
+    {
+        return Err(GraphUrlError::Extras);
+    }
+    Ok(())
 }
 
 fn is_loopback(url: &url::Url) -> bool {

@@ -35,6 +35,8 @@ use self::{
 };
 
 use crate::{
+    credentials::GraphCredentials,
+    entra::{self, SetupError},
     graph::{self, GraphClient, GraphClientError},
     metrics::{Listener, Metrics},
     proto::{FILE_DESCRIPTOR_SET, PrintJobServiceServer},
@@ -71,6 +73,8 @@ pub struct Settings {
     pub calls: CallPolicy,
     /// How Graph is reached.
     pub graph: graph::Settings,
+    /// Which token goes to Graph: the caller's, or one exchanged on behalf of its user.
+    pub token_exchange: entra::Settings,
 }
 
 impl Default for Settings {
@@ -86,6 +90,7 @@ impl Default for Settings {
             handshake_timeout: Duration::from_secs(10),
             calls: CallPolicy::default(),
             graph: graph::Settings::default(),
+            token_exchange: entra::Settings::default(),
         }
     }
 }
@@ -142,6 +147,9 @@ pub enum ServeError {
     /// The HTTP client for Graph could not be built.
     #[error(transparent)]
     GraphClient(#[from] GraphClientError),
+    /// The on-behalf-of token exchange cannot start.
+    #[error("cannot set up the on-behalf-of token exchange")]
+    TokenExchange(#[from] SetupError),
     /// The TLS certificate, key or client CA is unusable.
     #[error(transparent)]
     Tls(#[from] TlsError),
@@ -182,8 +190,16 @@ pub async fn serve(
     let metrics = Metrics::new();
     let graph = GraphClient::new(&settings.graph, metrics.clone())?;
     let abort_calls = CancellationToken::new();
+    let credentials = GraphCredentials::new(
+        &settings.token_exchange,
+        &settings.graph,
+        settings.calls.retry,
+        &metrics,
+    )
+    .await?;
     let gateway = Arc::new(PrintJobGateway::new(
         graph,
+        credentials,
         metrics.clone(),
         settings.calls,
         abort_calls.clone(),

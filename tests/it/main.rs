@@ -15,6 +15,8 @@ mod ids;
 mod ingress;
 mod limits;
 mod listen;
+mod obo;
+mod obo_secrets;
 mod observability;
 mod properties;
 mod retries;

@@ -2,43 +2,14 @@
 //! the gateway does not panic, answers only with the documented codes, never sends a request
 //! outside the one resource, and never writes the token to a log line, at any level.
 
-use std::{
-    io::Write,
-    sync::{Arc, Mutex},
-};
-
 use percent_encoding::percent_decode_str;
 use proptest::{
     prelude::*,
     test_runner::{TestCaseError, TestRunner},
 };
 use tonic::Code;
-use tracing_subscriber::{EnvFilter, fmt::MakeWriter};
 
-use crate::support::{FakeGraph, TestGateway};
-
-/// Everything logged on this thread, at every level.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(bytes);
-        Ok(bytes.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> MakeWriter<'a> for Captured {
-    type Writer = Captured;
-
-    fn make_writer(&'a self) -> Self::Writer {
-        self.clone()
-    }
-}
+use crate::support::{FakeGraph, TestGateway, logs::Captured};
 
 /// A gateway and fake Graph on a current-thread runtime, so that every task (the gateway's,
 /// hyper's, reqwest's) runs on this thread and logs into the captured buffer at TRACE.
@@ -53,12 +24,7 @@ struct Harness {
 impl Harness {
     fn new() -> Self {
         let logs = Captured::default();
-        let subscriber = tracing_subscriber::fmt()
-            .with_env_filter(EnvFilter::new("trace"))
-            .with_writer(logs.clone())
-            .with_ansi(false)
-            .finish();
-        let logging = tracing::subscriber::set_default(subscriber);
+        let logging = logs.install();
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -79,7 +45,7 @@ impl Harness {
     }
 
     fn logs(&self) -> String {
-        String::from_utf8_lossy(&self.logs.0.lock().unwrap()).into_owned()
+        self.logs.text()
     }
 }
 

@@ -1,9 +1,11 @@
 //! Spawners for the real gateway and for fake Graph servers, all on `127.0.0.1:0`, bound before
 //! they are spawned so that no test waits or sleeps to synchronise.
 
+pub mod fake_entra;
 pub mod fake_graph;
 pub mod gateway;
 pub mod graph_like;
+pub mod logs;
 pub mod metrics;
 pub mod pki;
 pub mod process;
