@@ -26,7 +26,7 @@ use tonic_types::StatusExt;
 use crate::support::{
     FakeGraph, Reply, TOKEN, TestGateway,
     fake_entra::{CLIENT_ID, EntraReply, FakeEntra, TENANT},
-    http_client,
+    metrics::{metrics, sample},
 };
 
 /// The test-only client certificate: a chain (the client's certificate, then its CA) and the
@@ -75,22 +75,7 @@ fn bearer(request: &crate::support::fake_graph::Recorded) -> &str {
 }
 
 async fn scrape(gateway: &TestGateway) -> String {
-    let url = format!("http://{}/metrics", gateway.admin_addr);
-    http_client()
-        .get(url)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
-}
-
-/// The value of the sample that starts with `series ` (name and labels), or 0 when absent.
-fn sample(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
-        .map_or(0.0, |value| value.parse().unwrap())
+    metrics(gateway.admin_addr).await
 }
 
 #[tokio::test]
