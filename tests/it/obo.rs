@@ -797,3 +797,23 @@ async fn pass_through_stays_the_default_and_never_asks_entra() {
 
     assert_eq!(bearer(&graph.requests()[0]), format!("Bearer {TOKEN}"));
 }
+
+#[tokio::test]
+async fn the_job_read_after_a_409_carries_the_exchanged_token_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let graph = FakeGraph::replying(Reply::graph_error(409, "conflict", "Job completed.")).await;
+    let entra = FakeEntra::start().await;
+    let gateway = obo_gateway(&graph, &entra, secret_file(dir.path())).await;
+
+    gateway.call().send().await.unwrap_err();
+
+    let requests = graph.requests();
+    let methods: Vec<&str> = requests.iter().map(|r| r.method.as_str()).collect();
+    assert_eq!(
+        methods,
+        ["POST", "GET"],
+        "the cancel, then the read of the job"
+    );
+    assert!(requests.iter().all(|r| bearer(r) == "Bearer graph-token-1"));
+    assert_eq!(entra.requests().len(), 1);
+}
