@@ -789,7 +789,7 @@ async fn a_token_graph_refuses_is_dropped_from_the_cache() {
 }
 
 #[tokio::test]
-async fn pass_through_stays_the_default_and_never_asks_entra() {
+async fn pass_through_stays_the_default_and_sends_the_callers_own_token() {
     let graph = FakeGraph::start().await;
     let gateway = TestGateway::start(&graph.url()).await;
 
