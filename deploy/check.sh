@@ -4,7 +4,8 @@
 #   2. `kubectl kustomize` renders every overlay in deploy/k8s/overlays;
 #   3. kubernetes-validate --strict accepts every rendered object for Kubernetes 1.29 (the first with
 #      native sidecars) and for the newest version it bundles schemas of (offline);
-#   4. checkov passes on the rendered manifests;
+#   4. checkov passes on the rendered manifests, and deploy/check-workload-identity.py checks that
+#      the workload identity overlays wire on-behalf-of as README "On-behalf-of" says;
 #   5. deploy/build-image.sh builds the image without a daemon, and deploy/check-image.sh runs its
 #      binary from the unpacked root filesystem and calls it with grpcurl.
 # Tools come from PyPI, pinned in deploy/requirements.txt, into a virtualenv under target/; the
@@ -48,6 +49,12 @@ done
     echo "expected the sidecar, sidecar-legacy and shared overlays" >&2
     exit 1
 }
+for name in sidecar-workload-identity sidecar-workload-identity-no-webhook; do
+    [ -s "$rendered/$name.yaml" ] || {
+        echo "expected the overlay $name (components/workload-identity)" >&2
+        exit 1
+    }
+done
 
 for version in 1.29.0 1.37.0; do
     step "kubernetes-validate --strict, Kubernetes $version"
@@ -62,6 +69,9 @@ step "checkov on the rendered manifests"
 #   digest to pin until you publish the image. deploy/k8s/base/kustomization.yaml says how to add
 #   `digest:` to the `images:` entry then.
 checkov "${checkov_args[@]}" --framework kubernetes -d "$rendered" --skip-check CKV_K8S_43
+
+step "workload identity: on-behalf-of wiring in the rendered overlays"
+python deploy/check-workload-identity.py "$rendered"
 
 step "build the image without a daemon (umoci)"
 bash deploy/build-image.sh
