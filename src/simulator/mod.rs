@@ -10,8 +10,11 @@
 //!   error; 401 without a bearer token.
 //! - `GET /v1.0/print/printers/{printerId}/jobs/{printJobId}`: the job's `printJob` JSON with its
 //!   `status`, or the same errors.
+//! - `POST /{tenant}/oauth2/v2.0/token`: the simulated Microsoft Entra token endpoint, for the
+//!   gateway's on-behalf-of exchange ([`entra`]).
 //! - `GET /__requests`: the requests received (the newest [`MAX_RECORDED`]), as JSON.
 
+pub mod entra;
 mod model;
 pub mod scenario;
 
@@ -35,6 +38,7 @@ use axum::{
 use serde::Serialize;
 use tokio::net::TcpListener;
 
+use self::entra::{Entra, TokenExchange};
 use self::model::{Answer, Failure, Model, usual_error};
 use self::scenario::RuleMethod;
 pub use self::scenario::{Scenario, ScenarioError};
@@ -64,6 +68,7 @@ pub struct Simulator {
 #[derive(Debug)]
 struct Shared {
     model: Mutex<Model>,
+    entra: Mutex<Entra>,
     received: Mutex<VecDeque<ReceivedRequest>>,
     /// Every request received since the start, including those no longer in `received`.
     received_count: AtomicU64,
@@ -91,6 +96,13 @@ pub struct ReceivedRequest {
     pub status: u16,
     /// The `request-id` answered.
     pub request_id: String,
+    /// The first 16 hex digits of the SHA-256 of the bearer token, when one came: enough for a
+    /// test to recognise a token it knows.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bearer_token_sha256: Option<String>,
+    /// For a token exchange at the simulated Entra endpoint, what it asked for and got.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token_exchange: Option<TokenExchange>,
 }
 
 /// The IDs a cancel or job read named, passed from the handler to the recording layer.
@@ -104,10 +116,12 @@ struct JobIds {
 
 impl Simulator {
     /// A simulated Graph that starts in `scenario`'s state.
-    pub fn new(scenario: Scenario) -> Self {
+    pub fn new(mut scenario: Scenario) -> Self {
+        let entra = Entra::new(std::mem::take(&mut scenario.entra));
         Self {
             shared: Arc::new(Shared {
                 model: Mutex::new(Model::new(scenario)),
+                entra: Mutex::new(entra),
                 received: Mutex::new(VecDeque::new()),
                 received_count: AtomicU64::new(0),
             }),
@@ -135,6 +149,7 @@ impl Simulator {
                 "/v1.0/print/printers/{printer_id}/jobs/{print_job_id}",
                 get(read_job),
             )
+            .route("/{tenant}/oauth2/v2.0/token", post(entra::token))
             .method_not_allowed_fallback(method_not_allowed)
             .fallback(no_such_resource)
             .layer(middleware::from_fn_with_state(self.clone(), record))
@@ -185,7 +200,8 @@ async fn read_job(
     answer_job_request(simulator, RuleMethod::Get, ids, &headers, Model::read).await
 }
 
-/// Answers a cancel or read of a job: 401 without a token; else the first matching rule, after
+/// Answers a cancel or read of a job: 401 without a token, or with one the simulated Entra did not
+/// issue when the scenario requires issued tokens; else the first matching rule, after
 /// its delay; else what `decide` makes of the printers and jobs.
 async fn answer_job_request(
     simulator: Simulator,
@@ -198,7 +214,9 @@ async fn answer_job_request(
         printer_id,
         print_job_id,
     } = &ids;
-    let answer = if bearer_token(headers) {
+    let answer = if let Some(refused) = entra_refusal(&simulator, headers) {
+        refused
+    } else if bearer_token(headers) {
         let plan = lock(&simulator.shared.model).plan(method, printer_id, print_job_id);
         if let Some(delay) = plan.delay {
             tokio::time::sleep(delay).await;
@@ -218,6 +236,20 @@ async fn answer_job_request(
     let mut response = respond(answer, headers);
     response.extensions_mut().insert(ids);
     response
+}
+
+/// Graph's 401 when the scenario requires tokens issued by the simulated Entra endpoint and the
+/// request's bearer token is not one, or has expired.
+fn entra_refusal(simulator: &Simulator, headers: &HeaderMap) -> Option<Answer> {
+    let token = bearer(headers)?;
+    let refusal = lock(&simulator.shared.entra)
+        .graph_accepts(token, std::time::Instant::now())
+        .err()?;
+    Some(failure(
+        401,
+        "InvalidAuthenticationToken",
+        entra::refusal_message(refusal),
+    ))
 }
 
 async fn method_not_allowed(headers: HeaderMap) -> Response {
@@ -320,16 +352,15 @@ fn status_code(status: u16) -> StatusCode {
 
 /// Whether the request carries `Authorization: Bearer <something>`.
 fn bearer_token(headers: &HeaderMap) -> bool {
-    let Some(value) = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-    else {
-        return false;
-    };
-    let mut parts = value.splitn(2, ' ');
-    let scheme = parts.next().unwrap_or_default();
-    let token = parts.next().unwrap_or_default().trim();
-    scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()
+    bearer(headers).is_some()
+}
+
+/// The token of `Authorization: Bearer <token>`, when there is one.
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
 }
 
 /// Records every request and the answer it got.
@@ -340,6 +371,9 @@ async fn record(State(simulator): State<Simulator>, request: Request, next: Next
     if let Some(ids) = response.extensions().get::<JobIds>() {
         entry.printer_id = Some(ids.printer_id.clone());
         entry.print_job_id = Some(ids.print_job_id.clone());
+    }
+    if let Some(exchange) = response.extensions().get::<TokenExchange>() {
+        entry.token_exchange = Some(exchange.clone());
     }
     entry.status = response.status().as_u16();
     entry.request_id = response
@@ -383,6 +417,8 @@ impl From<&Request> for ReceivedRequest {
             traceparent: header("traceparent"),
             status: 0,
             request_id: String::new(),
+            bearer_token_sha256: bearer(request.headers()).map(entra::sha256_prefix),
+            token_exchange: None,
         }
     }
 }

@@ -3,6 +3,7 @@
 
 use std::{collections::HashSet, marker::PhantomData, path::Path, time::Duration};
 
+use super::entra::scenario::EntraSpec;
 use serde::{
     Deserialize, Deserializer, Serialize,
     de::{Error as _, SeqAccess, Visitor},
@@ -21,6 +22,9 @@ pub struct Scenario {
     /// Scripted answers, tried in order; the first that matches a call and has uses left applies.
     #[serde(default)]
     pub rules: Vec<Rule>,
+    /// The simulated Entra token endpoint: tenants, clients, token lifetime, scripted answers.
+    #[serde(default)]
+    pub entra: EntraSpec,
 }
 
 /// A printer and its jobs.
@@ -280,7 +284,9 @@ impl<'de, T: Deserialize<'de> + Identified> Visitor<'de> for UniqueIds<T> {
     }
 }
 
-fn http_status<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<u16>, D::Error> {
+pub(super) fn http_status<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<u16>, D::Error> {
     let status = u16::deserialize(deserializer)?;
     if !(200..=599).contains(&status) {
         return Err(D::Error::custom(format!(
@@ -298,7 +304,9 @@ enum SecondsOrText {
     Text(String),
 }
 
-fn retry_after<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<String>, D::Error> {
+pub(super) fn retry_after<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<String>, D::Error> {
     let text = match SecondsOrText::deserialize(deserializer)? {
         SecondsOrText::Seconds(seconds) if seconds.is_finite() && seconds >= 0.0 => {
             seconds.to_string()
@@ -318,7 +326,9 @@ fn retry_after<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Stri
     Ok(Some(text))
 }
 
-fn delay<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Duration>, D::Error> {
+pub(super) fn delay<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<Duration>, D::Error> {
     match SecondsOrText::deserialize(deserializer)? {
         SecondsOrText::Seconds(seconds) => Duration::try_from_secs_f64(seconds)
             .map(Some)

@@ -9,6 +9,7 @@ mod deadlines;
 mod discovery;
 mod egress;
 mod egress_pool;
+mod entra;
 mod faults;
 mod idempotent;
 mod ids;
