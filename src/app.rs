@@ -62,7 +62,7 @@ async fn simulate(
     let failed = |source| RunError::Simulator { addr, source };
     let listener = TcpListener::bind(addr).await.map_err(failed)?;
     let bound = listener.local_addr().map_err(failed)?;
-    tracing::info!(url = %format!("http://{bound}/v1.0"), requests = %format!("http://{bound}/__requests"), "simulated Graph serving");
+    tracing::info!(url = %format!("http://{bound}/v1.0"), entra_authority = %format!("http://{bound}"), requests = %format!("http://{bound}/__requests"), "simulated Graph serving");
     simulator::serve(listener, Simulator::new(scenario), shutdown)
         .await
         .map_err(failed)

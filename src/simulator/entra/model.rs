@@ -783,6 +783,31 @@ mod tests {
     }
 
     #[test]
+    fn the_builtin_scenario_scripts_a_claims_challenge_and_missing_consent() {
+        let mut entra = Entra::new(Scenario::builtin().entra);
+        let now = Instant::now();
+        let answer = |entra: &mut Entra, token: &str| {
+            let Outcome::Failed(failure) = entra
+                .exchange("t", &form_with("assertion", Some(token)), now)
+                .outcome
+            else {
+                panic!("{token} is refused")
+            };
+            failure
+        };
+
+        let mfa = answer(&mut entra, "mfa-user-token");
+        assert_eq!(
+            (mfa.error.as_str(), mfa.error_codes.as_slice()),
+            ("interaction_required", &[50079][..])
+        );
+        assert!(mfa.claims.is_some_and(|claims| claims.contains("polids")));
+        let consent = answer(&mut entra, "unconsented-user-token");
+        assert_eq!(consent.suberror.as_deref(), Some("consent_required"));
+        issued(entra.exchange("t", &form_with("assertion", Some("demo-token")), now));
+    }
+
+    #[test]
     fn a_bad_entra_scenario_is_an_error_naming_the_line() {
         let cases = [
             (
