@@ -8,10 +8,18 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     config::{Cli, Command},
+    entra::{self, ClientSecret, CredentialSource, EntraAuthority, TokenExchange},
     graph::GraphBaseUrl,
     server::{self, ListenAddr, Listeners, ServeError, serve},
-    simulator::{self, Scenario, ScenarioError, Simulator},
+    simulator::{self, Scenario, ScenarioError, Simulator, entra::scenario::ClientSpec},
 };
+
+/// The demo's app registration at the simulated Entra endpoint, with `--token-exchange obo`.
+pub const DEMO_TENANT: &str = "demo-tenant";
+/// The demo app registration's client ID.
+pub const DEMO_CLIENT: &str = "demo-client";
+/// The demo app registration's client secret: the simulator's, not a secret of anyone's.
+const DEMO_SECRET: &str = "demo-client-secret";
 
 /// Why the binary stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -82,6 +90,11 @@ async fn demo(
     let simulator_addr = listener.local_addr().map_err(failed)?;
     settings.graph.base_url = GraphBaseUrl::parse(&format!("http://{simulator_addr}/v1.0"))
         .expect("a loopback http URL is a valid Graph URL");
+    let mut scenario = Scenario::builtin();
+    let exchange = settings.token_exchange.exchange == TokenExchange::Obo;
+    if exchange {
+        demo_exchange(&mut settings.token_exchange, &mut scenario, simulator_addr);
+    }
     let listeners = Listeners::bind(&settings).await?;
     let grpc_addr = listeners
         .grpc
@@ -91,13 +104,13 @@ async fn demo(
     let stop_simulator = CancellationToken::new();
     let simulator = tokio::spawn(simulator::serve(
         listener,
-        Simulator::new(Scenario::builtin()),
+        Simulator::new(scenario),
         stop_simulator.clone().cancelled_owned(),
     ));
     let mut stdout = io::stdout().lock();
     let _ = io::Write::write_all(
         &mut stdout,
-        demo_instructions(grpc_addr, simulator_addr).as_bytes(),
+        demo_instructions(grpc_addr, simulator_addr, exchange).as_bytes(),
     );
     drop(stdout);
 
@@ -107,29 +120,75 @@ async fn demo(
     Ok(served?)
 }
 
-/// What the demo prints: where things are, and grpcurl commands to try.
-pub fn demo_instructions(grpc: ListenAddr, simulator: SocketAddr) -> String {
+/// With `--token-exchange obo`: the gateway exchanges callers' tokens at the simulator's Entra
+/// endpoint, as the demo app registration unless the settings name another, and the simulated
+/// Graph takes only tokens that endpoint issued, so a cancel that succeeds shows the exchange.
+fn demo_exchange(exchange: &mut entra::Settings, scenario: &mut Scenario, simulator: SocketAddr) {
+    exchange.authority = EntraAuthority::parse(&format!("http://{simulator}"))
+        .expect("a loopback http URL is a valid authority");
+    let own_registration = exchange.client_id.is_some() || exchange.credential.is_some();
+    let tenant = exchange
+        .tenant_id
+        .get_or_insert_with(|| DEMO_TENANT.to_owned());
+    scenario.entra.tenants = vec![tenant.clone()];
+    if !own_registration {
+        exchange.client_id = Some(DEMO_CLIENT.to_owned());
+        exchange.credential = ClientSecret::new(DEMO_SECRET).map(CredentialSource::Secret);
+        scenario.entra.clients = vec![ClientSpec {
+            id: DEMO_CLIENT.to_owned(),
+            secret: Some(DEMO_SECRET.to_owned()),
+        }];
+    }
+    scenario.entra.require_issued_tokens = true;
+}
+
+/// What the demo prints: where things are, and grpcurl commands to try; with `exchange`
+/// (`--token-exchange obo`), also the callers whose tokens Entra refuses.
+pub fn demo_instructions(grpc: ListenAddr, simulator: SocketAddr, exchange: bool) -> String {
     let grpc = match grpc {
         ListenAddr::Tcp(addr) => addr.to_string(),
         ListenAddr::Unix(path) => format!("-unix {}", path.display()),
     };
-    let cancel = |printer: &str, job: &str| {
+    let cancel = |token: &str, printer: &str, job: &str| {
         format!(
-            "  grpcurl -plaintext -H 'authorization: Bearer demo-token' -d '{{\"printer_id\":\"{printer}\",\"print_job_id\":\"{job}\"}}' {grpc} graph.print.v1.PrintJobService/Cancel\n"
+            "  grpcurl -plaintext -H 'authorization: Bearer {token}' -d '{{\"printer_id\":\"{printer}\",\"print_job_id\":\"{job}\"}}' {grpc} graph.print.v1.PrintJobService/Cancel\n"
         )
     };
+    let (how, refused) = if exchange {
+        (
+            format!(
+                ", exchanging each caller's token on behalf of its user at a simulated Entra ID at http://{simulator}/{DEMO_TENANT}/oauth2/v2.0/token"
+            ),
+            format!(
+                "\n\
+                 A user who must pass multi-factor authentication (answers UNAUTHENTICATED, reason INTERACTION_REQUIRED,\n\
+                 with the claims challenge to pass up in the www-authenticate trailer that -v shows):\n{}\
+                 \n\
+                 A user for whom nobody consented to the Graph permission (answers PERMISSION_DENIED, reason CONSENT_REQUIRED):\n{}",
+                cancel("mfa-user-token", "printer-1", "2").replacen(
+                    "-plaintext",
+                    "-v -plaintext",
+                    1
+                ),
+                cancel("unconsented-user-token", "printer-1", "2"),
+            ),
+        )
+    } else {
+        (String::new(), String::new())
+    };
     format!(
-        "printjob-gateway demo: the gateway serves gRPC on {grpc}, in front of a simulated Graph at http://{simulator}/v1.0\n\
+        "printjob-gateway demo: the gateway serves gRPC on {grpc}, in front of a simulated Graph at http://{simulator}/v1.0{how}\n\
          \n\
          Cancel a print job (answers OK, an empty response):\n{}\
          \n\
          Cancel a job that has already completed (answers FAILED_PRECONDITION, with Graph's error in the details):\n{}\
+         {refused}\
          \n\
          More printers: any-job-printer (always succeeds), throttled-printer (RESOURCE_EXHAUSTED with RetryInfo),\n\
          flaky-printer (UNAVAILABLE twice, then OK), unavailable-printer, slow-printer (3 s), forbidden-printer.\n\
          What the simulated Graph received: curl http://{simulator}/__requests\n\
          Stop with Ctrl-C.\n",
-        cancel("printer-1", "1"),
-        cancel("printer-1", "3"),
+        cancel("demo-token", "printer-1", "1"),
+        cancel("demo-token", "printer-1", "3"),
     )
 }

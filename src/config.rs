@@ -231,7 +231,9 @@ pub struct GatewayArgs {
     pub graph_scope: Option<String>,
 
     /// Starts a simulated Graph on loopback and serves the gateway in front of it, with the
-    /// simulator's built-in printers and jobs, and prints grpcurl commands to try.
+    /// simulator's built-in printers and jobs, and prints grpcurl commands to try. With
+    /// --token-exchange obo, the simulator's Entra endpoint exchanges the callers' tokens, as a
+    /// demo app registration unless --tenant-id, --client-id or a credential say otherwise.
     #[arg(long, env = "PRINTJOB_GATEWAY_DEMO")]
     pub demo: bool,
 }

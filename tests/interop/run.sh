@@ -2,7 +2,8 @@
 # Interop tests: clients that nobody here wrote (grpcurl 1.8.6, Python grpcio, Node grpc-js), and the
 # README's "Calling it" snippets run exactly as printed, against the real release binary in front of
 # the project's own Graph simulator. Then the --demo mode end to end, with the grpcurl commands it
-# prints. CI runs this after `cargo test`; run it from anywhere: `bash tests/interop/run.sh`.
+# prints, with and without --token-exchange obo. CI runs this after `cargo test`; run it from
+# anywhere: `bash tests/interop/run.sh`.
 #
 # Everything is installed by package name into tests/interop/.venv and tests/interop/node/node_modules
 # (pinned: requirements.txt, node/package-lock.json), never globally; a failed install fails the run.
@@ -173,6 +174,96 @@ demo() {
     fi
 }
 run_suite "the --demo mode end to end, with the grpcurl commands it prints" demo
+
+# The same with --token-exchange obo: the simulator's Entra endpoint exchanges the callers' tokens,
+# and its Graph takes only the tokens it issued. Four commands: OK, FAILED_PRECONDITION, a claims
+# challenge (UNAUTHENTICATED with www-authenticate), missing consent (PERMISSION_DENIED).
+demo_obo() {
+    local log="$work/demo-obo.log" pid commands out rc requests
+    "$bin" --demo --token-exchange obo --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 \
+        --log-filter info >"$log" 2>&1 &
+    pid=$!
+    pids+=("$pid")
+    wait_for_line "$log" "printjob-gateway serving" "$pid" >/dev/null
+    grep -qF "exchanging each caller's token on behalf of its user" "$log" || {
+        echo "the demo does not say that it exchanges tokens:"
+        cat "$log"
+        return 1
+    }
+    mapfile -t commands < <(grep -E '^  grpcurl ' "$log" | sed 's/^  //')
+    if [ "${#commands[@]}" -ne 4 ]; then
+        echo "expected four grpcurl commands in the demo's output, found ${#commands[@]}:"
+        cat "$log"
+        return 1
+    fi
+    printf 'demo printed:\n'
+    printf '  %s\n' "${commands[@]}"
+
+    rc=0
+    out="$(bash -c "${commands[0]}" 2>&1)" || rc=$?
+    printf '%s\n' "$out"
+    if [ "$rc" -ne 0 ] || [ "$(tr -d ' \n' <<<"$out")" != "{}" ]; then
+        echo "the first command: expected exit 0 and {}, got exit $rc"
+        return 1
+    fi
+    rc=0
+    out="$(bash -c "${commands[1]}" 2>&1)" || rc=$?
+    printf '%s\n' "$out"
+    if [ "$rc" -ne 73 ] || ! grep -qF 'Code: FailedPrecondition' <<<"$out"; then
+        echo "the second command: expected exit 73 (FailedPrecondition), got exit $rc"
+        return 1
+    fi
+    # UNAUTHENTICATED is 16: exit 80. grpcurl -v prints the trailers, with the claims challenge
+    # whose base64 is the claims JSON of the simulator's built-in scenario.
+    rc=0
+    out="$(bash -c "${commands[2]}" 2>&1)" || rc=$?
+    printf '%s\n' "$out" | grep -v '^//'
+    local challenge
+    challenge="$(grep -m1 '^www-authenticate: ' <<<"$out" || true)"
+    if [ "$rc" -ne 80 ] || ! grep -qF 'Code: Unauthenticated' <<<"$out" \
+        || ! "$venv/bin/python" -c '
+import base64, json, re, sys
+claims = re.search(r"error=\"insufficient_claims\", claims=\"([^\"]+)\"", sys.argv[1]).group(1)
+assert "polids" in json.loads(base64.b64decode(claims))["access_token"]
+' "$challenge"; then
+        echo "the third command: expected exit 80, Unauthenticated and a www-authenticate claims challenge, got exit $rc"
+        return 1
+    fi
+    # PERMISSION_DENIED is 7: exit 71, with Entra's code in ErrorInfo.
+    rc=0
+    out="$(bash -c "${commands[3]}" 2>&1)" || rc=$?
+    printf '%s\n' "$out"
+    if [ "$rc" -ne 71 ] || ! grep -qF '"reason":"CONSENT_REQUIRED"' <<<"$out" \
+        || ! grep -qF '"aadstsCode":"AADSTS65001"' <<<"$out"; then
+        echo "the fourth command: expected exit 71, PermissionDenied, CONSENT_REQUIRED and AADSTS65001, got exit $rc"
+        return 1
+    fi
+    # The simulator saw one successful exchange for demo-token (the second call used the cache),
+    # Graph received the very token it issued, and no token or secret is in its request log.
+    requests="$(grep -o 'http://[0-9.:]*/__requests' "$log" | head -1)"
+    "$venv/bin/python" - "$requests" <<'PY' || return 1
+import json, sys, urllib.request
+log = json.load(urllib.request.urlopen(sys.argv[1], timeout=10))
+issued = [e["tokenExchange"] for e in log if e.get("tokenExchange") and e["status"] == 200]
+assert len(issued) == 1, f"expected one successful exchange, got {issued}"
+assert issued[0]["credential"] == "clientSecret" and issued[0]["clientId"] == "demo-client", issued
+graph = [e for e in log if e["path"].startswith("/v1.0/")]
+assert graph and all(e["bearerTokenSha256"] == issued[0]["issuedTokenSha256"] for e in graph), graph
+text = json.dumps(log)
+for secret in ("demo-token", "mfa-user-token", "demo-client-secret", "sim-graph-"):
+    assert secret not in text, f"{secret} in /__requests"
+print(f"the simulator: {len(issued)} exchange, {len(graph)} Graph calls with the issued token")
+PY
+    kill -TERM "$pid"
+    rc=0
+    wait "$pid" || rc=$?
+    forget "$pid"
+    if [ "$rc" -ne 0 ]; then
+        echo "the demo exited $rc on SIGTERM"
+        return 1
+    fi
+}
+run_suite "the --demo --token-exchange obo mode end to end, with the grpcurl commands it prints" demo_obo
 
 printf '\ninterop: %d passed, %d failed\n' "$passed" "${#failed[@]}"
 if [ "${#failed[@]}" -ne 0 ]; then

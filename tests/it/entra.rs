@@ -305,3 +305,35 @@ async fn a_token_it_issued_is_refused_as_an_assertion() {
     assert_eq!(again["error"], "invalid_grant");
     assert_eq!(again["error_codes"], serde_json::json!([500131]));
 }
+
+#[test]
+fn the_readmes_entra_scenario_is_valid_and_scripts_what_it_says() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let example = readme
+        .split("```json\n")
+        .skip(1)
+        .filter_map(|block| block.split("\n```").next())
+        .find(|block| block.contains("\"entra\"") && block.contains("requireIssuedTokens"))
+        .expect("README shows a scenario with an entra object");
+
+    let scenario = Scenario::parse(example, "README.md").unwrap();
+
+    assert_eq!(scenario.entra.tenants, ["contoso"]);
+    assert!(scenario.entra.require_issued_tokens);
+    let scripted: Vec<Option<&str>> = scenario
+        .entra
+        .rules
+        .iter()
+        .map(|rule| rule.assertion.as_deref())
+        .collect();
+    assert_eq!(
+        scripted,
+        [
+            Some("mfa-user"),
+            Some("unconsented-user"),
+            Some("busy-user"),
+            Some("short-user")
+        ]
+    );
+}

@@ -334,11 +334,56 @@ async fn demo_mode_serves_a_working_cancel_in_one_command() {
     let expected = printjob_gateway::app::demo_instructions(
         printjob_gateway::server::ListenAddr::Tcp(demo_grpc(&output)),
         "127.0.0.1:1".parse().unwrap(),
+        false,
     );
     let first_command = expected.lines().find(|l| l.contains("grpcurl")).unwrap();
     assert!(
         output.contains(first_command.trim()),
         "the demo prints the grpcurl command:\n{output}"
+    );
+}
+
+#[tokio::test]
+async fn demo_mode_with_obo_exchanges_tokens_at_the_simulated_entra_in_one_command() {
+    let demo = GatewayProcess::spawn(&["--demo", "--token-exchange", "obo"], &[]).await;
+
+    // The simulated Graph takes only tokens its Entra endpoint issued: TOKEN itself would be 401.
+    Call::to(demo.grpc_addr)
+        .ids("printer-1", "1")
+        .send()
+        .await
+        .expect("the caller's token is exchanged, and Graph takes the exchanged one");
+    let mfa = Call::to(demo.grpc_addr)
+        .authorization(Some("Bearer mfa-user-token"))
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(mfa.code(), Code::Unauthenticated);
+    assert_eq!(
+        mfa.get_details_error_info().unwrap().reason,
+        "INTERACTION_REQUIRED"
+    );
+    let challenge = mfa.metadata().get("www-authenticate").unwrap();
+    assert!(
+        challenge
+            .to_str()
+            .unwrap()
+            .contains(r#"error="insufficient_claims", claims=""#),
+        "{challenge:?}"
+    );
+    let consent = Call::to(demo.grpc_addr)
+        .authorization(Some("Bearer unconsented-user-token"))
+        .send()
+        .await
+        .unwrap_err();
+    assert_eq!(consent.code(), Code::PermissionDenied);
+
+    let (exit, output) = demo.terminate(Duration::from_secs(10)).await;
+    assert!(exit.success(), "{output}");
+    assert!(
+        output.contains("exchanging each caller's token on behalf of its user")
+            && output.contains("Bearer mfa-user-token"),
+        "the demo says so, and prints the refused users' commands:\n{output}"
     );
 }
 
