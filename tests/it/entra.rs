@@ -8,7 +8,7 @@ use printjob_gateway::simulator::{self, Scenario, Simulator, entra::sha256_prefi
 use serde_json::Value;
 use tokio::net::TcpListener;
 
-use crate::support::{TOKEN, http_client};
+use crate::support::{TOKEN, TestGateway, http_client};
 
 const SECRET: &str = "simulated-client-secret";
 const GRAPH_SCOPE: &str = "https://graph.microsoft.com/.default";
@@ -335,5 +335,92 @@ fn the_readmes_entra_scenario_is_valid_and_scripts_what_it_says() {
             Some("busy-user"),
             Some("short-user")
         ]
+    );
+}
+
+/// The gateway's exchange against the simulator's independent reading of Entra: with each of the
+/// three credentials, the simulated Entra accepts the form, and the simulated Graph receives the
+/// token it issued (it takes no other).
+#[tokio::test]
+async fn the_gateway_exchanges_at_the_simulated_entra_with_each_credential() {
+    use printjob_gateway::entra::{CredentialSource, EntraAuthority, TokenExchange};
+
+    let dir = tempfile::tempdir().unwrap();
+    let secret_file = dir.path().join("secret");
+    std::fs::write(&secret_file, format!("{SECRET}\n")).unwrap();
+    let certificate_file = dir.path().join("client-certificate.pem");
+    std::fs::write(
+        &certificate_file,
+        include_str!("fixtures/client-certificate.pem"),
+    )
+    .unwrap();
+    let federated = "eyJhbGciOiJSUzI1NiIsImtpZCI6Imsxczh0In0.eyJhdWQiOlsiYXBpOi8vQXp1cmVBRFRva2VuRXhjaGFuZ2UiXX0.c2lnbmF0dXJl";
+    let federated_file = dir.path().join("azure-identity-token");
+    std::fs::write(&federated_file, federated).unwrap();
+    let scenario = serde_json::json!({
+        "printers": [{"id": "p", "anyJob": true}],
+        "entra": {
+            "tenants": ["contoso"],
+            "clients": [{"id": "my-api", "secret": SECRET}],
+            "requireIssuedTokens": true
+        }
+    });
+    let (simulator, base) = start(&scenario.to_string()).await;
+    let credentials = [
+        (CredentialSource::SecretFile(secret_file), "clientSecret"),
+        (
+            CredentialSource::CertificateFile(certificate_file),
+            "clientAssertion",
+        ),
+        (
+            CredentialSource::FederatedTokenFile(federated_file),
+            "clientAssertion",
+        ),
+    ];
+
+    for (credential, kind) in credentials {
+        let gateway = TestGateway::start_with(&format!("{base}/v1.0"), |settings| {
+            let exchange = &mut settings.token_exchange;
+            exchange.exchange = TokenExchange::Obo;
+            exchange.authority = EntraAuthority::parse(&base).unwrap();
+            exchange.tenant_id = Some("contoso".to_owned());
+            exchange.client_id = Some("my-api".to_owned());
+            exchange.credential = Some(credential);
+        })
+        .await;
+
+        gateway
+            .call()
+            .ids("p", "1")
+            .send()
+            .await
+            .unwrap_or_else(|status| panic!("{kind}: {status:?}"));
+
+        let received = simulator.received();
+        let (exchange, graph) = (&received[received.len() - 2], &received[received.len() - 1]);
+        let exchanged = exchange.token_exchange.as_ref().expect("an exchange first");
+        assert_eq!(exchange.status, 200, "{kind}: {exchanged:?}");
+        assert_eq!(serde_json::to_value(exchanged.credential).unwrap(), kind);
+        assert_eq!(
+            exchanged.assertion_sha256.as_deref(),
+            Some(sha256_prefix(TOKEN).as_str())
+        );
+        assert_eq!(graph.status, 204);
+        assert_eq!(graph.bearer_token_sha256, exchanged.issued_token_sha256);
+    }
+    let exchanges: Vec<_> = simulator
+        .received()
+        .into_iter()
+        .filter_map(|request| request.token_exchange)
+        .collect();
+    assert_eq!(
+        exchanges[0].client_secret_length,
+        Some(SECRET.len()),
+        "without the newline"
+    );
+    assert_eq!(
+        exchanges[2].client_assertion_sha256,
+        Some(sha256_prefix(federated)),
+        "the federated token, as the file holds it"
     );
 }
