@@ -21,7 +21,12 @@ impl Captured {
             .with_writer(self.clone())
             .with_ansi(false)
             .finish();
-        tracing::subscriber::set_default(subscriber)
+        let guard = tracing::subscriber::set_default(subscriber);
+        // Another test's thread may have registered a callsite while this subscriber was being
+        // registered, and cached "never" for it (a race in tracing's interest cache); ask every
+        // callsite again now that this subscriber is known.
+        tracing::callsite::rebuild_interest_cache();
+        guard
     }
 
     /// What was logged so far.
