@@ -51,6 +51,12 @@ const SETTINGS: &[(&str, &str, &str)] = &[
         "PRINTJOB_GATEWAY_HANDSHAKE_TIMEOUT",
         "10s",
     ),
+    // No default shown: the CPUs available when unset.
+    (
+        "--worker-threads",
+        "PRINTJOB_GATEWAY_WORKER_THREADS",
+        "",
+    ),
     // A flag: off unless given, so clap shows no default.
     ("--demo", "PRINTJOB_GATEWAY_DEMO", ""),
     ("--log-format", "PRINTJOB_GATEWAY_LOG_FORMAT", "text"),
@@ -261,4 +267,30 @@ async fn sigterm_ends_a_call_longer_than_the_grace_period_cleanly_and_exits_zero
         ended.get_details_error_info().unwrap().reason,
         "SHUTTING_DOWN"
     );
+}
+
+#[tokio::test]
+async fn worker_threads_sets_how_many_runtime_workers_serve_calls() {
+    let graph = FakeGraph::start().await;
+    let url = graph.url();
+    // 3 is neither this machine's CPU count nor tokio's fallback, so only the setting explains it;
+    // the flag and its environment twin are each checked.
+    let cases: [(&[&str], &[(&str, &str)], usize); 2] = [
+        (&["--worker-threads", "1"], &[], 1),
+        (&[], &[("PRINTJOB_GATEWAY_WORKER_THREADS", "3")], 3),
+    ];
+    for (args, env, workers) in cases {
+        let args = [&["--graph-url", url.as_str()], args].concat();
+        let gateway = GatewayProcess::spawn(&args, env).await;
+        // tokio spawns every worker when the runtime is built, long before the serving line;
+        // no call has been made, so no blocking-pool thread (which shares the name) exists yet.
+        assert_eq!(
+            gateway.threads_named("tokio-rt-worker"),
+            workers,
+            "{args:?} {env:?}"
+        );
+        Call::to(gateway.grpc_addr).send().await.unwrap();
+        let (status, logs) = gateway.terminate(Duration::from_secs(10)).await;
+        assert!(status.success(), "{status:?}\n{logs}");
+    }
 }

@@ -34,6 +34,9 @@ impl GatewayProcess {
     /// Starts the binary on `127.0.0.1:0` (unless `args` name a `--listen` of their own) with
     /// JSON logs and `args`, and waits for the log line that says it is serving (which names the
     /// bound addresses).
+    ///
+    /// The process sees only the variables in `env`: none of the caller's (`HTTPS_PROXY`,
+    /// `PRINTJOB_GATEWAY_*`, `OTEL_*`, `RUST_LOG`) leak into a test.
     pub async fn spawn(args: &[&str], env: &[(&str, &str)]) -> Self {
         let listen: &[&str] = if args.contains(&"--listen") {
             &[]
@@ -44,6 +47,7 @@ impl GatewayProcess {
             .args(listen)
             .args(["--admin-listen", "127.0.0.1:0", "--log-format", "json"])
             .args(args)
+            .env_clear()
             .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -100,6 +104,17 @@ impl GatewayProcess {
     /// The memory the process holds now (VmRSS), in KiB.
     pub fn rss_kib(&self) -> u64 {
         self.status_kib("VmRSS:")
+    }
+
+    /// How many of the process's threads are named `name` (as `/proc/<pid>/task/*/comm` shows
+    /// it: at most 15 bytes).
+    pub fn threads_named(&self, name: &str) -> usize {
+        let pid = self.child.id().expect("the process is running");
+        std::fs::read_dir(format!("/proc/{pid}/task"))
+            .unwrap()
+            .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+            .filter(|comm| comm.trim_end() == name)
+            .count()
     }
 
     fn status_kib(&self, field: &str) -> u64 {
