@@ -2,6 +2,7 @@
 
 mod support;
 
+mod architecture;
 mod auth;
 mod binary;
 mod cancel;
