@@ -1,7 +1,10 @@
-//! `CancelError`: every way a Cancel call can fail. [`crate::status`] turns it into the status the
-//! caller sees.
+//! `CancelError`: every way a Cancel call can fail, and what each says about itself (Graph's HTTP
+//! status and request ID, the wait to suggest). [`crate::status`], the one owner of gRPC codes,
+//! gives it its code and turns it into the status the caller sees.
 
 use std::{sync::Arc, time::Duration};
+
+use http::StatusCode;
 
 use crate::{
     auth::AuthError,
@@ -9,6 +12,10 @@ use crate::{
     graph::{GraphError, GraphRejection},
     request::InvalidField,
 };
+
+/// The wait suggested to callers turned away because the gateway is at its limit of calls in
+/// flight: short, since calls in flight usually end within a Graph round trip.
+pub const OVERLOADED_RETRY_DELAY: Duration = Duration::from_millis(500);
 
 /// Why a Cancel call did not succeed.
 #[derive(Debug, thiserror::Error)]
@@ -64,6 +71,50 @@ pub enum CancelError {
     /// The gateway is shutting down and its grace period ended before Graph answered.
     #[error("the gateway shut down before Graph answered")]
     ShuttingDown,
+}
+
+// === impl CancelError ===
+
+impl CancelError {
+    /// The HTTP status Graph answered with, when it answered.
+    pub fn http_status(&self) -> Option<StatusCode> {
+        self.rejection().map(|rejection| rejection.status)
+    }
+
+    /// Graph's `request-id`, when Graph answered.
+    pub fn graph_request_id(&self) -> Option<&str> {
+        self.rejection()?.request_id.as_deref()
+    }
+
+    /// Graph's refusal of the cancel, when Graph answered.
+    pub fn rejection(&self) -> Option<&GraphRejection> {
+        match self {
+            Self::Graph {
+                source: GraphError::Rejected(rejection),
+                ..
+            }
+            | Self::NotCancelable { rejection, .. } => Some(rejection),
+            _ => None,
+        }
+    }
+
+    /// The job's state, when a read of the job after a 409 found one.
+    pub fn job_state(&self) -> Option<&str> {
+        match self {
+            Self::NotCancelable { job_state, .. } => Some(job_state),
+            _ => None,
+        }
+    }
+
+    /// How long the caller should wait before trying again, when the gateway can tell.
+    pub fn retry_delay(&self) -> Option<Duration> {
+        match self {
+            Self::Graph { retry_delay, .. } => *retry_delay,
+            Self::TokenExchange(failure) => failure.retry_delay.or(failure.error.retry_after()),
+            Self::Overloaded { .. } => Some(OVERLOADED_RETRY_DELAY),
+            _ => None,
+        }
+    }
 }
 
 impl From<GraphError> for CancelError {

@@ -11,6 +11,8 @@ use prometheus_client::{
     registry::{Registry, Unit},
 };
 
+use crate::status::code_name;
+
 /// Bucket bounds, in seconds, for a cloud API that usually answers in tens to hundreds of
 /// milliseconds and may be held for up to the longest deadline (30 s by default).
 const LATENCY_BUCKETS: [f64; 14] = [
@@ -612,30 +614,6 @@ impl Drop for InFlight {
 
 fn latency_histogram() -> Histogram {
     Histogram::new(LATENCY_BUCKETS)
-}
-
-/// The gRPC code as grpc-go and the gRPC docs name it, such as `NOT_FOUND`.
-pub fn code_name(code: tonic::Code) -> &'static str {
-    use tonic::Code::*;
-    match code {
-        Ok => "OK",
-        Cancelled => "CANCELLED",
-        Unknown => "UNKNOWN",
-        InvalidArgument => "INVALID_ARGUMENT",
-        DeadlineExceeded => "DEADLINE_EXCEEDED",
-        NotFound => "NOT_FOUND",
-        AlreadyExists => "ALREADY_EXISTS",
-        PermissionDenied => "PERMISSION_DENIED",
-        ResourceExhausted => "RESOURCE_EXHAUSTED",
-        FailedPrecondition => "FAILED_PRECONDITION",
-        Aborted => "ABORTED",
-        OutOfRange => "OUT_OF_RANGE",
-        Unimplemented => "UNIMPLEMENTED",
-        Internal => "INTERNAL",
-        Unavailable => "UNAVAILABLE",
-        DataLoss => "DATA_LOSS",
-        Unauthenticated => "UNAUTHENTICATED",
-    }
 }
 
 #[cfg(test)]

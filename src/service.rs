@@ -24,11 +24,11 @@ use crate::{
     credentials::GraphCredentials,
     error::CancelError,
     graph::{GraphAcceptance, GraphClient, GraphError, GraphRejection, JobReadError},
-    metrics::{InFlight, JobReadOutcome, Metrics, code_name},
+    metrics::{InFlight, JobReadOutcome, Metrics},
     proto::{CancelRequest, CancelResponse, PrintJobService},
     request::{CancelTarget, ClientRequestId, caller_timeout},
     retry::{Attempted, RetryPolicy},
-    status::correlation_metadata,
+    status::{code_name, correlation_metadata, is_server_error},
     telemetry::{self, ErrorChain},
 };
 
@@ -501,20 +501,6 @@ impl PrintJobGateway {
             }
         }
     }
-}
-
-/// Whether a code means the server failed, which OpenTelemetry's gRPC conventions mark as an
-/// error on server spans; the others are the caller's problem.
-fn is_server_error(code: Code) -> bool {
-    matches!(
-        code,
-        Code::Unknown
-            | Code::DeadlineExceeded
-            | Code::Unimplemented
-            | Code::Internal
-            | Code::Unavailable
-            | Code::DataLoss
-    )
 }
 
 #[cfg(test)]

@@ -1,8 +1,11 @@
-//! The one place that decides which gRPC status a caller sees: the HTTP-to-gRPC table, and the
-//! rich error details (`google.rpc.ErrorInfo`, `RequestInfo`, `RetryInfo`, `BadRequest`) that go
-//! with every error.
+//! The one place that decides which gRPC status a caller sees, and the one owner of facts about
+//! gRPC codes: the HTTP-to-gRPC table, each [`CancelError`]'s code, the codes' names (for metrics
+//! and logs), which codes mean the server failed, and the rich error details
+//! (`google.rpc.ErrorInfo`, `RequestInfo`, `RetryInfo`, `BadRequest`) that go with every error.
+//! What a `CancelError` says about itself (Graph's HTTP status and request ID, the suggested
+//! wait) lives beside it in [`crate::error`].
 
-use std::{collections::HashMap, time::Duration};
+use std::collections::HashMap;
 
 use base64::{Engine, engine::general_purpose::STANDARD};
 use http::StatusCode;
@@ -26,10 +29,6 @@ pub const GRAPH_DOMAIN: &str = "graph.microsoft.com";
 pub const ENTRA_DOMAIN: &str = "login.microsoftonline.com";
 /// `ErrorInfo.domain` of errors that the gateway itself reports.
 pub const GATEWAY_DOMAIN: &str = "printjob-gateway";
-
-/// The wait suggested to callers turned away because the gateway is at its limit of calls in
-/// flight: short, since calls in flight usually end within a Graph round trip.
-pub const OVERLOADED_RETRY_DELAY: Duration = Duration::from_millis(500);
 
 /// Response metadata: Graph's request ID, whenever Graph answered.
 pub const REQUEST_ID: &str = "request-id";
@@ -147,6 +146,45 @@ pub fn token_exchange_outcome(error: &EntraError) -> (Code, &'static str, &'stat
     }
 }
 
+/// The gRPC code as grpc-go and the gRPC docs name it, such as `NOT_FOUND`: the `code` label of
+/// metrics and the `grpc_code` field of the access log.
+pub fn code_name(code: Code) -> &'static str {
+    use Code::*;
+    match code {
+        Ok => "OK",
+        Cancelled => "CANCELLED",
+        Unknown => "UNKNOWN",
+        InvalidArgument => "INVALID_ARGUMENT",
+        DeadlineExceeded => "DEADLINE_EXCEEDED",
+        NotFound => "NOT_FOUND",
+        AlreadyExists => "ALREADY_EXISTS",
+        PermissionDenied => "PERMISSION_DENIED",
+        ResourceExhausted => "RESOURCE_EXHAUSTED",
+        FailedPrecondition => "FAILED_PRECONDITION",
+        Aborted => "ABORTED",
+        OutOfRange => "OUT_OF_RANGE",
+        Unimplemented => "UNIMPLEMENTED",
+        Internal => "INTERNAL",
+        Unavailable => "UNAVAILABLE",
+        DataLoss => "DATA_LOSS",
+        Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+/// Whether a code means the server failed, which OpenTelemetry's gRPC conventions mark as an
+/// error on server spans; the others are the caller's problem.
+pub fn is_server_error(code: Code) -> bool {
+    matches!(
+        code,
+        Code::Unknown
+            | Code::DeadlineExceeded
+            | Code::Unimplemented
+            | Code::Internal
+            | Code::Unavailable
+            | Code::DataLoss
+    )
+}
+
 // === impl CancelError ===
 
 impl CancelError {
@@ -165,46 +203,6 @@ impl CancelError {
             Self::TokenExchange(failure) => token_exchange_outcome(&failure.error).0,
             Self::Overloaded { .. } | Self::MessageTooLarge { .. } => Code::ResourceExhausted,
             Self::ShuttingDown => Code::Unavailable,
-        }
-    }
-
-    /// The HTTP status Graph answered with, when it answered.
-    pub fn http_status(&self) -> Option<StatusCode> {
-        self.rejection().map(|rejection| rejection.status)
-    }
-
-    /// Graph's `request-id`, when Graph answered.
-    pub fn graph_request_id(&self) -> Option<&str> {
-        self.rejection()?.request_id.as_deref()
-    }
-
-    /// Graph's refusal of the cancel, when Graph answered.
-    fn rejection(&self) -> Option<&GraphRejection> {
-        match self {
-            Self::Graph {
-                source: GraphError::Rejected(rejection),
-                ..
-            }
-            | Self::NotCancelable { rejection, .. } => Some(rejection),
-            _ => None,
-        }
-    }
-
-    /// The job's state, when a read of the job after a 409 found one.
-    fn job_state(&self) -> Option<&str> {
-        match self {
-            Self::NotCancelable { job_state, .. } => Some(job_state),
-            _ => None,
-        }
-    }
-
-    /// How long the caller should wait before trying again, when the gateway can tell.
-    fn retry_delay(&self) -> Option<Duration> {
-        match self {
-            Self::Graph { retry_delay, .. } => *retry_delay,
-            Self::TokenExchange(failure) => failure.retry_delay.or(failure.error.retry_after()),
-            Self::Overloaded { .. } => Some(OVERLOADED_RETRY_DELAY),
-            _ => None,
         }
     }
 

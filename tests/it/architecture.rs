@@ -50,7 +50,10 @@ fn nothing_outside_config_reads_the_environment() {
 fn the_checks_catch_what_they_look_for() {
     let files = [
         ("a.rs", "use crate::{b::X, c};\n// crate::d in a comment\n"),
-        ("b/mod.rs", "fn f() { crate::c::g(); let s = \"crate::a\"; }"),
+        (
+            "b/mod.rs",
+            "fn f() { crate::c::g(); let s = \"crate::a\"; }",
+        ),
         ("c.rs", "use crate::{a::{self, Y}};"),
         ("d.rs", "pub(crate) fn f() {}"),
     ]
@@ -92,7 +95,11 @@ fn sources() -> Vec<(String, String)> {
             if path.is_dir() {
                 dirs.push(path);
             } else if path.extension().is_some_and(|ext| ext == "rs") {
-                let relative = path.strip_prefix(&src).unwrap().to_string_lossy().into_owned();
+                let relative = path
+                    .strip_prefix(&src)
+                    .unwrap()
+                    .to_string_lossy()
+                    .into_owned();
                 if relative != "lib.rs" && relative != "main.rs" {
                     files.push((relative, std::fs::read_to_string(&path).unwrap()));
                 }
@@ -157,7 +164,12 @@ fn first_segments(after_crate: &str) -> Vec<String> {
     items.push(item);
     items
         .iter()
-        .map(|item| item.trim_start().chars().take_while(|&c| is_ident(c)).collect())
+        .map(|item| {
+            item.trim_start()
+                .chars()
+                .take_while(|&c| is_ident(c))
+                .collect()
+        })
         .filter(|name: &String| !name.is_empty())
         .collect()
 }

@@ -52,11 +52,7 @@ const SETTINGS: &[(&str, &str, &str)] = &[
         "10s",
     ),
     // No default shown: the CPUs available when unset.
-    (
-        "--worker-threads",
-        "PRINTJOB_GATEWAY_WORKER_THREADS",
-        "",
-    ),
+    ("--worker-threads", "PRINTJOB_GATEWAY_WORKER_THREADS", ""),
     // A flag: off unless given, so clap shows no default.
     ("--demo", "PRINTJOB_GATEWAY_DEMO", ""),
     ("--log-format", "PRINTJOB_GATEWAY_LOG_FORMAT", "text"),
