@@ -33,7 +33,9 @@ pub enum CancelError {
         graph_called: bool,
     },
     /// Graph refused the call, or could not be reached (after the retries the policy allows).
-    #[error("{source}")]
+    // The message names only this layer: `source` is the error's source, and a log's error chain
+    // prints it next, so `{source}` here would print it twice.
+    #[error("the call to Graph failed")]
     Graph {
         /// The last attempt's outcome.
         source: GraphError,
@@ -123,5 +125,28 @@ impl From<GraphError> for CancelError {
             source,
             retry_delay: None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::telemetry::ErrorChain;
+
+    #[test]
+    fn a_graph_failure_logs_each_message_once() {
+        let rejection = GraphRejection::new(
+            StatusCode::NOT_FOUND,
+            &http::HeaderMap::new(),
+            b"",
+            std::time::SystemTime::now(),
+        );
+        let error = CancelError::from(GraphError::Rejected(Box::new(rejection)));
+        let line = ErrorChain(&error).to_string();
+        assert_eq!(line.matches("Graph answered HTTP 404").count(), 1, "{line}");
+        assert_eq!(
+            line,
+            "the call to Graph failed: Graph answered HTTP 404 Not Found"
+        );
     }
 }

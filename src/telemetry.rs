@@ -2,7 +2,10 @@
 //! OpenTelemetry: W3C trace context read from callers and sent to Graph, and spans exported over
 //! OTLP/gRPC. This is the one place that installs process-wide state.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::{
+    io::IsTerminal,
+    sync::atomic::{AtomicBool, Ordering},
+};
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 use opentelemetry::{
@@ -91,7 +94,12 @@ pub fn init(settings: &Settings) -> Result<Telemetry, TelemetryError> {
             .with_tracked_inactivity(false)
     });
     let (text, json) = match settings.log_format {
-        LogFormat::Text => (Some(fmt::layer()), None),
+        // Colour codes only for a person at a terminal: piped into a file or a log collector,
+        // they would be noise in every line.
+        LogFormat::Text => (
+            Some(fmt::layer().with_ansi(std::io::stdout().is_terminal())),
+            None,
+        ),
         LogFormat::Json => (
             None,
             Some(

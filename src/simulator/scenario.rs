@@ -135,13 +135,13 @@ pub enum ScenarioError {
         source: std::io::Error,
     },
     /// The file is not a valid scenario; the message names the line and column.
-    #[error("invalid scenario {path}: {source}")]
+    #[error("invalid scenario {path}: {problem}")]
     Invalid {
         /// The file.
         path: String,
-        /// What is wrong, and where.
-        #[source]
-        source: serde_json::Error,
+        /// What is wrong, and where. Part of the message rather than its source, so that a log's
+        /// error chain prints it once.
+        problem: serde_json::Error,
     },
 }
 
@@ -165,9 +165,9 @@ impl Scenario {
 
     /// Parses a scenario; `origin` names it in errors.
     pub fn parse(text: &str, origin: &str) -> Result<Self, ScenarioError> {
-        serde_json::from_str(text).map_err(|source| ScenarioError::Invalid {
+        serde_json::from_str(text).map_err(|problem| ScenarioError::Invalid {
             path: origin.to_owned(),
-            source,
+            problem,
         })
     }
 }

@@ -290,3 +290,28 @@ async fn worker_threads_sets_how_many_runtime_workers_serve_calls() {
         assert!(status.success(), "{status:?}\n{logs}");
     }
 }
+
+#[test]
+fn text_logs_written_to_a_pipe_carry_no_colour_codes() {
+    // A port already taken: start-up fails, and says so in a text log line on stdout, a pipe here.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let output = Command::new(BINARY)
+        .args([
+            "--listen",
+            &taken.local_addr().unwrap().to_string(),
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--log-format",
+            "text",
+        ])
+        .env_clear()
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    assert!(
+        stdout.contains("ERROR") && stdout.contains("printjob-gateway stopped"),
+        "a text log line says why: {stdout:?}"
+    );
+    assert!(!stdout.contains('\x1b'), "no ANSI escape: {stdout:?}");
+}
