@@ -252,7 +252,7 @@ fn code_only(text: &str) -> String {
             i += 2;
         } else if chars[i] == 'r'
             && !out.ends_with(is_ident)
-            && rest[1..].iter().skip_while(|&&c| c == '#').next() == Some(&'"')
+            && rest[1..].iter().find(|&&c| c != '#') == Some(&'"')
         {
             let hashes = rest[1..].iter().take_while(|&&c| c == '#').count();
             let closing: Vec<char> = std::iter::once('"')

@@ -271,7 +271,8 @@ async fn worker_threads_sets_how_many_runtime_workers_serve_calls() {
     let url = graph.url();
     // 3 is neither this machine's CPU count nor tokio's fallback, so only the setting explains it;
     // the flag and its environment twin are each checked.
-    let cases: [(&[&str], &[(&str, &str)], usize); 2] = [
+    type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], usize);
+    let cases: [Case; 2] = [
         (&["--worker-threads", "1"], &[], 1),
         (&[], &[("PRINTJOB_GATEWAY_WORKER_THREADS", "3")], 3),
     ];
