@@ -1,5 +1,6 @@
 //! The code generated from `proto/` by `build.rs`, and the descriptor set that server reflection
-//! serves. Only [`crate::service`] and [`crate::server`] touch these types.
+//! serves. Only [`crate::service`], [`crate::server`] and [`crate::request`] (which turns a
+//! `CancelRequest` into domain types) touch these types.
 
 use std::marker::PhantomData;
 

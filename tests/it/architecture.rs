@@ -1,6 +1,7 @@
 //! ARCHITECTURE.md's structural invariants, checked on the source: the top-level modules of `src/`
-//! import each other one way (no `crate::` cycle), and nothing outside `src/config.rs` reads the
-//! environment, except the library calls ARCHITECTURE.md names.
+//! import each other one way (no `crate::` cycle), nothing outside `src/config.rs` reads the
+//! environment (except the library calls ARCHITECTURE.md names), and each concern that
+//! ARCHITECTURE.md gives one owner is named in no other file.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -22,6 +23,12 @@ fn the_top_level_modules_import_each_other_one_way() {
         edges.contains_key("service") && edges["service"].contains("retry"),
         "the scan sees the imports: {edges:?}"
     );
+    let config_users: Vec<&String> = edges
+        .iter()
+        .filter(|(_, to)| to.contains("config"))
+        .map(|(from, _)| from)
+        .collect();
+    assert_eq!(config_users, ["app"], "only main and app use config");
     if let Some(cycle) = find_cycle(&edges) {
         panic!(
             "`use crate::` cycle between top-level modules: {}",
@@ -44,6 +51,82 @@ fn nothing_outside_config_reads_the_environment() {
         "only src/config.rs reads the environment:\n{}",
         reads.join("\n")
     );
+}
+
+/// What only some files may name, outside their tests: (what, the files or folders allowed, the
+/// invariant of ARCHITECTURE.md it keeps).
+const OWNERS: &[(&str, &[&str], &str)] = &[
+    (
+        "percent_encoding",
+        &["graph/url.rs"],
+        "only graph/url.rs builds Graph URLs",
+    ),
+    (
+        "serde_json",
+        &["graph/", "simulator/"],
+        "only graph/ reads Graph's JSON (the simulator is Graph's independent twin)",
+    ),
+    (
+        "code_for_http_status",
+        &["status.rs"],
+        "only status.rs maps HTTP to gRPC",
+    ),
+    (
+        "ErrorDetails",
+        &["status.rs"],
+        "only status.rs builds error details",
+    ),
+    (
+        "backon",
+        &["retry.rs"],
+        "only retry.rs decides whether Graph is called again",
+    ),
+    (
+        "proto::",
+        &["service.rs", "server/", "request.rs"],
+        "only service, server and request touch the generated types",
+    ),
+    (
+        "static ",
+        &["telemetry.rs"],
+        "telemetry is the one place with process-wide state",
+    ),
+    (
+        "install_default",
+        &[],
+        "the gateway installs no process-wide rustls provider (each TLS config names its own)",
+    ),
+    (
+        "global::",
+        &["telemetry.rs"],
+        "telemetry is the one place with process-wide state",
+    ),
+];
+
+#[test]
+fn each_concern_with_one_owner_is_named_nowhere_else() {
+    let sources = sources();
+    let mut strays = Vec::new();
+    for (needle, owners, invariant) in OWNERS {
+        let named_in: Vec<&str> = sources
+            .iter()
+            .filter(|(_, text)| names(&non_test_code(text), needle))
+            .map(|(path, _)| path.as_str())
+            .collect();
+        assert!(
+            owners.is_empty()
+                || named_in
+                    .iter()
+                    .any(|path| owners.iter().any(|o| path.starts_with(o))),
+            "the scan finds `{needle}` in its owner"
+        );
+        for path in named_in {
+            if !owners.iter().any(|owner| path.starts_with(owner)) {
+                strays.push(format!("src/{path} names `{needle}`, but {invariant}"));
+            }
+        }
+    }
+    assert!(strays.is_empty(), "{}", strays.join("\n"));
 }
 
 #[test]
@@ -82,6 +165,14 @@ fn the_checks_catch_what_they_look_for() {
         assert!(environment_reads("x.rs", code).is_empty(), "{code}");
     }
     assert!(environment_reads("graph/transport.rs", "Matcher::from_env().intercept(x)").is_empty());
+
+    assert!(names("static X: u8 = 1;", "static "));
+    assert!(names("    pub static X: u8 = 1;", "static "));
+    assert!(!names("fn f() -> &'static str", "static "));
+    assert!(!names(
+        &non_test_code("fn f() {}\n#[cfg(test)]\nmod tests { use crate::proto::X; }"),
+        "proto::"
+    ));
 }
 
 /// Every `.rs` file under `src/` other than the crate roots, as (path relative to `src/`, text).
@@ -231,6 +322,32 @@ fn environment_reads(path: &str, text: &str) -> Vec<String> {
         .filter(|read| compact.contains(**read))
         .map(|read| format!("src/{path}: `{read}`"))
         .collect()
+}
+
+/// The code of a file before its unit tests (which this codebase keeps at the end, after
+/// `#[cfg(test)]`), without comments and literals.
+fn non_test_code(text: &str) -> String {
+    let code = code_only(text);
+    match code.find("#[cfg(test)]") {
+        Some(at) => code[..at].to_owned(),
+        None => code,
+    }
+}
+
+/// Whether `code` names `needle`; `static ` counts only as an item (`static X`, `pub static X`),
+/// not as the `'static` lifetime.
+fn names(code: &str, needle: &str) -> bool {
+    if needle == "static " {
+        return code.lines().any(|line| {
+            let line = line.trim_start();
+            let line = line
+                .strip_prefix("pub(crate) ")
+                .or_else(|| line.strip_prefix("pub "))
+                .unwrap_or(line);
+            line.starts_with("static ")
+        });
+    }
+    code.contains(needle)
 }
 
 /// `text` without comments, and with every string and char literal emptied.
