@@ -265,6 +265,12 @@ PY
 }
 run_suite "the --demo --token-exchange obo mode end to end, with the grpcurl commands it prints" demo_obo
 
+# tests/it/soak.rs at full size against the release binary (cargo test runs it small, on the
+# debug binary): 20,000 calls, every one OK, one Graph request each, and flat RSS.
+run_suite "soak: 20,000 calls through the release binary" \
+    env PRINTJOB_SOAK_CALLS=20000 PRINTJOB_SOAK_BINARY="$bin" \
+    timeout 600 cargo test --locked --test it soak::
+
 printf '\ninterop: %d passed, %d failed\n' "$passed" "${#failed[@]}"
 if [ "${#failed[@]}" -ne 0 ]; then
     printf 'interop: FAILED: %s\n' "${failed[@]}" >&2

@@ -11,6 +11,7 @@ use tonic_types::StatusExt;
 
 use crate::support::{
     FakeGraph, Reply, TOKEN,
+    fake_graph::Hold,
     gateway::{Call, connect},
     process::{BINARY, GatewayProcess},
     refuses_connections,
@@ -204,7 +205,9 @@ async fn the_access_log_line_carries_what_an_operator_greps_for() {
 
 #[tokio::test]
 async fn sigterm_drains_a_call_in_flight_refuses_new_connections_and_exits_zero() {
-    let graph = FakeGraph::replying(Reply::no_content().delayed(Duration::from_millis(1500))).await;
+    // Held until released: the call stays in flight through the checks, however busy the machine.
+    let hold = Hold::new();
+    let graph = FakeGraph::replying(Reply::no_content().held(&hold)).await;
     let gateway = GatewayProcess::spawn(&["--graph-url", &graph.url()], &[]).await;
     let channel = connect(gateway.grpc_addr).await;
     let health = HealthClient::new(connect(gateway.admin_addr).await)
@@ -223,6 +226,7 @@ async fn sigterm_drains_a_call_in_flight_refuses_new_connections_and_exits_zero(
         "new connections are refused while draining"
     );
     assert!(!in_flight.is_finished(), "the call is still in flight");
+    hold.release();
     let (status, logs) = gateway.wait(Duration::from_secs(10)).await;
 
     assert!(status.success(), "exit status {status:?}\n{logs}");
@@ -235,7 +239,9 @@ async fn sigterm_drains_a_call_in_flight_refuses_new_connections_and_exits_zero(
 
 #[tokio::test]
 async fn sigterm_ends_a_call_longer_than_the_grace_period_cleanly_and_exits_zero() {
-    let graph = FakeGraph::replying(Reply::no_content().delayed(Duration::from_secs(30))).await;
+    // Graph never answers: only the grace period can end the call.
+    let hold = Hold::new();
+    let graph = FakeGraph::replying(Reply::no_content().held(&hold)).await;
     let gateway = GatewayProcess::spawn(
         &["--graph-url", &graph.url(), "--shutdown-grace", "500ms"],
         &[],
@@ -252,8 +258,11 @@ async fn sigterm_ends_a_call_longer_than_the_grace_period_cleanly_and_exits_zero
     let (status, logs) = gateway.terminate(Duration::from_secs(10)).await;
 
     assert!(status.success(), "exit status {status:?}\n{logs}");
+    // SHUTTING_DOWN below shows the grace period ended the call (the call's own 25 s timer would
+    // give another code); this bound, far below 25 s, shows the process then exits without
+    // waiting for anything else, with room for a busy machine.
     assert!(
-        started.elapsed() < Duration::from_millis(2500),
+        started.elapsed() < Duration::from_secs(15),
         "exited after {:?}",
         started.elapsed()
     );

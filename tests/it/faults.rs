@@ -20,7 +20,8 @@ use crate::support::{
 /// gateway that buffered a 20 MB body would pass this at once.
 const PEAK_RSS_LIMIT_KIB: u64 = 64 * 1024;
 
-/// The deadline of every faulty call.
+/// The deadline of every faulty call. A fault that the gateway handles ends the call with its
+/// own code well before it; the code, not a tight clock, is what the tests check.
 const DEADLINE: Duration = Duration::from_secs(5);
 
 /// What a faulty call answered, and how long it took.
@@ -35,12 +36,19 @@ struct Observed {
 async fn run_fault(graph_url: &str, healthy_graph: bool) -> Observed {
     let gateway = GatewayProcess::spawn(&["--graph-url", graph_url], &[]).await;
     let started = Instant::now();
-    let status = Call::to(gateway.grpc_addr)
-        .ids(FAULTY, "1")
-        .timeout(DEADLINE)
-        .send()
-        .await
-        .expect_err("the faulty call fails");
+    // Without tonic's own timer, which could fire first on a busy machine and say CANCELLED:
+    // whatever comes back is the gateway's answer. The outer timeout only stops a broken gateway
+    // from hanging the test.
+    let status = tokio::time::timeout(
+        DEADLINE + Duration::from_secs(30),
+        Call::to(gateway.grpc_addr)
+            .ids(FAULTY, "1")
+            .timeout(DEADLINE)
+            .send_without_client_timer(),
+    )
+    .await
+    .expect("the gateway answers")
+    .expect_err("the faulty call fails");
     let elapsed = started.elapsed();
 
     if healthy_graph {
@@ -80,11 +88,7 @@ async fn a_reset_before_the_response_is_unavailable_and_not_retried() {
         observed.status
     );
     assert_eq!(reason(&observed.status), "GRAPH_CONNECTION_FAILED");
-    assert!(
-        observed.elapsed < Duration::from_secs(2),
-        "{:?}",
-        observed.elapsed
-    );
+    assert!(observed.elapsed < DEADLINE, "{:?}", observed.elapsed);
     assert_eq!(
         graph.pending_events(),
         1,
@@ -104,11 +108,7 @@ async fn garbage_instead_of_http_is_unavailable() {
         observed.status
     );
     assert_eq!(reason(&observed.status), "GRAPH_CONNECTION_FAILED");
-    assert!(
-        observed.elapsed < Duration::from_secs(2),
-        "{:?}",
-        observed.elapsed
-    );
+    assert!(observed.elapsed < DEADLINE, "{:?}", observed.elapsed);
 }
 
 #[tokio::test]
@@ -122,12 +122,14 @@ async fn headers_that_never_come_end_at_the_deadline_and_the_request_is_dropped(
         "{:?}",
         observed.status
     );
+    // The gateway answers just before the deadline; the bound, with a wide margin for a busy
+    // machine, says the call did not outlive it.
     assert!(
-        observed.elapsed < DEADLINE + Duration::from_secs(1),
+        observed.elapsed < DEADLINE + Duration::from_secs(5),
         "{:?}",
         observed.elapsed
     );
-    assert_eq!(graph.next_event(Duration::from_secs(1)).await, "request");
+    assert_eq!(graph.next_event(Duration::from_secs(5)).await, "request");
     assert_eq!(graph.next_event(Duration::from_secs(5)).await, "closed");
 }
 
@@ -147,8 +149,9 @@ async fn an_error_body_that_stalls_still_gives_the_status_code() {
         observed.status.message(),
         "Microsoft Graph answered HTTP 500 Internal Server Error"
     );
+    // INTERNAL rather than DEADLINE_EXCEEDED shows the body wait ended before the deadline.
     assert!(
-        observed.elapsed < Duration::from_secs(4),
+        observed.elapsed < DEADLINE,
         "the body wait is bounded: {:?}",
         observed.elapsed
     );
@@ -163,12 +166,15 @@ async fn a_success_whose_body_stalls_is_ok_at_once() {
 
     Call::to(gateway.grpc_addr)
         .ids(FAULTY, "1")
+        .timeout(Duration::from_secs(30))
         .send()
         .await
         .expect("OK");
 
+    // The body never completes: a gateway that waited for it would run to the 30 s deadline.
+    // A third of it is a bound no busy machine reaches.
     assert!(
-        started.elapsed() < Duration::from_secs(1),
+        started.elapsed() < Duration::from_secs(10),
         "{:?}",
         started.elapsed()
     );
@@ -186,11 +192,7 @@ async fn a_20_mb_error_body_is_cut_off_in_bounded_memory() {
         "{:?}",
         observed.status
     );
-    assert!(
-        observed.elapsed < Duration::from_secs(3),
-        "{:?}",
-        observed.elapsed
-    );
+    assert!(observed.elapsed < DEADLINE, "{:?}", observed.elapsed);
 }
 
 #[tokio::test]

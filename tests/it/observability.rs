@@ -9,12 +9,13 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
     trace_service_server::{TraceService, TraceServiceServer},
 };
 use opentelemetry_proto::tonic::trace::v1::Span as OtlpSpan;
-use printjob_gateway::simulator::{self, Scenario, Simulator};
+use printjob_gateway::simulator::Scenario;
 use tokio::{net::TcpListener, sync::mpsc};
 use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::support::{
-    FakeGraph, Reply, TestGateway, gateway::Call, http_client, process::GatewayProcess,
+    FakeGraph, Reply, TestGateway, fake_graph::Hold, gateway::Call, http_client,
+    process::GatewayProcess, simulated_graph,
 };
 
 async fn get(url: &str) -> (u16, String) {
@@ -105,7 +106,9 @@ async fn retries_and_overload_rejections_are_counted() {
         "{text}"
     );
 
-    graph.set_reply(Reply::no_content().delayed(Duration::from_millis(800)));
+    // Held until released: the call is in flight for as long as the test needs it to be.
+    let hold = Hold::new();
+    graph.set_reply(Reply::no_content().held(&hold));
     let in_flight = tokio::spawn(gateway.call().send());
     graph.wait_for_requests(4).await;
     assert_eq!(
@@ -113,6 +116,7 @@ async fn retries_and_overload_rejections_are_counted() {
         1.0
     );
     gateway.call().send().await.unwrap_err();
+    hold.release();
     in_flight.await.unwrap().unwrap();
     let text = scrape(&gateway).await;
     assert_eq!(
@@ -156,7 +160,9 @@ async fn labels_stay_bounded_under_many_distinct_ids_and_tokens() {
 
 #[tokio::test]
 async fn health_endpoints_answer_plain_http_and_readiness_flips_during_drain() {
-    let graph = FakeGraph::replying(Reply::no_content().delayed(Duration::from_millis(1500))).await;
+    // Held until released, so the drain lasts as long as the test needs, however busy the machine.
+    let hold = Hold::new();
+    let graph = FakeGraph::replying(Reply::no_content().held(&hold)).await;
     let mut gateway = TestGateway::start(&graph.url()).await;
     let admin = gateway.admin_addr;
     assert_eq!(get(&format!("http://{admin}/healthz")).await.0, 200);
@@ -165,7 +171,8 @@ async fn health_endpoints_answer_plain_http_and_readiness_flips_during_drain() {
     let in_flight = tokio::spawn(gateway.call().send());
     graph.wait_for_requests(1).await;
     gateway.begin_shutdown();
-    let not_ready = tokio::time::timeout(Duration::from_secs(1), async {
+    // Generous: readiness flips as soon as serve sees the signal; this only bounds a failing test.
+    let not_ready = tokio::time::timeout(Duration::from_secs(10), async {
         while get(&format!("http://{admin}/readyz")).await.0 != 503 {
             tokio::task::yield_now().await;
         }
@@ -179,6 +186,7 @@ async fn health_endpoints_answer_plain_http_and_readiness_flips_during_drain() {
         200,
         "still alive while draining"
     );
+    hold.release();
     in_flight
         .await
         .unwrap()
@@ -239,15 +247,8 @@ async fn traces_reach_an_otlp_collector_linked_to_the_callers_trace() {
             .add_service(TraceServiceServer::new(Collector(spans_tx)))
             .serve_with_incoming(TcpListenerStream::new(listener)),
     );
-    let graph_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let graph_url = format!("http://{}/v1.0", graph_listener.local_addr().unwrap());
     let scenario = r#"{"printers": [{"id": "p", "anyJob": true}], "rules": [{"printer": "p", "status": 503, "retryAfter": 0.05, "times": 1}]}"#;
-    let graph = Simulator::new(Scenario::parse(scenario, "test").unwrap());
-    tokio::spawn(simulator::serve(
-        graph_listener,
-        graph.clone(),
-        std::future::pending(),
-    ));
+    let (graph, graph_url) = simulated_graph(Scenario::parse(scenario, "test").unwrap()).await;
     let endpoint = format!("http://{collector_addr}");
     let gateway = GatewayProcess::spawn(
         &["--graph-url", &graph_url],

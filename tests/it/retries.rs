@@ -3,25 +3,16 @@
 
 use std::time::{Duration, Instant};
 
-use printjob_gateway::simulator::{self, Scenario, Simulator};
-use tokio::net::TcpListener;
+use printjob_gateway::simulator::{Scenario, Simulator};
 use tonic::Code;
 use tonic_types::StatusExt;
 
-use crate::support::TestGateway;
+use crate::support::{TestGateway, simulated_graph};
 
 /// A simulated Graph where printer `p` accepts any job, after the given rules.
 async fn graph_with_rules(rules: &str) -> (Simulator, String) {
     let scenario = format!(r#"{{"printers": [{{"id": "p", "anyJob": true}}], "rules": {rules}}}"#);
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/v1.0", listener.local_addr().unwrap());
-    let simulator = Simulator::new(Scenario::parse(&scenario, "test").unwrap());
-    tokio::spawn(simulator::serve(
-        listener,
-        simulator.clone(),
-        std::future::pending(),
-    ));
-    (simulator, url)
+    simulated_graph(Scenario::parse(&scenario, "test").unwrap()).await
 }
 
 /// The statuses of the cancels the simulator answered (not the job reads after a 409).
@@ -126,27 +117,32 @@ async fn attempts_are_bounded_by_the_setting() {
 
 #[tokio::test]
 async fn a_wait_past_the_deadline_answers_at_once_with_retry_info() {
-    let (simulator, url) = graph_with_rules(r#"[{"status": 429, "retryAfter": 5}]"#).await;
-    let gateway = TestGateway::start(&url).await;
+    let (simulator, url) = graph_with_rules(r#"[{"status": 429, "retryAfter": 60}]"#).await;
+    let gateway = TestGateway::start_with(&url, |s| {
+        s.calls.retry.retry_after_max = Duration::from_secs(120)
+    })
+    .await;
     let started = Instant::now();
 
     let status = gateway
         .call()
         .ids("p", "1")
-        .timeout(Duration::from_secs(2))
+        .timeout(Duration::from_secs(20))
         .send()
         .await
         .unwrap_err();
 
+    // A gateway that waited would end at the 20 s deadline with DEADLINE_EXCEEDED; half the
+    // deadline is a bound no busy machine reaches, yet it shows the answer did not wait.
     assert!(
-        started.elapsed() < Duration::from_secs(1),
+        started.elapsed() < Duration::from_secs(10),
         "answered at once: {:?}",
         started.elapsed()
     );
     assert_eq!(status.code(), Code::ResourceExhausted);
     assert_eq!(
         status.get_details_retry_info().unwrap().retry_delay,
-        Some(Duration::from_secs(5))
+        Some(Duration::from_secs(60))
     );
     assert_eq!(simulator.received().len(), 1);
 }
@@ -154,33 +150,40 @@ async fn a_wait_past_the_deadline_answers_at_once_with_retry_info() {
 #[tokio::test]
 async fn a_backoff_past_the_deadline_answers_at_once_with_the_backoff_as_retry_info() {
     let (simulator, url) = graph_with_rules(r#"[{"status": 503}]"#).await;
-    let gateway = TestGateway::start(&url).await;
+    // Attempts enough that only the deadline stops the retries: backoff waits of 200 ms, 400 ms,
+    // 800 ms... (plus jitter) until the next one would end past the 2 s deadline.
+    let gateway = TestGateway::start_with(&url, |s| s.calls.retry.max_attempts = 10).await;
+    let deadline = Duration::from_secs(2);
     let started = Instant::now();
 
     let status = gateway
         .call()
         .ids("p", "1")
-        .timeout(Duration::from_millis(150))
+        .timeout(deadline)
         .send()
         .await
         .unwrap_err();
+    let elapsed = started.elapsed();
 
-    assert!(
-        started.elapsed() < Duration::from_millis(150),
-        "{:?}",
-        started.elapsed()
-    );
-    assert_eq!(status.code(), Code::Unavailable);
+    // No clock bound needed: UNAVAILABLE (not DEADLINE_EXCEEDED) shows the gateway answered
+    // before the deadline, and the suggested wait would have ended past it.
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     let delay = status
         .get_details_retry_info()
         .expect("RetryInfo")
         .retry_delay
         .unwrap();
     assert!(
-        delay >= Duration::from_millis(200) && delay <= Duration::from_millis(400),
-        "{delay:?}"
+        delay >= Duration::from_millis(200) && delay <= Duration::from_secs(10),
+        "a backoff wait: {delay:?}"
     );
-    assert_eq!(simulator.received().len(), 1);
+    // The gateway keeps back a small part of the deadline (at most 50 ms) for its answer.
+    assert!(
+        elapsed + delay > deadline * 9 / 10,
+        "stopped only because the wait would end past the deadline: {elapsed:?} + {delay:?}"
+    );
+    let attempts = simulator.received().len();
+    assert!((1..10).contains(&attempts), "{attempts} attempts");
 }
 
 #[tokio::test]
@@ -200,8 +203,11 @@ async fn a_long_retry_after_is_cut_to_the_ceiling() {
         .await
         .expect("retried after the ceiling");
 
+    // Success shows the ceiling: a 60 s wait does not fit the default 10 s deadline, so without
+    // the ceiling the gateway would have answered RESOURCE_EXHAUSTED at once. The wide bound
+    // (half the deadline) only says the wait was short.
     assert!(
-        started.elapsed() < Duration::from_secs(2),
+        started.elapsed() < Duration::from_secs(5),
         "{:?}",
         started.elapsed()
     );

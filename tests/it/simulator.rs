@@ -3,8 +3,7 @@
 
 use std::{process::Command, time::Duration};
 
-use printjob_gateway::simulator::{self, Scenario, Simulator};
-use tokio::net::TcpListener;
+use printjob_gateway::simulator::Scenario;
 use tonic::Code;
 use tonic_types::StatusExt;
 
@@ -12,20 +11,8 @@ use crate::support::{
     TOKEN, TestGateway,
     gateway::Call,
     process::{BINARY, GatewayProcess},
+    simulated_graph as start,
 };
-
-/// A simulated Graph serving `scenario` on loopback, and its base URL.
-async fn start(scenario: Scenario) -> (Simulator, String) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/v1.0", listener.local_addr().unwrap());
-    let simulator = Simulator::new(scenario);
-    tokio::spawn(simulator::serve(
-        listener,
-        simulator.clone(),
-        std::future::pending(),
-    ));
-    (simulator, url)
-}
 
 #[tokio::test]
 async fn jobs_follow_their_states_through_the_gateway() {
@@ -143,6 +130,7 @@ async fn a_delay_rule_makes_a_job_slow() {
     let (_, url) = start(scenario).await;
     let gateway = TestGateway::start(&url).await;
 
+    // Without tonic's own timer, which could fire first on a busy machine and say CANCELLED.
     let too_short = gateway
         .call()
         .ids("p", "y")

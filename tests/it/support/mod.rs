@@ -15,6 +15,22 @@ pub mod stall_proxy;
 pub use fake_graph::{FakeGraph, Reply};
 pub use gateway::TestGateway;
 
+/// The Graph simulator serving `scenario` on `127.0.0.1:0` until the test ends, and its base URL.
+pub async fn simulated_graph(
+    scenario: printjob_gateway::simulator::Scenario,
+) -> (printjob_gateway::simulator::Simulator, String) {
+    use printjob_gateway::simulator::{self, Simulator};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/v1.0", listener.local_addr().unwrap());
+    let graph = Simulator::new(scenario);
+    tokio::spawn(simulator::serve(
+        listener,
+        graph.clone(),
+        std::future::pending(),
+    ));
+    (graph, url)
+}
+
 /// A bearer token that tests look for in places where it must never appear.
 pub const TOKEN: &str =
     "eyJ0eXAiOiJKV1QiLCJhbGciOiJSUzI1NiJ9.c2VjcmV0LXRva2VuLXZhbHVl.c2lnbmF0dXJl";

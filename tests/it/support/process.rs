@@ -38,12 +38,17 @@ impl GatewayProcess {
     /// The process sees only the variables in `env`: none of the caller's (`HTTPS_PROXY`,
     /// `PRINTJOB_GATEWAY_*`, `OTEL_*`, `RUST_LOG`) leak into a test.
     pub async fn spawn(args: &[&str], env: &[(&str, &str)]) -> Self {
+        Self::spawn_binary(BINARY, args, env).await
+    }
+
+    /// [`GatewayProcess::spawn`] with another build of the binary, such as the release one.
+    pub async fn spawn_binary(binary: &str, args: &[&str], env: &[(&str, &str)]) -> Self {
         let listen: &[&str] = if args.contains(&"--listen") {
             &[]
         } else {
             &["--listen", "127.0.0.1:0"]
         };
-        let mut child = Command::new(BINARY)
+        let mut child = Command::new(binary)
             .args(listen)
             .args(["--admin-listen", "127.0.0.1:0", "--log-format", "json"])
             .args(args)
