@@ -11,8 +11,6 @@ use prometheus_client::{
     registry::{Registry, Unit},
 };
 
-use crate::status::code_name;
-
 /// Bucket bounds, in seconds, for a cloud API that usually answers in tens to hundreds of
 /// milliseconds and may be held for up to the longest deadline (30 s by default).
 const LATENCY_BUCKETS: [f64; 14] = [
@@ -452,13 +450,13 @@ impl Metrics {
     }
 
     /// Counts an answered call and its duration.
-    pub fn call_answered(&self, method: &'static str, code: tonic::Code, duration: Duration) {
+    ///
+    /// `code` is the gRPC code's name, such as `NOT_FOUND` ([`crate::status::code_name`]): the
+    /// names are a gRPC fact that status.rs owns, and metrics, which graph/ uses, stays below it.
+    pub fn call_answered(&self, method: &'static str, code: &'static str, duration: Duration) {
         self.inner
             .calls
-            .get_or_create(&CallLabels {
-                method,
-                code: code_name(code),
-            })
+            .get_or_create(&CallLabels { method, code })
             .inc();
         self.inner
             .call_duration
@@ -623,7 +621,7 @@ mod tests {
     #[test]
     fn names_follow_prometheus_conventions() {
         let metrics = Metrics::new();
-        metrics.call_answered("Cancel", tonic::Code::NotFound, Duration::from_millis(20));
+        metrics.call_answered("Cancel", "NOT_FOUND", Duration::from_millis(20));
         metrics.graph_answered(404, Duration::from_millis(15));
         metrics.graph_failed(GraphFailure::Unreachable);
         metrics.retried(RetryReason::Throttled);

@@ -480,12 +480,13 @@ impl PrintJobGateway {
         let code = answer
             .as_ref()
             .map_or_else(|(status, _)| status.code(), |_| Code::Ok);
-        span.record("grpc_code", code_name(code));
+        let code_name = code_name(code);
+        span.record("grpc_code", code_name);
         span.record("rpc.grpc.status_code", code as i32);
         if is_server_error(code) {
             span.record("otel.status_code", "ERROR");
         }
-        self.metrics.call_answered(METHOD, code, latency);
+        self.metrics.call_answered(METHOD, code_name, latency);
         match answer {
             Ok(response) if response.get_ref().already_canceled => {
                 tracing::info!("job already canceled");
