@@ -65,8 +65,9 @@ def run(args) -> int:
         for n in WORKERS
     }
     for n, gateway in gateways.items():
-        threads = worker_threads(gateway.pid)
-        bench.check(threads == n, f"--worker-threads {n}: the process has {threads} tokio-rt-worker threads")
+        # A new thread takes its name only once it first runs: wait for the count, bounded.
+        harness.wait_until(lambda: worker_threads(gateway.pid) == n, 20,
+                           f"--worker-threads {n}: {n} tokio-rt-worker threads", interval=0.01, proc=gateway.proc)
         bench.run_load("forward", harness.Load(max(500, args.calls // 10), args.connections, args.streams),
                        gateway, nginx, None)
 

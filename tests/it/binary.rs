@@ -288,12 +288,20 @@ async fn worker_threads_sets_how_many_runtime_workers_serve_calls() {
     for (args, env, workers) in cases {
         let args = [&["--graph-url", url.as_str()], args].concat();
         let gateway = GatewayProcess::spawn(&args, env).await;
-        // tokio spawns every worker when the runtime is built, long before the serving line;
-        // no call has been made, so no blocking-pool thread (which shares the name) exists yet.
-        assert_eq!(
-            gateway.threads_named("tokio-rt-worker"),
-            workers,
-            "{args:?} {env:?}"
+        // tokio starts every worker when the runtime is built, before the serving line, but a new
+        // thread takes its name only once it first runs, which a busy machine can delay: poll
+        // until the count is right (a wrong count never becomes right, and fails after 20 s). No
+        // call has been made, so no blocking-pool thread (which shares the name) exists yet.
+        let named = tokio::time::timeout(Duration::from_secs(20), async {
+            while gateway.threads_named("tokio-rt-worker") != workers {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await;
+        assert!(
+            named.is_ok(),
+            "{args:?} {env:?}: {} tokio-rt-worker threads, expected {workers}",
+            gateway.threads_named("tokio-rt-worker")
         );
         Call::to(gateway.grpc_addr).send().await.unwrap();
         let (status, logs) = gateway.terminate(Duration::from_secs(10)).await;
