@@ -8,11 +8,11 @@ use tokio::time::Instant;
 
 use crate::{
     auth::BearerToken,
+    backoff::RetryPolicy,
     entra::{self, OnBehalfOf, SetupError, TokenExchange},
     error::CancelError,
     graph,
     metrics::Metrics,
-    retry::RetryPolicy,
 };
 
 /// Where the token sent to Graph comes from. Cheap to clone.

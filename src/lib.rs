@@ -13,6 +13,7 @@
 //!   the Graph call within the call's deadline, and answers.
 //! - [`request`]: the validated domain types a call becomes (`CancelTarget`, `ClientRequestId`,
 //!   the deadline).
+//! - [`backoff`]: the retry settings and the wait between attempts, shared by Graph and Entra ID.
 //! - [`retry`]: which Graph outcomes are tried again, how long to wait, never past the deadline.
 //! - [`auth`]: `BearerToken`, read from the `authorization` metadata; it never prints.
 //! - [`credentials`]: which token goes to Graph: the caller's own, or the one the on-behalf-of
@@ -31,6 +32,7 @@
 
 pub mod app;
 pub mod auth;
+pub mod backoff;
 pub mod config;
 pub mod credentials;
 pub mod entra;

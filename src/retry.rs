@@ -11,40 +11,18 @@
 //! - When the next wait would end past the deadline, the gateway answers at once with the mapped
 //!   status and a `RetryInfo` of that wait, so the caller can decide.
 
-use std::{future::Future, time::Duration};
+use std::future::Future;
 
-use backon::{BackoffBuilder, ExponentialBuilder};
 use tokio::time::Instant;
 use tracing::{Instrument, field};
 
+pub use crate::backoff::RetryPolicy;
 use crate::{
+    backoff::{BACKOFF_MAX, backoff},
     error::CancelError,
     graph::{GraphAcceptance, GraphError},
     metrics::{GraphFailure, Metrics, RetryReason},
 };
-
-/// The first backoff wait; it doubles on each retry.
-const BACKOFF_MIN: Duration = Duration::from_millis(200);
-/// The longest backoff wait, before jitter.
-pub(crate) const BACKOFF_MAX: Duration = Duration::from_secs(5);
-
-/// How Graph calls are retried.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RetryPolicy {
-    /// The most attempts per call, the first included; 1 turns retries off.
-    pub max_attempts: u32,
-    /// The longest `Retry-After` honoured; longer ones are cut to it.
-    pub retry_after_max: Duration,
-}
-
-impl Default for RetryPolicy {
-    fn default() -> Self {
-        Self {
-            max_attempts: 3,
-            retry_after_max: Duration::from_secs(10),
-        }
-    }
-}
 
 /// A call's outcome and how many attempts it took.
 #[derive(Debug)]
@@ -117,18 +95,6 @@ impl RetryPolicy {
         };
         Attempted { outcome, attempts }
     }
-}
-
-/// The waits between attempts when the other side says nothing: 200 ms doubling to 5 s, plus up
-/// to as much again at random. Entra ID's token requests wait the same way.
-pub(crate) fn backoff() -> impl Iterator<Item = Duration> {
-    ExponentialBuilder::new()
-        .with_min_delay(BACKOFF_MIN)
-        .with_max_delay(BACKOFF_MAX)
-        .with_factor(2.0)
-        .with_jitter()
-        .without_max_times()
-        .build()
 }
 
 // === impl Attempted ===

@@ -49,12 +49,12 @@ use self::{
 };
 use crate::{
     auth::BearerToken,
+    backoff::{BACKOFF_MAX, RetryPolicy, backoff},
     graph::{
         self, ConnectError, Connected, Connector, GraphBaseUrl, GraphClientError, GraphProtocol,
         Negotiated,
     },
     metrics::Metrics,
-    retry::{BACKOFF_MAX, RetryPolicy, backoff},
 };
 
 /// The most bytes of a token endpoint answer read. A token answer is a few KiB; a larger answer

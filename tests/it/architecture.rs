@@ -58,13 +58,13 @@ fn nothing_outside_config_reads_the_environment() {
 const OWNERS: &[(&str, &[&str], &str)] = &[
     (
         "percent_encoding",
-        &["graph/url.rs"],
-        "only graph/url.rs builds Graph URLs",
+        &["graph/url.rs", "entra/authority.rs"],
+        "only graph/url.rs builds Graph URLs (and entra/authority.rs Entra's token URL)",
     ),
     (
         "serde_json",
-        &["graph/", "simulator/"],
-        "only graph/ reads Graph's JSON (the simulator is Graph's independent twin)",
+        &["graph/", "entra/", "simulator/"],
+        "only graph/ reads Graph's JSON and entra/ Entra ID's (the simulator is their independent twin)",
     ),
     (
         "code_for_http_status",
@@ -78,8 +78,8 @@ const OWNERS: &[(&str, &[&str], &str)] = &[
     ),
     (
         "backon",
-        &["retry.rs"],
-        "only retry.rs decides whether Graph is called again",
+        &["backoff.rs"],
+        "only backoff.rs schedules the waits between attempts",
     ),
     (
         "proto::",
