@@ -15,14 +15,17 @@
 # What it shows:
 #   1. the image holds exactly the expected files (no shell), owned as expected; config User
 #      65532:65532, the ENTRYPOINT and the exposed ports;
-#   2. TCP on loopback: gRPC health on the admin and API ports, and a Cancel through the simulator
-#      (run from the same image) reached as http://localhost:8089: `localhost` resolves through
-#      /etc/hosts with the static glibc; UID/GID 65532, no capabilities, PID 1; SIGTERM exits 0;
+#   2. TCP on loopback, as the sidecar overlays configure it: gRPC health on the admin and API ports,
+#      the API reached by another UID without the gateway's group too (the app container), and a
+#      Cancel through the simulator (run from the same image) reached as http://localhost:8089:
+#      `localhost` resolves through /etc/hosts with the static glibc; UID/GID 65532, no
+#      capabilities, PID 1; SIGTERM exits 0;
 #   3. a Unix socket in an emptyDir-like directory (group 65532, setgid, as the kubelet makes it for
-#      fsGroup 65532): mode 0660, reachable by another UID in group 65532 and refused to one that is
-#      not; the default Graph URL, https://graph.microsoft.com/v1.0, resolved through
-#      /etc/resolv.conf by a DNS stand-in, and a TLS stand-in's certificate from a throwaway CA
-#      refused as UnknownIssuer (certificates are checked against the image's CA bundle);
+#      fsGroup 65532), as overlays/sidecar-unix-socket configures it: mode 0660, reachable by another
+#      UID in group 65532 and refused to one that is not; the default Graph URL,
+#      https://graph.microsoft.com/v1.0, resolved through /etc/resolv.conf by a DNS stand-in, and a
+#      TLS stand-in's certificate from a throwaway CA refused as UnknownIssuer (certificates are
+#      checked against the image's CA bundle);
 #   4. with the CA bundle hidden, the gateway refuses to start: so (3) used the bundle in the image.
 #
 # Needs: umoci, unshare/setpriv (util-linux), chroot (coreutils), ip (iproute2), openssl, python3,
@@ -313,9 +316,14 @@ inside() {
     local gateway="$started"
     wait_serving 127.0.0.1:9090
     echo "    admin 127.0.0.1:9090 health: $(health 127.0.0.1:9090)"
+    local out
     [ "$(health 127.0.0.1:50051)" = '{"status":"SERVING"}' ] || fail "API health is not SERVING"
     echo "    API 127.0.0.1:50051 health: $(health 127.0.0.1:50051)"
-    local out
+    # The app container: another UID, and without group 65532: loopback admits any process in the pod.
+    out="$(setpriv --reuid 10001 --regid 10001 --clear-groups -- "$work/bin/grpcurl" -plaintext \
+        -max-time 3 127.0.0.1:50051 grpc.health.v1.Health/Check 2>&1 | tr -d ' \n' || true)"
+    [ "$out" = '{"status":"SERVING"}' ] || fail "UID 10001 without group 65532 could not call 127.0.0.1:50051: $out"
+    echo "    API 127.0.0.1:50051 health as UID 10001, no groups: $out"
     out="$(cancel printer-1 1 127.0.0.1:50051)"
     [ "$(tr -d ' \n' <<<"$out")" = '{}' ] || {
         show_logs

@@ -43,10 +43,10 @@ for dir in deploy/k8s/overlays/*/; do
     name="$(basename "$dir")"
     overlays+=("$name")
     kubectl kustomize "$dir" >"$rendered/$name.yaml"
-    printf '%-16s %s\n' "$name" "$(grep -c '^kind:' "$rendered/$name.yaml") objects: $(grep '^kind:' "$rendered/$name.yaml" | sed 's/kind: //' | paste -sd ' ' -)"
+    printf '%-20s %s\n' "$name" "$(grep -c '^kind:' "$rendered/$name.yaml") objects: $(grep '^kind:' "$rendered/$name.yaml" | sed 's/kind: //' | paste -sd ' ' -)"
 done
-[ "${#overlays[@]}" -ge 3 ] || {
-    echo "expected the sidecar, sidecar-legacy and shared overlays" >&2
+[ "${#overlays[@]}" -ge 4 ] || {
+    echo "expected the sidecar, sidecar-unix-socket, sidecar-legacy and shared overlays" >&2
     exit 1
 }
 for name in sidecar-workload-identity sidecar-workload-identity-no-webhook; do

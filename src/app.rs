@@ -147,7 +147,8 @@ fn demo_exchange(exchange: &mut entra::Settings, scenario: &mut Scenario, simula
 pub fn demo_instructions(grpc: ListenAddr, simulator: SocketAddr, exchange: bool) -> String {
     let grpc = match grpc {
         ListenAddr::Tcp(addr) => addr.to_string(),
-        ListenAddr::Unix(path) => format!("-unix {}", path.display()),
+        // grpcurl 1.8 would send the socket's path as :authority, which h2 refuses.
+        ListenAddr::Unix(path) => format!("-authority localhost -unix {}", path.display()),
     };
     let cancel = |token: &str, printer: &str, job: &str| {
         format!(

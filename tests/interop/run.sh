@@ -1,12 +1,24 @@
 #!/usr/bin/env bash
-# Interop tests: clients that nobody here wrote (grpcurl 1.8.6, Python grpcio, Node grpc-js), and the
-# README's "Calling it" snippets run exactly as printed, against the real release binary in front of
-# the project's own Graph simulator. Then the --demo mode end to end, with the grpcurl commands it
-# prints, with and without --token-exchange obo. CI runs this after `cargo test`; run it from
-# anywhere: `bash tests/interop/run.sh`.
+# Interop tests: clients that nobody here wrote (grpcurl 1.8.6, Python grpcio, Node grpc-js, and
+# grpc-java on the overlays that listen on TCP), and the README's "Calling it" snippets run exactly as
+# printed, against the real release binary in front of the project's own Graph simulator, listening
+# exactly as each Kubernetes overlay configures it. Then the --demo mode end to end, on TCP and on a
+# Unix socket, with the grpcurl commands it prints, and with --token-exchange obo. CI runs this after `cargo test`;
+# run it from anywhere: `bash tests/interop/run.sh`.
+#
+# The overlays: every deploy/k8s/overlays/* is rendered with `kubectl kustomize`, and overlay.py reads
+# from the rendered manifests the gateway container's environment (its ConfigMap) and the target the
+# app dials (its PRINTJOB_GATEWAY_TARGET; for the shared overlay, the Service's DNS name). The gateway
+# then runs with that environment (only the Graph URL points at the simulator) and each client dials
+# that target with the options the README gives for its listener kind, and nothing more. Two stand-ins,
+# as in a pod: the run happens in network and mount namespaces of its own, so 127.0.0.1:50051 and
+# 0.0.0.0:9090 are free and the Service's name can resolve to loopback (/etc/hosts, bind-mounted);
+# and a volume (the socket's emptyDir, the TLS Secret) is a directory, the same one for every
+# container that mounts it. Needs root, or unprivileged user namespaces (then it maps itself to root).
 #
 # Everything is installed by package name into tests/interop/.venv and tests/interop/node/node_modules
-# (pinned: requirements.txt, node/package-lock.json), never globally; a failed install fails the run.
+# (pinned: requirements.txt, node/package-lock.json), never globally, except grpc-java and a JDK,
+# which come from Debian (apt-get, as root, when missing); a failed install fails the run.
 # Logs of the processes it starts are in tests/interop/work/ (kept after a failure).
 set -euo pipefail
 
@@ -21,6 +33,10 @@ wait_seconds=30
 
 say() { printf '\n--> interop: %s\n' "$*"; }
 fail() { printf '\ninterop: FAILED: %s\n' "$*" >&2; exit 1; }
+
+mode=outside
+[ "${1:-}" != "--inside" ] || mode=inside
+volumes=""
 
 # Every process started here, stopped on any exit.
 pids=()
@@ -37,12 +53,16 @@ cleanup() {
         kill -KILL "$pid" 2>/dev/null || true
         wait "$pid" 2>/dev/null || true
     done
-    if [ "$status" -ne 0 ] && [ -d "$work" ]; then
+    # The logs are printed inside the namespaces, where the processes ran; the volumes removed outside.
+    if [ "$status" -ne 0 ] && [ "$mode" = inside ] && [ -d "$work" ]; then
         for log in "$work"/*.log; do
             [ -f "$log" ] || continue
             printf '\n--- %s (last 40 lines) ---\n' "${log#"$repo"/}" >&2
             tail -n 40 "$log" >&2
         done
+    fi
+    if [ "$mode" = outside ] && [ -n "$volumes" ]; then
+        rm -rf "$volumes"
     fi
     exit "$status"
 }
@@ -77,40 +97,25 @@ json_field() {
     "$venv/bin/python" -c 'import json, sys; print(json.loads(sys.argv[1])[sys.argv[2]])' "$1" "$2"
 }
 
-say "cargo build --release --locked"
-cargo build --release --locked
-[ -x "$bin" ] || fail "no binary at $bin"
+# grpc-java for OverlayProbe.java: Debian's libgrpc-java (1.41.3; Maven Central is out of reach here)
+# and the jars it runs on, from /usr/share/java; the JDK from Debian too.
+java_apt=(openjdk-17-jdk-headless libgrpc-java libnetty-java libperfmark-java libguava-java)
+java_jars=(grpc-api grpc-core grpc-context grpc-netty grpc-stub guava perfmark-api netty-buffer netty-codec
+    netty-codec-http netty-codec-http2 netty-codec-socks netty-common netty-handler netty-handler-proxy
+    netty-resolver netty-transport)
+java_classpath() {
+    local jar classpath="$work/java"
+    for jar in "${java_jars[@]}"; do
+        classpath+=":/usr/share/java/$jar.jar"
+    done
+    printf '%s\n' "$classpath"
+}
 
-say "Python clients: grpcurl, grpcio, grpcio-status, grpcio-tools, pytest into ${venv#"$repo"/}"
-if [ ! -x "$venv/bin/python" ]; then
-    python3 -m venv "$venv"
-fi
-"$venv/bin/python" -m pip install --quiet --disable-pip-version-check --require-virtualenv \
-    -r "$interop/requirements.txt"
-export PATH="$venv/bin:$PATH"
-[ "$(command -v grpcurl)" = "$venv/bin/grpcurl" ] || fail "grpcurl is not the virtualenv's"
-grpcurl -version 2>&1 | grep -qx 'grpcurl v1.8.6' || fail "expected grpcurl v1.8.6, got: $(grpcurl -version 2>&1)"
-
-say "Node clients: @grpc/grpc-js, @grpc/proto-loader, protobufjs (npm ci)"
-(cd "$interop/node" && npm ci --no-audit --no-fund --loglevel=error)
-
-rm -rf "$work"
-mkdir -p "$work"
-
-say "start the Graph simulator and the gateway on free ports"
-"$bin" simulate --listen 127.0.0.1:0 --log-format json --log-filter info >"$work/simulator.log" 2>&1 &
-pids+=($!)
-line="$(wait_for_line "$work/simulator.log" '"message":"simulated Graph serving"' "${pids[-1]}")"
-SIMULATOR_URL="$(json_field "$line" url)"
-
-"$bin" --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 --graph-url "$SIMULATOR_URL" \
-    --log-format json --log-filter info >"$work/gateway.log" 2>&1 &
-pids+=($!)
-line="$(wait_for_line "$work/gateway.log" '"message":"printjob-gateway serving"' "${pids[-1]}")"
-GATEWAY="$(json_field "$line" grpc)"
-ADMIN="$(json_field "$line" admin)"
-export SIMULATOR_URL GATEWAY ADMIN
-echo "simulated Graph: $SIMULATOR_URL  gateway: $GATEWAY  admin: $ADMIN"
+# Field $2 of overlay $1's description (work/overlays/$1.json, written by overlay.py); "" for null.
+overlay_field() {
+    "$venv/bin/python" -c 'import json, sys; v = json.load(open(sys.argv[1]))[sys.argv[2]]; print("" if v is None else v)' \
+        "$work/overlays/$1.json" "$2"
+}
 
 failed=()
 passed=0
@@ -125,15 +130,223 @@ run_suite() {
     fi
 }
 
-# Each suite is bounded: every call in it has a deadline, and the whole suite has this one.
-run_suite "grpcurl, Python grpcio and the README snippets (pytest)" \
-    timeout 300 "$venv/bin/python" -m pytest -p no:cacheprovider -v "$interop/python"
-run_suite "Node grpc-js (node --test)" \
-    timeout 300 node --test "$interop/node/"
+# ---------------------------------------------------------------------------------------------
+# Outside the namespaces: build, install, render the overlays.
+outside() {
+    say "cargo build --release --locked"
+    cargo build --release --locked
+    [ -x "$bin" ] || fail "no binary at $bin"
 
+    say "Python clients: grpcurl, grpcio, grpcio-status, grpcio-tools, pytest, PyYAML, kubectl into ${venv#"$repo"/}"
+    if [ ! -x "$venv/bin/python" ]; then
+        python3 -m venv "$venv"
+    fi
+    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --require-virtualenv \
+        -r "$interop/requirements.txt"
+    export PATH="$venv/bin:$PATH"
+    [ "$(command -v grpcurl)" = "$venv/bin/grpcurl" ] || fail "grpcurl is not the virtualenv's"
+    grpcurl -version 2>&1 | grep -qx 'grpcurl v1.8.6' || fail "expected grpcurl v1.8.6, got: $(grpcurl -version 2>&1)"
+    [ "$(command -v kubectl)" = "$venv/bin/kubectl" ] || fail "kubectl is not the virtualenv's"
+
+    say "Node clients: @grpc/grpc-js, @grpc/proto-loader, protobufjs (npm ci)"
+    (cd "$interop/node" && npm ci --no-audit --no-fund --loglevel=error)
+
+    local need_apt=() jar
+    command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)
+    command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
+    command -v javac >/dev/null 2>&1 || need_apt+=("${java_apt[@]}")
+    for jar in "${java_jars[@]}"; do
+        [ -e "/usr/share/java/$jar.jar" ] || { need_apt+=("${java_apt[@]}") && break; }
+    done
+    if [ "${#need_apt[@]}" -gt 0 ]; then
+        [ "$(id -u)" -eq 0 ] || fail "install ${need_apt[*]} (Debian package names)"
+        say "installing ${need_apt[*]} with apt-get"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+    fi
+
+    rm -rf "$work"
+    mkdir -p "$work/overlays" "$work/java"
+    say "Java client: grpc-java $(dpkg-query -W -f '${Version}' libgrpc-java) (Debian), javac OverlayProbe.java"
+    javac -nowarn -cp "$(java_classpath)" -d "$work/java" "$interop/java/OverlayProbe.java"
+    # The volumes live under a short path: a Unix socket's path must fit in 107 bytes.
+    volumes="$(mktemp -d /tmp/printjob-gateway-interop.XXXXXX)"
+    chmod 0755 "$volumes"
+
+    say "render every overlay (kubectl kustomize) and read the gateway's settings and the app's target"
+    local dir name
+    for dir in "$repo"/deploy/k8s/overlays/*/; do
+        name="$(basename "$dir")"
+        if [[ "$name" == sidecar-workload-identity* ]]; then
+            # The sidecar overlay plus an on-behalf-of credential that only a cluster's workload
+            # identity provides; it must listen exactly as the sidecar does, which is checked here.
+            # The exchange itself runs in the demo_obo suite and in tests/it.
+            kubectl kustomize "$dir" >"$work/$name.yaml"
+            grep -qE 'PRINTJOB_GATEWAY_LISTEN: "?127\.0\.0\.1:50051"?$' "$work/$name.yaml" \
+                || fail "$name does not listen where the sidecar overlay does"
+            printf '%-20s listens as overlays/sidecar does (its exchange needs a cluster)\n' "$name"
+            continue
+        fi
+        kubectl kustomize "$dir" >"$work/overlays/$name.yaml"
+        "$venv/bin/python" "$interop/overlay.py" "$work/overlays/$name.yaml" "$volumes/$name" >"$work/overlays/$name.json"
+        printf '%-20s %-4s the app dials %s\n' "$name" "$(overlay_field "$name" kind)" "$(overlay_field "$name" target)"
+    done
+    [ -e "$work/overlays/sidecar.json" ] || fail "no overlays/sidecar, where the behaviour suites run"
+
+    # The user namespace only where root is not available; the script runs as root inside either way.
+    local userns=()
+    [ "$(id -u)" -eq 0 ] || userns=(--user --map-root-user)
+    say "entering new network and mount namespaces (the pod)"
+    local rc=0
+    export INTEROP_VOLUMES="$volumes"
+    unshare "${userns[@]}" --net --mount --fork --kill-child -- bash "$interop/run.sh" --inside || rc=$?
+    return "$rc"
+}
+
+# ---------------------------------------------------------------------------------------------
+# Inside the namespaces: the pod's loopback, the simulator, a gateway per overlay, the clients.
+
+# Issues the shared overlay's Secret (kubernetes.io/tls: tls.crt, tls.key) into the volume directory $1
+# for host name $2, from a throwaway CA whose certificate the clients are given ($work/tls/ca.crt).
+issue_tls_secret() {
+    local dir="$1" host="$2" ca="$work/tls"
+    mkdir -p "$dir" "$ca"
+    if [ ! -e "$ca/ca.crt" ]; then
+        openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+            -subj "/CN=printjob-gateway interop CA" -keyout "$ca/ca.key" -out "$ca/ca.crt" 2>/dev/null
+    fi
+    openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=$host" \
+        -keyout "$dir/tls.key" -out "$ca/$host.csr" 2>/dev/null
+    printf 'subjectAltName=DNS:%s\nbasicConstraints=critical,CA:FALSE\nextendedKeyUsage=serverAuth\n' "$host" \
+        >"$ca/$host.ext"
+    openssl x509 -req -in "$ca/$host.csr" -CA "$ca/ca.crt" -CAkey "$ca/ca.key" -CAcreateserial -days 2 \
+        -extfile "$ca/$host.ext" -out "$dir/tls.crt" 2>/dev/null
+}
+
+# Starts the gateway of overlay $1 with the environment its manifests give it (and the simulated
+# Graph), waits until it serves; sets gateway_pid and ADMIN.
+gateway_pid=""
+start_gateway() {
+    local name="$1" environment log="$work/gateway-$1.log" line server_name volume secret
+    server_name="$(overlay_field "$name" server_name)"
+    # Each volume the gateway mounts: a directory; a TLS Secret gets its files.
+    while IFS=$'\t' read -r volume secret; do
+        mkdir -p "$volume"
+        if [ -n "$secret" ]; then
+            [ -n "$server_name" ] || fail "$name mounts Secret $secret but has no TLS server name"
+            issue_tls_secret "$volume" "$server_name"
+        fi
+    done < <("$venv/bin/python" -c 'import json, sys
+for v in json.load(open(sys.argv[1]))["volumes"].values(): print(v["dir"], v["secret"] or "", sep="\t")' \
+        "$work/overlays/$name.json")
+    mapfile -t environment < <("$venv/bin/python" -c 'import json, sys
+for key, value in json.load(open(sys.argv[1]))["env"].items(): print(f"{key}={value}")' "$work/overlays/$name.json")
+    # Only what the kubelet would set, as env -i: nothing from this shell leaks in.
+    env -i PATH=/usr/bin:/bin "${environment[@]}" PRINTJOB_GATEWAY_GRAPH_URL="$SIMULATOR_URL" \
+        "$bin" >"$log" 2>&1 &
+    gateway_pid=$!
+    pids+=("$gateway_pid")
+    line="$(wait_for_line "$log" '"message":"printjob-gateway serving"' "$gateway_pid")"
+    ADMIN="$(json_field "$line" admin)"
+    echo "$name: the gateway serves $(json_field "$line" grpc) (admin $ADMIN)"
+}
+
+# SIGTERM to the gateway; it must exit 0.
+stop_gateway() {
+    local rc=0
+    kill -TERM "$gateway_pid"
+    wait "$gateway_pid" || rc=$?
+    forget "$gateway_pid"
+    [ "$rc" -eq 0 ] || fail "the gateway exited $rc on SIGTERM"
+}
+
+inside() {
+    export PATH="$venv/bin:$PATH"
+    ip link set lo up
+    local name
+
+    # The pod's /etc/hosts, plus each TLS overlay's Service name on this loopback (in a cluster the
+    # name resolves to the Service's IP, which leads to the gateway's 0.0.0.0:50051).
+    cp /etc/hosts "$work/hosts"
+    for name in $(cd "$work/overlays" && ls -- *.json | sed 's/\.json$//'); do
+        local host
+        host="$(overlay_field "$name" server_name)"
+        [ -z "$host" ] || printf '127.0.0.1\t%s\n' "$host" >>"$work/hosts"
+    done
+    mount --bind "$work/hosts" /etc/hosts
+
+    say "start the Graph simulator"
+    "$bin" simulate --listen 127.0.0.1:0 --log-format json --log-filter info >"$work/simulator.log" 2>&1 &
+    pids+=($!)
+    local line
+    line="$(wait_for_line "$work/simulator.log" '"message":"simulated Graph serving"' "${pids[-1]}")"
+    SIMULATOR_URL="$(json_field "$line" url)"
+    export SIMULATOR_URL
+    echo "simulated Graph: $SIMULATOR_URL"
+
+    # Every overlay, the sidecar first: the behaviour suites run against it (the overlay to copy).
+    local overlays=(sidecar)
+    for name in $(cd "$work/overlays" && ls -- *.json | sed 's/\.json$//'); do
+        [ "$name" = sidecar ] || overlays+=("$name")
+    done
+    local kind
+    for name in "${overlays[@]}"; do
+        say "overlay $name"
+        start_gateway "$name"
+        kind="$(overlay_field "$name" kind)"
+        OVERLAY="$name"
+        OVERLAY_KIND="$kind"
+        PRINTJOB_GATEWAY_TARGET="$(overlay_field "$name" target)"
+        OVERLAY_MANIFEST_TARGET="$(overlay_field "$name" manifest_target)"
+        TLS_CA=""
+        [ "$kind" != tls ] || TLS_CA="$work/tls/ca.crt"
+        export OVERLAY OVERLAY_KIND PRINTJOB_GATEWAY_TARGET OVERLAY_MANIFEST_TARGET TLS_CA ADMIN
+        echo "$name: clients dial $PRINTJOB_GATEWAY_TARGET ($kind)"
+
+        # Each suite is bounded: every call in it has a deadline, and the whole suite has this one.
+        run_suite "$name: grpcurl and Python grpcio with the README's options for $kind (pytest)" \
+            timeout 120 "$venv/bin/python" -m pytest -p no:cacheprovider -v "$interop/python/test_overlay.py"
+        run_suite "$name: Node grpc-js with the README's options for $kind (node --test)" \
+            timeout 120 node --test "$interop/node/overlay.test.js"
+        # Debian's grpc-java 1.41 has no `unix:` resolver (1.47 added it) and its netty no epoll
+        # library; its TLS is not exercised here: Java runs where the README says it needs nothing.
+        if [ "$kind" = tcp ]; then
+            run_suite "$name: grpc-java with the README's options for tcp (java OverlayProbe)" \
+                timeout 120 java -cp "$(java_classpath)" OverlayProbe "$PRINTJOB_GATEWAY_TARGET"
+        fi
+        if [ "$name" = sidecar ]; then
+            export GATEWAY="$PRINTJOB_GATEWAY_TARGET"
+            run_suite "$name: grpcurl, Python grpcio and the README snippets (pytest)" \
+                timeout 300 "$venv/bin/python" -m pytest -p no:cacheprovider -v "$interop/python" \
+                --ignore "$interop/python/test_overlay.py"
+            run_suite "$name: Node grpc-js (node --test)" \
+                timeout 300 node --test "$interop/node/interop.test.js"
+        fi
+        stop_gateway
+    done
+
+    run_suite "the --demo mode end to end, with the grpcurl commands it prints" demo 127.0.0.1:0 tcp
+    run_suite "the --demo mode on a Unix socket, with the grpcurl commands it prints" \
+        demo "unix:$INTEROP_VOLUMES/demo.sock" unix
+    run_suite "the --demo --token-exchange obo mode end to end, with the grpcurl commands it prints" demo_obo
+
+    # tests/it/soak.rs at full size against the release binary (cargo test runs it small, on the
+    # debug binary): 20,000 calls, every one OK, one Graph request each, and flat RSS.
+    run_suite "soak: 20,000 calls through the release binary" \
+        env PRINTJOB_SOAK_CALLS=20000 PRINTJOB_SOAK_BINARY="$bin" \
+        timeout 600 cargo test --locked --test it soak::
+
+    printf '\ninterop: %d passed, %d failed\n' "$passed" "${#failed[@]}"
+    if [ "${#failed[@]}" -ne 0 ]; then
+        printf 'interop: FAILED: %s\n' "${failed[@]}" >&2
+        exit 1
+    fi
+}
+
+# The demo listening on $1 (a TCP address or unix:PATH); its log is $work/demo-$2.log.
 demo() {
-    local log="$work/demo.log" pid commands expected
-    "$bin" --demo --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 --log-filter info >"$log" 2>&1 &
+    local log="$work/demo-$2.log" pid commands expected
+    "$bin" --demo --listen "$1" --admin-listen 127.0.0.1:0 --log-filter info >"$log" 2>&1 &
     pid=$!
     pids+=("$pid")
     wait_for_line "$log" "printjob-gateway serving" "$pid" >/dev/null
@@ -173,7 +386,6 @@ demo() {
         return 1
     fi
 }
-run_suite "the --demo mode end to end, with the grpcurl commands it prints" demo
 
 # The same with --token-exchange obo: the simulator's Entra endpoint exchanges the callers' tokens,
 # and its Graph takes only the tokens it issued. Four commands: OK, FAILED_PRECONDITION, a claims
@@ -263,16 +475,9 @@ PY
         return 1
     fi
 }
-run_suite "the --demo --token-exchange obo mode end to end, with the grpcurl commands it prints" demo_obo
 
-# tests/it/soak.rs at full size against the release binary (cargo test runs it small, on the
-# debug binary): 20,000 calls, every one OK, one Graph request each, and flat RSS.
-run_suite "soak: 20,000 calls through the release binary" \
-    env PRINTJOB_SOAK_CALLS=20000 PRINTJOB_SOAK_BINARY="$bin" \
-    timeout 600 cargo test --locked --test it soak::
-
-printf '\ninterop: %d passed, %d failed\n' "$passed" "${#failed[@]}"
-if [ "${#failed[@]}" -ne 0 ]; then
-    printf 'interop: FAILED: %s\n' "${failed[@]}" >&2
-    exit 1
+if [ "${1:-}" = "--inside" ]; then
+    inside
+else
+    outside
 fi

@@ -1,8 +1,9 @@
 """Shared fixtures for the Python interop tests.
 
-run.sh starts the simulated Graph and the gateway and passes their addresses in the environment:
-GATEWAY (host:port of the gRPC API), ADMIN (host:port of the admin listener), SIMULATOR_URL (the
-simulated Graph's base URL, ending in /v1.0). The Python stubs are generated here, at test time,
+run.sh starts the simulated Graph and the gateway (as overlays/sidecar configures it) and passes
+their addresses in the environment: GATEWAY (host:port of the gRPC API), ADMIN (host:port of the admin
+listener), SIMULATOR_URL (the simulated Graph's base URL, ending in /v1.0). test_overlay.py reads its
+own variables (see there). The Python stubs are generated here, at test time,
 from proto/ into a temporary directory: nothing generated is ever committed.
 """
 

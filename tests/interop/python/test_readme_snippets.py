@@ -2,9 +2,10 @@
 
 Each snippet is a fenced block whose first line is a marker comment (`# interop-test: grpcurl`,
 `# interop-test: python-stubs`, `# interop-test: python`, `// interop-test: node`). The blocks are
-taken from README.md verbatim and run with the environment the README names (GATEWAY, TOKEN,
-PRINTER_ID, PRINT_JOB_ID), from the repository root (Node) or from a scratch directory that links
-proto/ (Python, whose stub command writes into the current directory).
+taken from README.md verbatim and run with the environment the README names
+(PRINTJOB_GATEWAY_TARGET, which the sidecar overlays give the app; TOKEN, PRINTER_ID, PRINT_JOB_ID),
+from the repository root (Node) or from a scratch directory that links proto/ (Python, whose stub
+command writes into the current directory).
 """
 
 import json
@@ -38,7 +39,9 @@ def snippet(language, marker):
 
 
 def run(command, cwd, **env):
-    environment = {**os.environ, **env}
+    # Only the README's variables: not run.sh's GATEWAY.
+    environment = {key: value for key, value in os.environ.items() if key != "GATEWAY"}
+    environment.update(env)
     return subprocess.run(
         command,
         cwd=cwd,
@@ -95,7 +98,7 @@ def test_snippet(language, outcome, python_dir, gateway):
     result = run(
         command,
         cwd,
-        GATEWAY=gateway,
+        PRINTJOB_GATEWAY_TARGET=gateway,
         TOKEN="readme-token",
         PRINTER_ID=printer_id,
         PRINT_JOB_ID=print_job_id,
