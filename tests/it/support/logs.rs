@@ -4,7 +4,7 @@
 
 use std::{
     io::Write,
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, OnceLock},
 };
 
 use tracing_subscriber::{EnvFilter, fmt::MakeWriter};
@@ -16,17 +16,20 @@ pub struct Captured(Arc<Mutex<Vec<u8>>>);
 impl Captured {
     /// Installs a TRACE subscriber writing here for the current thread, until the guard drops.
     pub fn install(&self) -> tracing::subscriber::DefaultGuard {
+        // tracing caches each callsite's interest when the callsite is first hit. While exactly one
+        // dispatcher is alive (this thread's capture), tracing-core asks only the hitting thread's
+        // default, which on another test's thread is "no subscriber": the callsite is cached as
+        // never, and this capture then misses it. A second dispatcher that lives as long as the
+        // process makes tracing ask every live one, so the capture's "always" counts.
+        static SECOND_DISPATCHER: OnceLock<tracing::Dispatch> = OnceLock::new();
+        SECOND_DISPATCHER
+            .get_or_init(|| tracing::Dispatch::new(tracing::subscriber::NoSubscriber::default()));
         let subscriber = tracing_subscriber::fmt()
             .with_env_filter(EnvFilter::new("trace"))
             .with_writer(self.clone())
             .with_ansi(false)
             .finish();
-        let guard = tracing::subscriber::set_default(subscriber);
-        // Another test's thread may have registered a callsite while this subscriber was being
-        // registered, and cached "never" for it (a race in tracing's interest cache); ask every
-        // callsite again now that this subscriber is known.
-        tracing::callsite::rebuild_interest_cache();
-        guard
+        tracing::subscriber::set_default(subscriber)
     }
 
     /// What was logged so far.
