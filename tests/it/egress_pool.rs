@@ -12,6 +12,7 @@ use crate::support::{
     TestGateway,
     gateway::{Call, timerless_client},
     graph_like::{GraphLike, Seen, Speaks},
+    h2_peer::Http2Peer,
     pki::{Pki, make_pki},
     process::BINARY,
     stall_proxy::{Direction, StallProxy},
@@ -267,6 +268,58 @@ async fn goaway_in_the_middle_of_traffic_loses_nothing_and_duplicates_nothing() 
         "the calls after GOAWAY went elsewhere"
     );
     all_ok(&calls(&channel, gateway.grpc_addr, "later", 5, PATIENCE).await);
+}
+
+#[tokio::test]
+async fn streams_above_a_goaways_last_stream_id_go_to_one_new_connection_and_are_not_retries() {
+    let setup = pki();
+    let graph = Http2Peer::start(&setup.pki).await;
+    let gateway = TestGateway::start_with(&graph.url(), |s| {
+        s.graph.extra_ca = Some(setup.ca.clone());
+        // A retry is impossible: only the re-send of unprocessed requests can save these calls.
+        s.calls.retry.max_attempts = 1;
+    })
+    .await;
+    let channel = gateway.channel().await;
+
+    // Twenty calls on the first connection (it allows 100 streams), none answered yet.
+    let outcomes = tokio::spawn(calls(&channel, gateway.grpc_addr, "printer", 20, PATIENCE));
+    tokio::time::timeout(
+        PATIENCE,
+        graph.wait_until(|seen| seen.requests.first().is_some_and(|ids| ids.len() == 20)),
+    )
+    .await
+    .expect("the first connection received all twenty requests");
+    // Graph goes away having processed five of them, and answers those five.
+    graph.go_away_first(5).await;
+    all_ok(&outcomes.await.unwrap());
+
+    let seen = graph.seen();
+    assert_eq!(
+        seen.requests.len(),
+        2,
+        "fifteen re-sent calls need one new connection, no more: {seen:?}"
+    );
+    assert_eq!(seen.answered[0], 5);
+    assert_eq!(
+        seen.requests[1].len(),
+        15,
+        "exactly the unprocessed requests were sent again, once each: {seen:?}"
+    );
+    assert_eq!(seen.answered[1], 15);
+    let metrics = scrape(&gateway).await;
+    assert_eq!(
+        sample(
+            &metrics,
+            r#"printjob_gateway_graph_requests_resent_total{reason="goaway"}"#
+        ),
+        15.0,
+        "{metrics}"
+    );
+    assert!(
+        !metrics.contains("printjob_gateway_graph_retries_total{"),
+        "{metrics}"
+    );
 }
 
 #[tokio::test]

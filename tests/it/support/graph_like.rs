@@ -67,22 +67,11 @@ struct Shared {
 impl GraphLike {
     /// Starts the upstream with the server certificate of `pki`.
     pub async fn start(pki: &Pki, speaks: Speaks) -> Self {
-        let certs = CertificateDer::pem_slice_iter(pki.server_cert.as_bytes())
-            .collect::<Result<Vec<_>, _>>()
-            .unwrap();
-        let key = PrivateKeyDer::from_pem_slice(pki.server_key.as_bytes()).unwrap();
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut config = rustls::ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_no_client_auth()
-            .with_single_cert(certs, key)
-            .unwrap();
-        config.alpn_protocols = match speaks {
-            Speaks::Http2 { .. } => vec![b"h2".to_vec()],
-            Speaks::Http1 => vec![b"http/1.1".to_vec()],
+        let alpn: &[u8] = match speaks {
+            Speaks::Http2 { .. } => b"h2",
+            Speaks::Http1 => b"http/1.1",
         };
-        let acceptor = TlsAcceptor::from(Arc::new(config));
+        let acceptor = tls_acceptor(pki, alpn);
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let shared = Arc::new(Shared {
@@ -141,6 +130,23 @@ impl GraphLike {
             .go_away
             .send_modify(|generation| *generation += 1);
     }
+}
+
+/// A TLS acceptor with the server certificate of `pki` that offers only `alpn`.
+pub fn tls_acceptor(pki: &Pki, alpn: &[u8]) -> TlsAcceptor {
+    let certs = CertificateDer::pem_slice_iter(pki.server_cert.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = PrivateKeyDer::from_pem_slice(pki.server_key.as_bytes()).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+    config.alpn_protocols = vec![alpn.to_vec()];
+    TlsAcceptor::from(Arc::new(config))
 }
 
 impl Drop for GraphLike {

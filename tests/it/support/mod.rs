@@ -5,6 +5,7 @@ pub mod fake_entra;
 pub mod fake_graph;
 pub mod gateway;
 pub mod graph_like;
+pub mod h2_peer;
 pub mod logs;
 pub mod metrics;
 pub mod pki;
