@@ -118,6 +118,11 @@ pub struct GatewayArgs {
     #[arg(long, env = "PRINTJOB_GATEWAY_GRAPH_KEEPALIVE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub graph_keepalive_timeout: Duration,
 
+    /// The proxy to Graph and Entra ID, from the standard variables rather than a flag (see
+    /// [`proxy_env`]).
+    #[arg(skip)]
+    pub proxy: graph::ProxyEnv,
+
     /// Deadline of a call whose caller sends none (no grpc-timeout).
     #[arg(long, env = "PRINTJOB_GATEWAY_DEFAULT_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub default_timeout: Duration,
@@ -297,9 +302,27 @@ impl Cli {
         I: IntoIterator<Item = T>,
         T: Into<std::ffi::OsString> + Clone,
     {
-        let cli = Self::try_parse_from(args)?;
+        let mut cli = Self::try_parse_from(args)?;
         cli.gateway.check()?;
+        cli.gateway.proxy = proxy_env(|name| std::env::var(name).ok());
         Ok(cli)
+    }
+}
+
+/// The proxy for HTTPS as the standard variables name it, the way curl and Go read them:
+/// `HTTPS_PROXY`, else `ALL_PROXY`, and `NO_PROXY`; each upper-case name before its lower-case
+/// twin, and an empty value as if unset. `lookup` reads one variable.
+pub fn proxy_env(lookup: impl Fn(&str) -> Option<String>) -> graph::ProxyEnv {
+    let first = |names: [&'static str; 2]| {
+        names.into_iter().find_map(|name| {
+            lookup(name)
+                .filter(|value| !value.is_empty())
+                .map(|value| (name, value))
+        })
+    };
+    graph::ProxyEnv {
+        proxy: first(["HTTPS_PROXY", "https_proxy"]).or_else(|| first(["ALL_PROXY", "all_proxy"])),
+        no_proxy: first(["NO_PROXY", "no_proxy"]).map(|(_, value)| value),
     }
 }
 
@@ -374,6 +397,7 @@ impl GatewayArgs {
                 idle_timeout: self.graph_idle_timeout,
                 keepalive_interval: self.graph_keepalive_interval,
                 keepalive_timeout: self.graph_keepalive_timeout,
+                proxy: self.proxy.clone(),
             },
             token_exchange: self.token_exchange_settings(),
         }
@@ -549,6 +573,33 @@ mod tests {
             "https://graph.microsoft.com/v1.0"
         );
         assert!(!cli.gateway.demo);
+    }
+
+    #[test]
+    fn the_proxy_comes_from_https_proxy_then_all_proxy_upper_case_first() {
+        let env = |pairs: &'static [(&'static str, &'static str)]| {
+            proxy_env(move |name| {
+                pairs
+                    .iter()
+                    .find(|(key, _)| *key == name)
+                    .map(|(_, value)| (*value).to_owned())
+            })
+        };
+        let proxy = |pairs| env(pairs).proxy;
+        assert_eq!(proxy(&[]), None);
+        assert_eq!(
+            proxy(&[("https_proxy", "http://a:1"), ("HTTPS_PROXY", "http://b:1")]),
+            Some(("HTTPS_PROXY", "http://b:1".to_owned()))
+        );
+        assert_eq!(
+            proxy(&[("HTTPS_PROXY", ""), ("all_proxy", "socks5://c:1")]),
+            Some(("all_proxy", "socks5://c:1".to_owned())),
+            "an empty HTTPS_PROXY is unset, and ALL_PROXY applies"
+        );
+        assert_eq!(
+            env(&[("NO_PROXY", ""), ("no_proxy", "graph.microsoft.com")]).no_proxy,
+            Some("graph.microsoft.com".to_owned())
+        );
     }
 
     #[test]

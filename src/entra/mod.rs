@@ -212,6 +212,7 @@ impl OnBehalfOf {
             GraphProtocol::Auto,
             graph.connect_timeout,
             graph.extra_ca.as_ref(),
+            &graph.proxy,
         )?;
         let scope = settings
             .graph_scope

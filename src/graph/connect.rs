@@ -44,19 +44,85 @@ pub enum GraphClientError {
     /// TLS could not be set up (no usable root certificates, or a bad extra CA).
     #[error("cannot set up TLS for Graph")]
     Tls(#[from] rustls::Error),
-    /// `HTTPS_PROXY` names a proxy the gateway cannot speak to honestly: only `http://` proxies
-    /// (HTTP CONNECT, TLS to Graph inside the tunnel) are supported. An `https://` proxy would
-    /// otherwise be spoken to in plaintext, credentials included.
+    /// The proxy variable names a proxy the gateway cannot speak to honestly: only `http://`
+    /// proxies (HTTP CONNECT, TLS to Graph inside the tunnel) are supported. An `https://` proxy
+    /// would otherwise be spoken to in plaintext, credentials included, and a scheme the gateway
+    /// does not know (`socks5://`, `ftp://`) would be ignored and Graph reached directly.
     #[error(
-        "HTTPS_PROXY uses the scheme {scheme}://, but only http:// proxies are supported (HTTP CONNECT; TLS to Graph runs inside the tunnel)"
+        "{variable} uses the scheme {scheme}://, but only http:// proxies are supported (HTTP CONNECT; TLS to Graph runs inside the tunnel)"
     )]
     ProxyScheme {
+        /// The variable that named the proxy.
+        variable: &'static str,
         /// The refused scheme.
         scheme: String,
+    },
+    /// The proxy variable is set but is not a proxy URL (`http://host:port`, or `host:port`),
+    /// which would otherwise be ignored and Graph reached directly.
+    #[error("{variable} is set but is not a proxy URL such as http://proxy.example:3128")]
+    ProxyUrl {
+        /// The variable that named the proxy.
+        variable: &'static str,
     },
     /// Graph's URL has no host to connect to.
     #[error("the Graph URL has no host")]
     NoHost,
+}
+
+/// The proxy for HTTPS requests as the environment names it, read once at start-up by `config`:
+/// `HTTPS_PROXY` (or `https_proxy`), else `ALL_PROXY` (or `all_proxy`), and `NO_PROXY` (or
+/// `no_proxy`), the upper-case name first, an empty value counting as unset.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct ProxyEnv {
+    /// The variable that names the proxy, and its value.
+    pub proxy: Option<(&'static str, String)>,
+    /// The hosts reached without the proxy, as `NO_PROXY` lists them.
+    pub no_proxy: Option<String>,
+}
+
+impl std::fmt::Debug for ProxyEnv {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The value may carry the proxy's password: only its address is shown.
+        let proxy = self.proxy.as_ref().map(|(variable, value)| {
+            let shown = value
+                .parse::<Uri>()
+                .map_or_else(|_| "(not a URL)".to_owned(), |uri| redacted(&uri));
+            format!("{variable}={shown}")
+        });
+        f.debug_struct("ProxyEnv")
+            .field("proxy", &proxy)
+            .field("no_proxy", &self.no_proxy)
+            .finish()
+    }
+}
+
+impl ProxyEnv {
+    /// The proxy to tunnel HTTPS through, once its URL is checked, or `None` when there is none.
+    fn matcher(&self) -> Result<Option<Matcher>, GraphClientError> {
+        let Some((variable, value)) = &self.proxy else {
+            return Ok(None);
+        };
+        let variable = *variable;
+        let uri = value
+            .parse::<Uri>()
+            .ok()
+            .filter(|uri| uri.authority().is_some())
+            .ok_or(GraphClientError::ProxyUrl { variable })?;
+        // hyper-util's matcher takes a URL without a scheme to mean http://.
+        if let Some(scheme) = uri.scheme_str()
+            && scheme != "http"
+        {
+            return Err(GraphClientError::ProxyScheme {
+                variable,
+                scheme: scheme.to_owned(),
+            });
+        }
+        let matcher = Matcher::builder()
+            .https(value)
+            .no(self.no_proxy.as_deref().unwrap_or_default())
+            .build();
+        Ok(Some(matcher))
+    }
 }
 
 /// The HTTP version a new connection speaks, as TLS negotiated it (or as configured over plain
@@ -102,27 +168,27 @@ enum Route {
 
 impl Connector {
     /// A connector for `graph` (whose scheme and host decide TLS and the proxy): rustls with the
-    /// platform's roots plus `extra_ca`, ALPN as `protocol` asks, `HTTPS_PROXY`/`NO_PROXY` as
-    /// hyper-util's matcher reads them.
+    /// platform's roots plus `extra_ca`, ALPN as `protocol` asks, through the proxy `proxy`
+    /// names unless its `NO_PROXY` lists Graph's host.
     pub(crate) fn new(
         graph: &Uri,
         protocol: GraphProtocol,
         timeout: Duration,
         extra_ca: Option<&PathBuf>,
+        proxy: &ProxyEnv,
     ) -> Result<Self, GraphClientError> {
         let host = graph.host().ok_or(GraphClientError::NoHost)?;
         let https = graph.scheme_str() == Some("https");
         let mut tcp = HttpConnector::new();
         tcp.enforce_http(false);
         tcp.set_nodelay(true);
-        let route = match Matcher::from_env().intercept(graph) {
+        // Checked whatever Graph's URL, so that a bad proxy setting stops start-up.
+        let matcher = proxy.matcher()?;
+        let intercept = matcher
+            .as_ref()
+            .and_then(|matcher| matcher.intercept(graph));
+        let route = match intercept {
             Some(proxy) if https => {
-                let scheme = proxy.uri().scheme_str().unwrap_or_default();
-                if scheme != "http" {
-                    return Err(GraphClientError::ProxyScheme {
-                        scheme: scheme.to_owned(),
-                    });
-                }
                 let mut tunnel = Tunnel::new(proxy.uri().clone(), tcp);
                 if let Some(auth) = proxy.basic_auth() {
                     tunnel = tunnel.with_auth(auth.clone());
@@ -289,5 +355,47 @@ fn redacted(uri: &Uri) -> String {
             .unwrap_or_default()
             .to_owned(),
         None => String::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn proxy(value: &str) -> ProxyEnv {
+        ProxyEnv {
+            proxy: Some(("HTTPS_PROXY", value.to_owned())),
+            no_proxy: None,
+        }
+    }
+
+    #[test]
+    fn the_proxy_settings_never_show_the_proxys_password() {
+        let shown = format!("{:?}", proxy("http://user:s3cret@proxy.example:3128"));
+        assert!(shown.contains("HTTPS_PROXY=proxy.example:3128"), "{shown}");
+        assert!(!shown.contains("s3cret"), "{shown}");
+        let shown = format!("{:?}", proxy("http://user:s3cret@proxy example"));
+        assert!(!shown.contains("s3cret"), "{shown}");
+    }
+
+    #[test]
+    fn only_an_http_proxy_or_a_bare_address_is_taken() {
+        assert!(
+            proxy("http://proxy.example:3128")
+                .matcher()
+                .unwrap()
+                .is_some()
+        );
+        assert!(proxy("proxy.example:3128").matcher().unwrap().is_some());
+        assert!(ProxyEnv::default().matcher().unwrap().is_none());
+        for refused in [
+            "https://p:1",
+            "socks5h://p:1",
+            "ftp://p:1",
+            "/p",
+            "http://p q",
+        ] {
+            assert!(proxy(refused).matcher().is_err(), "{refused}");
+        }
     }
 }

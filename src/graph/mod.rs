@@ -20,7 +20,7 @@ use tokio::time::Instant;
 
 pub use self::answer::{GraphRejection, parse_retry_after};
 pub(crate) use self::answer::{bounded_identifier, bounded_message};
-pub use self::connect::{ConnectError, GraphClientError, GraphProtocol};
+pub use self::connect::{ConnectError, GraphClientError, GraphProtocol, ProxyEnv};
 pub(crate) use self::connect::{Connected, Connector, Negotiated};
 pub use self::job::{JobReadError, PrintJobStatus};
 pub use self::pool::{Body, SendError};
@@ -67,6 +67,8 @@ pub struct Settings {
     pub keepalive_interval: Duration,
     /// How long a ping's answer may take before the connection is closed.
     pub keepalive_timeout: Duration,
+    /// The proxy to reach Graph (and Entra ID) through, as the environment names it.
+    pub proxy: ProxyEnv,
 }
 
 impl Default for Settings {
@@ -81,6 +83,7 @@ impl Default for Settings {
             idle_timeout: Duration::from_secs(50),
             keepalive_interval: Duration::from_secs(30),
             keepalive_timeout: Duration::from_secs(10),
+            proxy: ProxyEnv::default(),
         }
     }
 }
@@ -120,7 +123,7 @@ pub enum GraphError {
 
 impl GraphClient {
     /// Builds the client: rustls with the platform's roots, connection pooling, HTTP/2 when Graph
-    /// offers it, `HTTPS_PROXY`/`NO_PROXY` honoured, and redirects never followed, so a token
+    /// offers it, the proxy of `settings` honoured, and redirects never followed, so a token
     /// never goes anywhere but Graph's host.
     pub fn new(settings: &Settings, metrics: Metrics) -> Result<Self, GraphClientError> {
         let connector = connect::Connector::new(
@@ -128,6 +131,7 @@ impl GraphClient {
             settings.protocol,
             settings.connect_timeout,
             settings.extra_ca.as_ref(),
+            &settings.proxy,
         )?;
         let pool = pool::Pool::new(
             connector,

@@ -535,43 +535,62 @@ async fn an_http1_only_upstream_is_served_by_a_bounded_pool() {
 
 #[tokio::test]
 async fn a_proxy_scheme_other_than_http_is_refused_at_start_up() {
-    for proxy in [
-        "https://user:s3cret@127.0.0.1:9",
-        "socks5://user:s3cret@127.0.0.1:9",
-    ] {
-        let output = tokio::time::timeout(
-            PATIENCE,
-            tokio::process::Command::new(BINARY)
-                .args([
-                    "--listen",
-                    "127.0.0.1:0",
-                    "--admin-listen",
-                    "127.0.0.1:0",
-                    "--graph-url",
-                    "https://graph.microsoft.com/v1.0",
-                ])
-                .env("HTTPS_PROXY", proxy)
-                .env("NO_PROXY", "")
-                .env("no_proxy", "")
-                .kill_on_drop(true)
-                .output(),
-        )
-        .await
-        .expect("the gateway exits at start-up")
-        .unwrap();
+    // (variable, value, what the refusal says): a proxy the gateway would speak to in plaintext
+    // (https), or whose scheme it would ignore and reach Graph directly (socks, ftp), or that is
+    // no URL at all.
+    let cases = [
+        (
+            "HTTPS_PROXY",
+            "https://user:s3cret@127.0.0.1:9",
+            "HTTPS_PROXY uses the scheme https://, but only http:// proxies",
+        ),
+        (
+            "HTTPS_PROXY",
+            "socks5://user:s3cret@127.0.0.1:9",
+            "HTTPS_PROXY uses the scheme socks5://, but only http:// proxies",
+        ),
+        (
+            "https_proxy",
+            "ftp://user:s3cret@127.0.0.1:9",
+            "https_proxy uses the scheme ftp://, but only http:// proxies",
+        ),
+        (
+            "ALL_PROXY",
+            "socks4a://user:s3cret@127.0.0.1:9",
+            "ALL_PROXY uses the scheme socks4a://, but only http:// proxies",
+        ),
+        (
+            "HTTPS_PROXY",
+            "http://user:s3cret@127.0.0.1:9 /",
+            "HTTPS_PROXY is set but is not a proxy URL",
+        ),
+    ];
+    for (variable, proxy, refusal) in cases {
+        let mut command = tokio::process::Command::new(BINARY);
+        command
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--admin-listen",
+                "127.0.0.1:0",
+                "--graph-url",
+                "https://graph.microsoft.com/v1.0",
+            ])
+            .env_clear()
+            .env(variable, proxy)
+            .kill_on_drop(true);
+        let output = tokio::time::timeout(PATIENCE, command.output())
+            .await
+            .expect("the gateway exits at start-up")
+            .unwrap();
         // The error is logged (to stdout) as the reason the gateway stopped.
         let printed = format!(
             "{}{}",
             String::from_utf8_lossy(&output.stdout),
             String::from_utf8_lossy(&output.stderr)
         );
-        assert!(!output.status.success(), "{proxy}: {printed}");
-        let scheme = proxy.split("://").next().unwrap();
-        assert!(
-            printed.contains(&format!("HTTPS_PROXY uses the scheme {scheme}://"))
-                && printed.contains("only http:// proxies"),
-            "{proxy}: {printed}"
-        );
+        assert!(!output.status.success(), "{variable}={proxy}: {printed}");
+        assert!(printed.contains(refusal), "{variable}={proxy}: {printed}");
         assert!(
             !printed.contains("s3cret"),
             "the proxy's password is never printed"
