@@ -7,6 +7,7 @@ use std::{collections::HashSet, time::Duration};
 
 use tokio::task::JoinSet;
 use tonic::{Code, transport::Channel};
+use tonic_types::StatusExt;
 
 use crate::support::{
     TestGateway,
@@ -76,6 +77,17 @@ async fn scrape(gateway: &TestGateway) -> String {
         .text()
         .await
         .unwrap()
+}
+
+/// Waits until the gateway's metric `series` satisfies `condition`.
+async fn until_sample(gateway: &TestGateway, series: &str, condition: impl Fn(f64) -> bool) {
+    tokio::time::timeout(PATIENCE, async {
+        while !condition(sample(&scrape(gateway).await, series)) {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{series} never reached what the test waits for"));
 }
 
 /// The value of the sample that starts with `series ` (name and labels), or 0 when absent.
@@ -191,17 +203,10 @@ async fn calls_waiting_for_a_stream_are_served_first_come_first_served() {
     // One stream, taken: each next call waits, and joins the queue before the one after it.
     for waiting in 1..=4 {
         pending.push(call(waiting + 1));
-        tokio::time::timeout(PATIENCE, async {
-            while sample(
-                &scrape(&gateway).await,
-                "printjob_gateway_graph_calls_waiting",
-            ) < f64::from(waiting)
-            {
-                tokio::task::yield_now().await;
-            }
+        until_sample(&gateway, "printjob_gateway_graph_calls_waiting", |n| {
+            n >= f64::from(waiting)
         })
-        .await
-        .expect("the call waits for a stream");
+        .await;
     }
     graph.release();
     for call in pending {
@@ -213,6 +218,66 @@ async fn calls_waiting_for_a_stream_are_served_first_come_first_served() {
             .map(|job| format!("/v1.0/print/printers/held/jobs/{job}/cancel"))
             .collect::<Vec<_>>(),
         "Graph got the calls in the order they came"
+    );
+}
+
+#[tokio::test]
+async fn a_call_waiting_for_a_stream_ends_at_its_deadline_and_max_in_flight_sheds_load_first() {
+    let setup = pki();
+    let graph = GraphLike::start(&setup.pki, Speaks::Http2 { max_streams: 1 }).await;
+    graph.hold("/printers/held/");
+    let gateway = TestGateway::start_with(&graph.url(), |s| {
+        s.graph.extra_ca = Some(setup.ca.clone());
+        s.graph.max_connections = 1;
+        s.calls.max_in_flight = 2;
+    })
+    .await;
+    let channel = gateway.channel().await;
+    let waiting = "printjob_gateway_graph_calls_waiting";
+
+    // The one stream Graph allows is taken until the test releases it.
+    let holder = gateway.call().ids("held", "1").timeout(PATIENCE);
+    let holder = tokio::spawn(holder.send_on(channel.clone()));
+    wait_until(&graph, |seen| seen.processed.len() == 1).await;
+    // The next call waits in the gateway for a stream. No client-side timer: its end is the
+    // gateway's own deadline.
+    let waiter = gateway
+        .call()
+        .ids("held", "2")
+        .timeout(Duration::from_secs(1));
+    let waiter = tokio::spawn(waiter.send_timerless_on(timerless_client()));
+    until_sample(&gateway, waiting, |n| n == 1.0).await;
+    // Two calls in flight: a third is refused at once by --max-in-flight, not queued behind them
+    // (it has no deadline of its own that could end it sooner).
+    let shed = gateway.call().ids("held", "3").timeout(PATIENCE);
+    let status = shed.send_on(channel.clone()).await.unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+
+    let status = waiter.await.unwrap().unwrap_err();
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    let info = status.get_details_error_info().unwrap();
+    assert_eq!(
+        (info.reason.as_str(), info.domain.as_str()),
+        ("GRAPH_DEADLINE_EXCEEDED", "printjob-gateway")
+    );
+    // The call that gave up left the queue, and the freed stream goes to the next caller.
+    until_sample(&gateway, waiting, |n| n == 0.0).await;
+    graph.release();
+    holder.await.unwrap().expect("the held call succeeds");
+    gateway
+        .call()
+        .ids("printer", "4")
+        .timeout(PATIENCE)
+        .send_on(channel.clone())
+        .await
+        .expect("the next call gets the stream");
+    assert_eq!(
+        graph.seen().processed,
+        [
+            "/v1.0/print/printers/held/jobs/1/cancel",
+            "/v1.0/print/printers/printer/jobs/4/cancel"
+        ],
+        "Graph never saw the call that timed out waiting, nor the one shed"
     );
 }
 
