@@ -11,11 +11,12 @@ use tonic_types::StatusExt;
 
 use crate::support::{
     TestGateway,
-    gateway::{Call, timerless_client},
+    gateway::{Call, connect, timerless_client},
     graph_like::{GraphLike, Seen, Speaks},
     h2_peer::Http2Peer,
+    metrics::{metrics, sample, wait_for_sample, wait_until_sample},
     pki::{Pki, make_pki},
-    process::BINARY,
+    process::{BINARY, GatewayProcess},
     stall_proxy::{Direction, StallProxy},
 };
 
@@ -67,36 +68,6 @@ async fn wait_until(graph: &GraphLike, condition: impl FnMut(&Seen) -> bool) -> 
         .expect("the upstream saw what the test waits for")
 }
 
-async fn scrape(gateway: &TestGateway) -> String {
-    let url = format!("http://{}/metrics", gateway.admin_addr);
-    crate::support::http_client()
-        .get(url)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
-}
-
-/// Waits until the gateway's metric `series` satisfies `condition`.
-async fn until_sample(gateway: &TestGateway, series: &str, condition: impl Fn(f64) -> bool) {
-    tokio::time::timeout(PATIENCE, async {
-        while !condition(sample(&scrape(gateway).await, series)) {
-            tokio::task::yield_now().await;
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("{series} never reached what the test waits for"));
-}
-
-/// The value of the sample that starts with `series ` (name and labels), or 0 when absent.
-fn sample(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
-        .map_or(0.0, |value| value.parse().unwrap())
-}
-
 fn all_ok(outcomes: &[Result<(), tonic::Status>]) {
     for outcome in outcomes {
         if let Err(status) = outcome {
@@ -137,7 +108,7 @@ async fn a_burst_beyond_the_stream_cap_opens_just_the_connections_it_needs() {
     graph.release();
     all_ok(&burst.await.unwrap());
 
-    let metrics = scrape(&gateway).await;
+    let metrics = metrics(gateway.admin_addr).await;
     assert_eq!(
         sample(
             &metrics,
@@ -203,9 +174,11 @@ async fn calls_waiting_for_a_stream_are_served_first_come_first_served() {
     // One stream, taken: each next call waits, and joins the queue before the one after it.
     for waiting in 1..=4 {
         pending.push(call(waiting + 1));
-        until_sample(&gateway, "printjob_gateway_graph_calls_waiting", |n| {
-            n >= f64::from(waiting)
-        })
+        wait_until_sample(
+            gateway.admin_addr,
+            "printjob_gateway_graph_calls_waiting",
+            |n| n >= f64::from(waiting),
+        )
         .await;
     }
     graph.release();
@@ -246,7 +219,7 @@ async fn a_call_waiting_for_a_stream_ends_at_its_deadline_and_max_in_flight_shed
         .ids("held", "2")
         .timeout(Duration::from_secs(1));
     let waiter = tokio::spawn(waiter.send_timerless_on(timerless_client()));
-    until_sample(&gateway, waiting, |n| n == 1.0).await;
+    wait_until_sample(gateway.admin_addr, waiting, |n| n == 1.0).await;
     // Two calls in flight: a third is refused at once by --max-in-flight, not queued behind them
     // (it has no deadline of its own that could end it sooner).
     let shed = gateway.call().ids("held", "3").timeout(PATIENCE);
@@ -261,7 +234,7 @@ async fn a_call_waiting_for_a_stream_ends_at_its_deadline_and_max_in_flight_shed
         ("GRAPH_DEADLINE_EXCEEDED", "printjob-gateway")
     );
     // The call that gave up left the queue, and the freed stream goes to the next caller.
-    until_sample(&gateway, waiting, |n| n == 0.0).await;
+    wait_until_sample(gateway.admin_addr, waiting, |n| n == 0.0).await;
     graph.release();
     holder.await.unwrap().expect("the held call succeeds");
     gateway
@@ -279,6 +252,55 @@ async fn a_call_waiting_for_a_stream_ends_at_its_deadline_and_max_in_flight_shed
         ],
         "Graph never saw the call that timed out waiting, nor the one shed"
     );
+}
+
+/// The real binary, alone in its process so that its memory is measured (VmHWM): with every
+/// stream Graph allows taken and Graph silent, the calls that wait in the gateway are bounded by
+/// `--max-in-flight`, and so is memory; they are all served once Graph answers.
+#[tokio::test]
+async fn calls_waiting_behind_a_silent_graph_are_bounded_by_max_in_flight_and_so_is_memory() {
+    /// The gateway idles near 10 MiB; one that kept what every call that came allocated, or
+    /// queued without bound, would pass this.
+    const PEAK_RSS_LIMIT_KIB: u64 = 64 * 1024;
+    let setup = pki();
+    let graph = GraphLike::start(&setup.pki, Speaks::Http2 { max_streams: 10 }).await;
+    graph.hold("/printers/held/");
+    let ca = setup.ca.to_str().unwrap();
+    let args = [
+        ["--graph-url", &graph.url()],
+        ["--graph-ca-file", ca],
+        ["--graph-max-connections", "2"],
+        ["--max-in-flight", "1000"],
+    ];
+    let gateway = GatewayProcess::spawn(&args.concat(), &[]).await;
+    let channel = connect(gateway.grpc_addr).await;
+
+    // 1,000 calls: 20 at Graph on two connections, 980 waiting in the gateway for a stream.
+    let held = tokio::spawn(calls(&channel, gateway.grpc_addr, "held", 1_000, PATIENCE));
+    wait_until(&graph, |seen| seen.processed.len() == 20).await;
+    let waiting = "printjob_gateway_graph_calls_waiting";
+    wait_for_sample(gateway.admin_addr, waiting, 980.0).await;
+    // The next call is refused at once rather than queued.
+    let shed = Call::to(gateway.grpc_addr).ids("held", "shed");
+    let status = shed.send_on(channel.clone()).await.unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    let peak = gateway.peak_rss_kib();
+    assert!(
+        peak < PEAK_RSS_LIMIT_KIB,
+        "peak RSS {peak} KiB with 980 calls waiting"
+    );
+
+    graph.release();
+    all_ok(&held.await.unwrap());
+    let seen = graph.seen();
+    assert_eq!(seen.processed.len(), 1_000);
+    each_once(&seen);
+    assert_eq!(seen.connections, 2);
+    wait_until_sample(gateway.admin_addr, waiting, |n| n == 0.0).await;
+    let peak = gateway.peak_rss_kib();
+    assert!(peak < PEAK_RSS_LIMIT_KIB, "peak RSS {peak} KiB");
+    let (exit, logs) = gateway.terminate(Duration::from_secs(10)).await;
+    assert!(exit.success(), "{logs}");
 }
 
 #[tokio::test]
@@ -311,7 +333,7 @@ async fn goaway_in_the_middle_of_traffic_loses_nothing_and_duplicates_nothing() 
         )
     };
     let mut job = 1000;
-    while resent(&scrape(&gateway).await) < 1.0 {
+    while resent(&metrics(gateway.admin_addr).await) < 1.0 {
         job += 1;
         assert!(job < 1500, "no call met the GOAWAY");
         gateway
@@ -372,7 +394,7 @@ async fn streams_above_a_goaways_last_stream_id_go_to_one_new_connection_and_are
         "exactly the unprocessed requests were sent again, once each: {seen:?}"
     );
     assert_eq!(seen.answered[1], 15);
-    let metrics = scrape(&gateway).await;
+    let metrics = metrics(gateway.admin_addr).await;
     assert_eq!(
         sample(
             &metrics,
@@ -406,7 +428,7 @@ async fn refused_streams_are_sent_again_at_once_and_are_not_retries() {
     assert_eq!(seen.refused, 20);
     assert_eq!(seen.processed.len(), 20);
     each_once(&seen);
-    let metrics = scrape(&gateway).await;
+    let metrics = metrics(gateway.admin_addr).await;
     assert_eq!(
         sample(
             &metrics,
@@ -539,7 +561,7 @@ async fn two_thousand_timed_out_calls_leave_the_gateway_serving() {
     tokio::time::timeout(PATIENCE, async {
         loop {
             let waiting = sample(
-                &scrape(&gateway).await,
+                &metrics(gateway.admin_addr).await,
                 "printjob_gateway_graph_calls_waiting",
             );
             let reached = graph
@@ -558,7 +580,7 @@ async fn two_thousand_timed_out_calls_leave_the_gateway_serving() {
     .expect("the new calls reach the gateway's pool");
     proxy.resume();
     all_ok(&after.await.unwrap());
-    let metrics = scrape(&gateway).await;
+    let metrics = metrics(gateway.admin_addr).await;
     assert!(
         sample(&metrics, "printjob_gateway_graph_connections_open") <= 16.0,
         "{metrics}"
@@ -588,7 +610,7 @@ async fn an_http1_only_upstream_is_served_by_a_bounded_pool() {
     let seen = graph.seen();
     assert_eq!(seen.processed.len(), 10);
     assert_eq!(seen.connections, 3, "connections are reused, not reopened");
-    let metrics = scrape(&gateway).await;
+    let metrics = metrics(gateway.admin_addr).await;
     assert_eq!(
         sample(
             &metrics,

@@ -27,12 +27,17 @@ pub fn sample(metrics: &str, name: &str) -> f64 {
 
 /// Polls the metrics until `name` reaches `value` (an event the gateway reports, not a sleep).
 pub async fn wait_for_sample(admin: SocketAddr, name: &str, value: f64) {
+    wait_until_sample(admin, name, |sampled| sampled >= value).await;
+}
+
+/// Polls the metrics until `name` satisfies `condition`.
+pub async fn wait_until_sample(admin: SocketAddr, name: &str, condition: impl Fn(f64) -> bool) {
     let reached = async {
-        while sample(&metrics(admin).await, name) < value {
+        while !condition(sample(&metrics(admin).await, name)) {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     };
     tokio::time::timeout(Duration::from_secs(10), reached)
         .await
-        .unwrap_or_else(|_| panic!("{name} reaches {value}"));
+        .unwrap_or_else(|_| panic!("{name} never reached what the test waits for"));
 }
