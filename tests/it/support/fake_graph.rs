@@ -212,20 +212,7 @@ impl FakeGraph {
     /// A fake that accepts every cancel with 204, over TLS with `cert` and `key` (PEM) and
     /// ALPN `h2` and `http/1.1`. Its URL is [`FakeGraph::tls_url`].
     pub async fn start_tls(cert: &str, key: &str) -> Self {
-        use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
-        let certs = CertificateDer::pem_slice_iter(cert.as_bytes())
-            .collect::<Result<Vec<_>, _>>()
-            .unwrap();
-        let key = PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap();
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut config = rustls::ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_no_client_auth()
-            .with_single_cert(certs, key)
-            .unwrap();
-        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let acceptor = super::pki::tls_acceptor(cert, key, &[b"h2", b"http/1.1"]);
 
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();

@@ -15,7 +15,6 @@ use http::{Request, Response};
 use http_body_util::Empty;
 use hyper::{body::Incoming, service::service_fn};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
 use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
 use tokio_rustls::TlsAcceptor;
 
@@ -71,7 +70,7 @@ impl GraphLike {
             Speaks::Http2 { .. } => b"h2",
             Speaks::Http1 => b"http/1.1",
         };
-        let acceptor = tls_acceptor(pki, alpn);
+        let acceptor = pki.tls_acceptor(&[alpn]);
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let shared = Arc::new(Shared {
@@ -130,23 +129,6 @@ impl GraphLike {
             .go_away
             .send_modify(|generation| *generation += 1);
     }
-}
-
-/// A TLS acceptor with the server certificate of `pki` that offers only `alpn`.
-pub fn tls_acceptor(pki: &Pki, alpn: &[u8]) -> TlsAcceptor {
-    let certs = CertificateDer::pem_slice_iter(pki.server_cert.as_bytes())
-        .collect::<Result<Vec<_>, _>>()
-        .unwrap();
-    let key = PrivateKeyDer::from_pem_slice(pki.server_key.as_bytes()).unwrap();
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .unwrap();
-    config.alpn_protocols = vec![alpn.to_vec()];
-    TlsAcceptor::from(Arc::new(config))
 }
 
 impl Drop for GraphLike {

@@ -19,7 +19,7 @@ use tokio::{
 };
 use tokio_rustls::{TlsAcceptor, server::TlsStream};
 
-use super::{graph_like::tls_acceptor, pki::Pki};
+use super::pki::Pki;
 
 const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 const HEADERS: u8 = 0x1;
@@ -64,7 +64,7 @@ struct Shared {
 impl Http2Peer {
     /// Starts the peer with the server certificate of `pki`.
     pub async fn start(pki: &Pki) -> Self {
-        let acceptor = tls_acceptor(pki, b"h2");
+        let acceptor = pki.tls_acceptor(&[b"h2"]);
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let shared = Arc::new(Shared {

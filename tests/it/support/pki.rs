@@ -1,6 +1,6 @@
 //! Throwaway certificates: a CA, a server certificate for `localhost` and a client certificate.
 
-use std::path::Path;
+use std::{path::Path, sync::Arc};
 
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
 
@@ -46,4 +46,31 @@ pub fn make_pki(dir: &Path) -> Pki {
         std::fs::write(dir.join(name), pem).unwrap();
     }
     pki
+}
+
+impl Pki {
+    /// A TLS acceptor with this PKI's server certificate that offers the ALPN protocols `alpn`,
+    /// in order of preference.
+    pub fn tls_acceptor(&self, alpn: &[&[u8]]) -> tokio_rustls::TlsAcceptor {
+        tls_acceptor(&self.server_cert, &self.server_key, alpn)
+    }
+}
+
+/// A TLS acceptor with the server certificate `cert` and key `key` (PEM) that offers the ALPN
+/// protocols `alpn`, in order of preference.
+pub fn tls_acceptor(cert: &str, key: &str, alpn: &[&[u8]]) -> tokio_rustls::TlsAcceptor {
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
+    let certs = CertificateDer::pem_slice_iter(cert.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+    config.alpn_protocols = alpn.iter().map(|protocol| protocol.to_vec()).collect();
+    tokio_rustls::TlsAcceptor::from(Arc::new(config))
 }
