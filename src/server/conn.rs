@@ -37,10 +37,20 @@ const MAX_HEADER_LIST_BYTES: u32 = 32 * 1024;
 /// gateway allows; clients queue calls beyond it on their side, or open another connection.
 pub const MAX_CONCURRENT_STREAMS: u32 = 1024;
 /// How much request data a stream, and a whole connection, may have in flight before the gateway
-/// reads it. A request message is at most a few kilobytes, so the RFC's default window is
-/// plenty, and it bounds what a client can make the gateway buffer.
+/// reads it. A request message is at most a few kilobytes, so the RFC's default stream window is
+/// plenty.
 const STREAM_WINDOW_BYTES: u32 = 64 * 1024;
-const CONNECTION_WINDOW_BYTES: u32 = 256 * 1024;
+/// The connection's window also sets h2's budget for small DATA frames not yet read (half the
+/// window; each frame under 256 bytes spends 256 less its length), beyond which h2 closes the
+/// connection with ENHANCE_YOUR_CALM. Every Cancel sends its message in one small frame, so a
+/// caller that fills `MAX_CONCURRENT_STREAMS` while the gateway is busy needs that many frames'
+/// budget: the window gives twice that. What the gateway buffers stays bounded by the calls it
+/// admits (`--max-in-flight`, each message at most `MAX_REQUEST_BYTES`), not by the window.
+const CONNECTION_WINDOW_BYTES: u32 = 1024 * 1024;
+/// h2's framing overhead per small DATA frame (`DEFAULT_DATA_FRAME_OVERHEAD_THRESHOLD`).
+const SMALL_DATA_FRAME_COST: u32 = 256;
+const _: () =
+    assert!(CONNECTION_WINDOW_BYTES / 2 >= 2 * MAX_CONCURRENT_STREAMS * SMALL_DATA_FRAME_COST);
 /// How often an idle HTTP/2 connection is pinged, and how long the answer may take, so that
 /// connections of vanished callers are closed.
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);

@@ -5,7 +5,11 @@
 //! rotate, unsafe settings are flagged at start-up, and shutdown does not wait for idle
 //! connections.
 
-use std::{path::Path, sync::Arc, time::Duration};
+use std::{
+    path::Path,
+    sync::{Arc, atomic::Ordering},
+    time::Duration,
+};
 
 use prost::Message;
 use tonic::{
@@ -18,6 +22,7 @@ use tonic_health::pb::{
 
 use crate::support::{
     FakeGraph, TestGateway,
+    counted::counted_channel,
     gateway::{Call, connect},
     http_client,
     metrics::{metrics, sample, wait_for_sample},
@@ -181,6 +186,50 @@ async fn every_connection_is_told_the_stream_limit_of_1024() {
         );
     }
     assert_eq!(printjob_gateway::server::MAX_CONCURRENT_STREAMS, 1024);
+}
+
+/// One caller may fill the stream limit on one connection while the gateway is too busy to read.
+/// Each call's message is a small DATA frame, which h2 counts against a framing budget (half the
+/// connection window) until the gateway reads it; when the budget runs out, h2 closes the
+/// connection with ENHANCE_YOUR_CALM and every call on it is lost. The gateway is stopped
+/// (SIGSTOP) while the calls are sent, so that it meets all of them at once when it continues, as
+/// a gateway starved of CPU would.
+#[tokio::test]
+async fn a_burst_that_fills_a_connection_while_the_gateway_is_busy_is_served_not_dropped() {
+    const CALLS: usize = 1_000;
+    let graph = FakeGraph::start().await;
+    let gateway = GatewayProcess::spawn(&["--graph-url", &graph.url()], &[]).await;
+    let (channel, data_frames) = counted_channel(gateway.grpc_addr).await;
+    Call::to(gateway.grpc_addr)
+        .send_on(channel.clone())
+        .await
+        .expect("a first call");
+    assert_eq!(data_frames.load(Ordering::SeqCst), 1);
+
+    gateway.signal("STOP");
+    let mut calls = tokio::task::JoinSet::new();
+    for job in 1..=CALLS {
+        let call = Call::to(gateway.grpc_addr)
+            .ids("printer-1", &job.to_string())
+            .timeout(Duration::from_secs(60));
+        calls.spawn(call.send_on(channel.clone()));
+    }
+    // Every message has left the client and waits in the gateway's socket.
+    tokio::time::timeout(PATIENCE, async {
+        while data_frames.load(Ordering::SeqCst) < 1 + CALLS {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the client writes every call while the gateway is stopped");
+    gateway.signal("CONT");
+
+    for outcome in calls.join_all().await {
+        outcome.expect("every call of the burst is served");
+    }
+    assert_eq!(graph.requests().len(), 1 + CALLS);
+    let (status, logs) = gateway.terminate(PATIENCE).await;
+    assert!(status.success(), "{logs}");
 }
 
 #[tokio::test]

@@ -1,6 +1,7 @@
 //! Spawners for the real gateway and for fake Graph servers, all on `127.0.0.1:0`, bound before
 //! they are spawned so that no test waits or sleeps to synchronise.
 
+pub mod counted;
 pub mod fake_entra;
 pub mod fake_graph;
 pub mod gateway;
