@@ -213,11 +213,13 @@ async fn a_call_waiting_for_a_stream_ends_at_its_deadline_and_max_in_flight_shed
     let holder = tokio::spawn(holder.send_on(channel.clone()));
     wait_until(&graph, |seen| seen.processed.len() == 1).await;
     // The next call waits in the gateway for a stream. No client-side timer: its end is the
-    // gateway's own deadline.
+    // gateway's own deadline, 5 s away. Before it, this test only reads a metric and makes one
+    // call that is refused at once (milliseconds each, a few hundred on a busy machine); the
+    // deadline is that wide so that both happen while the call still waits.
     let waiter = gateway
         .call()
         .ids("held", "2")
-        .timeout(Duration::from_secs(1));
+        .timeout(Duration::from_secs(5));
     let waiter = tokio::spawn(waiter.send_timerless_on(timerless_client()));
     wait_until_sample(gateway.admin_addr, waiting, |n| n == 1.0).await;
     // Two calls in flight: a third is refused at once by --max-in-flight, not queued behind them
@@ -271,12 +273,16 @@ async fn calls_waiting_behind_a_silent_graph_are_bounded_by_max_in_flight_and_so
         ["--graph-ca-file", ca],
         ["--graph-max-connections", "2"],
         ["--max-in-flight", "1000"],
+        // The held calls must outlast every step below on a busy machine; each step has its own
+        // bound, so a broken gateway still fails the test early.
+        ["--max-timeout", "60s"],
     ];
     let gateway = GatewayProcess::spawn(&args.concat(), &[]).await;
     let channel = connect(gateway.grpc_addr).await;
 
     // 1,000 calls: 20 at Graph on two connections, 980 waiting in the gateway for a stream.
-    let held = tokio::spawn(calls(&channel, gateway.grpc_addr, "held", 1_000, PATIENCE));
+    let deadline = Duration::from_secs(60);
+    let held = tokio::spawn(calls(&channel, gateway.grpc_addr, "held", 1_000, deadline));
     wait_until(&graph, |seen| seen.processed.len() == 20).await;
     let waiting = "printjob_gateway_graph_calls_waiting";
     wait_for_sample(gateway.admin_addr, waiting, 980.0).await;
