@@ -11,7 +11,10 @@ use tonic::{Code, Status};
 use tonic_types::StatusExt;
 
 use crate::support::{
-    FakeGraph, Reply, TOKEN, TestGateway, fake_graph::Hold, gateway::Call, http_client,
+    FakeGraph, Reply, TOKEN, TestGateway,
+    fake_graph::Hold,
+    gateway::Call,
+    metrics::{metrics, sample},
     process::GatewayProcess,
 };
 
@@ -57,25 +60,9 @@ fn cancel(gateway: &TestGateway) -> Call {
         .metadata("x-request-id", REQUEST_ID)
 }
 
-/// The gateway's Prometheus text.
-async fn scrape(gateway: &TestGateway) -> String {
-    let url = format!("http://{}/metrics", gateway.admin_addr);
-    http_client()
-        .get(url)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
-}
-
 fn job_reads(metrics: &str, outcome: &str) -> usize {
-    let series = format!(r#"printjob_gateway_job_reads_total{{outcome="{outcome}"}} "#);
-    metrics
-        .lines()
-        .find_map(|line| line.strip_prefix(&series))
-        .map_or(0, |value| value.parse().unwrap())
+    let series = format!(r#"printjob_gateway_job_reads_total{{outcome="{outcome}"}}"#);
+    sample(metrics, &series) as usize
 }
 
 /// What a caller sees of the 409 alone, as without the read: FAILED_PRECONDITION with Graph's
@@ -167,11 +154,11 @@ async fn a_cancel_applied_before_a_504_ends_ok_with_already_canceled() {
     }
     let read = &requests[2];
     assert!(read.body.is_empty() && !read.headers.contains_key("content-length"));
-    let metrics = scrape(&gateway).await;
-    assert_eq!(job_reads(&metrics, "already_canceled"), 1, "{metrics}");
+    let text = metrics(gateway.admin_addr).await;
+    assert_eq!(job_reads(&text, "already_canceled"), 1, "{text}");
     assert!(
-        metrics.contains(r#"printjob_gateway_calls_total{method="Cancel",code="OK"} 1"#),
-        "{metrics}"
+        text.contains(r#"printjob_gateway_calls_total{method="Cancel",code="OK"} 1"#),
+        "{text}"
     );
 }
 
@@ -209,7 +196,10 @@ async fn a_job_that_is_not_canceled_answers_failed_precondition_with_its_state()
     }
     let methods: Vec<String> = graph.requests().into_iter().map(|r| r.method).collect();
     assert_eq!(methods, ["POST", "GET", "POST", "GET"]);
-    assert_eq!(job_reads(&scrape(&gateway).await, "not_cancelable"), 2);
+    assert_eq!(
+        job_reads(&metrics(gateway.admin_addr).await, "not_cancelable"),
+        2
+    );
 }
 
 #[tokio::test]
@@ -255,7 +245,10 @@ async fn a_read_that_fails_keeps_the_answer_of_the_refusal() {
         elsewhere.requests().is_empty(),
         "the redirect is never followed"
     );
-    assert_eq!(job_reads(&scrape(&gateway).await, "failed"), failures.len());
+    assert_eq!(
+        job_reads(&metrics(gateway.admin_addr).await, "failed"),
+        failures.len()
+    );
 }
 
 #[tokio::test]
@@ -289,7 +282,7 @@ async fn a_deadline_that_runs_out_during_the_read_answers_deadline_exceeded() {
     tokio::time::timeout(Duration::from_secs(20), hold.abandoned())
         .await
         .expect("the gateway dropped the read");
-    assert_eq!(job_reads(&scrape(&gateway).await, "timeout"), 1);
+    assert_eq!(job_reads(&metrics(gateway.admin_addr).await, "timeout"), 1);
 }
 
 /// A simulated Graph serving `scenario` on loopback, and its base URL.

@@ -15,8 +15,8 @@ use crate::support::{
     FakeGraph, Reply, TestGateway,
     fake_entra::{CLIENT_ID, EntraReply, FakeEntra, TENANT},
     gateway::{Call, settings},
-    http_client,
     logs::Captured,
+    metrics::metrics,
     process::{BINARY, GatewayProcess},
 };
 
@@ -89,17 +89,7 @@ async fn exercise(dir: &Path, graph: &FakeGraph, entra: &FakeEntra) -> Vec<Strin
         seen.push(format!("{:?}", call(CALLERS[1]).send().await.unwrap_err()));
         entra.script([EntraReply::error(400, "invalid_grant", 500133)]);
         seen.push(format!("{:?}", call(CALLERS[2]).send().await.unwrap_err()));
-        let metrics = format!("http://{}/metrics", gateway.admin_addr);
-        seen.push(
-            http_client()
-                .get(metrics)
-                .send()
-                .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap(),
-        );
+        seen.push(metrics(gateway.admin_addr).await);
     }
     seen
 }
