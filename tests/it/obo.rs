@@ -25,7 +25,7 @@ use tonic_types::StatusExt;
 
 use crate::support::{
     FakeGraph, Reply, TOKEN, TestGateway,
-    fake_entra::{CLIENT_ID, EntraReply, FakeEntra, TENANT},
+    fake_entra::{CLIENT_ID, EntraReply, FakeEntra, TENANT, obo_gateway, obo_gateway_with},
     metrics::{metrics, sample},
 };
 
@@ -34,34 +34,6 @@ use crate::support::{
 const CLIENT_CERTIFICATE: &str = include_str!("fixtures/client-certificate.pem");
 
 const GRAPH_SCOPE: &str = "https://graph.microsoft.com/.default";
-
-/// A gateway with the on-behalf-of exchange on, in front of `graph`, asking `entra`.
-async fn obo_gateway(
-    graph: &FakeGraph,
-    entra: &FakeEntra,
-    credential: CredentialSource,
-) -> TestGateway {
-    obo_gateway_with(graph, entra, credential, |_| {}).await
-}
-
-async fn obo_gateway_with(
-    graph: &FakeGraph,
-    entra: &FakeEntra,
-    credential: CredentialSource,
-    tweak: impl FnOnce(&mut printjob_gateway::Settings),
-) -> TestGateway {
-    let authority = entra.authority();
-    TestGateway::start_with(&graph.url(), move |settings| {
-        let exchange = &mut settings.token_exchange;
-        exchange.exchange = TokenExchange::Obo;
-        exchange.authority = authority.parse().unwrap();
-        exchange.tenant_id = Some(TENANT.to_owned());
-        exchange.client_id = Some(CLIENT_ID.to_owned());
-        exchange.credential = Some(credential);
-        tweak(settings);
-    })
-    .await
-}
 
 /// A client secret file with a trailing newline, as editors and `kubectl create secret` leave it.
 fn secret_file(dir: &Path) -> CredentialSource {

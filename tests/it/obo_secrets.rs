@@ -12,8 +12,8 @@ use printjob_gateway::{
 use tonic::Code;
 
 use crate::support::{
-    FakeGraph, Reply, TestGateway,
-    fake_entra::{CLIENT_ID, EntraReply, FakeEntra, TENANT},
+    FakeGraph, Reply,
+    fake_entra::{CLIENT_ID, EntraReply, FakeEntra, TENANT, obo_gateway},
     gateway::{Call, settings},
     logs::Captured,
     metrics::metrics,
@@ -27,23 +27,6 @@ const CALLERS: [&str; 3] = [
     "caller.s3cr3t-token-two",
     "caller.s3cr3t-token-three",
 ];
-
-async fn obo_gateway(
-    graph: &FakeGraph,
-    entra: &FakeEntra,
-    credential: CredentialSource,
-) -> TestGateway {
-    let authority = entra.authority();
-    TestGateway::start_with(&graph.url(), move |settings| {
-        let exchange = &mut settings.token_exchange;
-        exchange.exchange = TokenExchange::Obo;
-        exchange.authority = authority.parse().unwrap();
-        exchange.tenant_id = Some(TENANT.to_owned());
-        exchange.client_id = Some(CLIENT_ID.to_owned());
-        exchange.credential = Some(credential);
-    })
-    .await
-}
 
 fn write(dir: &Path, name: &str, text: &str) -> std::path::PathBuf {
     let path = dir.join(name);

@@ -13,7 +13,10 @@ use std::{
 
 use axum::{body::Bytes, extract::State, http::Request, response::IntoResponse};
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use printjob_gateway::entra::{CredentialSource, TokenExchange};
 use tokio::sync::{Notify, watch};
+
+use super::{FakeGraph, TestGateway};
 
 /// The tenant the tests configure.
 pub const TENANT: &str = "tenant-1";
@@ -265,4 +268,33 @@ async fn answer(
         );
     }
     (StatusCode::from_u16(status).unwrap(), map, body)
+}
+
+/// A gateway with the on-behalf-of exchange on, in front of `graph`, asking `entra`.
+pub async fn obo_gateway(
+    graph: &FakeGraph,
+    entra: &FakeEntra,
+    credential: CredentialSource,
+) -> TestGateway {
+    obo_gateway_with(graph, entra, credential, |_| {}).await
+}
+
+/// The same, with `tweak` applied to the rest of the settings.
+pub async fn obo_gateway_with(
+    graph: &FakeGraph,
+    entra: &FakeEntra,
+    credential: CredentialSource,
+    tweak: impl FnOnce(&mut printjob_gateway::Settings),
+) -> TestGateway {
+    let authority = entra.authority();
+    TestGateway::start_with(&graph.url(), move |settings| {
+        let exchange = &mut settings.token_exchange;
+        exchange.exchange = TokenExchange::Obo;
+        exchange.authority = authority.parse().unwrap();
+        exchange.tenant_id = Some(TENANT.to_owned());
+        exchange.client_id = Some(CLIENT_ID.to_owned());
+        exchange.credential = Some(credential);
+        tweak(settings);
+    })
+    .await
 }
