@@ -30,6 +30,22 @@ struct Setup {
     ca: std::path::PathBuf,
 }
 
+impl Setup {
+    /// A gateway in front of `url` that trusts the test CA, with `tweak` applied to its settings.
+    async fn gateway(
+        &self,
+        url: &str,
+        tweak: impl FnOnce(&mut printjob_gateway::Settings),
+    ) -> TestGateway {
+        let ca = self.ca.clone();
+        TestGateway::start_with(url, move |s| {
+            s.graph.extra_ca = Some(ca);
+            tweak(s);
+        })
+        .await
+    }
+}
+
 fn pki() -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let pki = make_pki(dir.path());
@@ -91,10 +107,7 @@ async fn a_burst_beyond_the_stream_cap_opens_just_the_connections_it_needs() {
     let setup = pki();
     let graph = GraphLike::start(&setup.pki, Speaks::Http2 { max_streams: 10 }).await;
     graph.hold("/printers/held/");
-    let gateway = TestGateway::start_with(&graph.url(), |s| {
-        s.graph.extra_ca = Some(setup.ca.clone());
-    })
-    .await;
+    let gateway = setup.gateway(&graph.url(), |_| {}).await;
     let channel = gateway.channel().await;
 
     let burst = calls(&channel, gateway.grpc_addr, "held", 35, PATIENCE);
@@ -128,11 +141,9 @@ async fn at_the_connection_bound_calls_wait_for_a_stream_and_are_served_in_turn(
     let setup = pki();
     let graph = GraphLike::start(&setup.pki, Speaks::Http2 { max_streams: 10 }).await;
     graph.hold("/printers/held/");
-    let gateway = TestGateway::start_with(&graph.url(), |s| {
-        s.graph.extra_ca = Some(setup.ca.clone());
-        s.graph.max_connections = 2;
-    })
-    .await;
+    let gateway = setup
+        .gateway(&graph.url(), |s| s.graph.max_connections = 2)
+        .await;
     let channel = gateway.channel().await;
 
     let burst = tokio::spawn(calls(&channel, gateway.grpc_addr, "held", 35, PATIENCE));
@@ -156,11 +167,9 @@ async fn calls_waiting_for_a_stream_are_served_first_come_first_served() {
     let setup = pki();
     let graph = GraphLike::start(&setup.pki, Speaks::Http2 { max_streams: 1 }).await;
     graph.hold("/printers/held/");
-    let gateway = TestGateway::start_with(&graph.url(), |s| {
-        s.graph.extra_ca = Some(setup.ca.clone());
-        s.graph.max_connections = 1;
-    })
-    .await;
+    let gateway = setup
+        .gateway(&graph.url(), |s| s.graph.max_connections = 1)
+        .await;
     let channel = gateway.channel().await;
 
     let call = |job: u32| {
@@ -199,12 +208,12 @@ async fn a_call_waiting_for_a_stream_ends_at_its_deadline_and_max_in_flight_shed
     let setup = pki();
     let graph = GraphLike::start(&setup.pki, Speaks::Http2 { max_streams: 1 }).await;
     graph.hold("/printers/held/");
-    let gateway = TestGateway::start_with(&graph.url(), |s| {
-        s.graph.extra_ca = Some(setup.ca.clone());
-        s.graph.max_connections = 1;
-        s.calls.max_in_flight = 2;
-    })
-    .await;
+    let gateway = setup
+        .gateway(&graph.url(), |s| {
+            s.graph.max_connections = 1;
+            s.calls.max_in_flight = 2;
+        })
+        .await;
     let channel = gateway.channel().await;
     let waiting = "printjob_gateway_graph_calls_waiting";
 
@@ -314,10 +323,7 @@ async fn goaway_in_the_middle_of_traffic_loses_nothing_and_duplicates_nothing() 
     let setup = pki();
     let graph = GraphLike::start(&setup.pki, Speaks::Http2 { max_streams: 100 }).await;
     graph.hold("/printers/held/");
-    let gateway = TestGateway::start_with(&graph.url(), |s| {
-        s.graph.extra_ca = Some(setup.ca.clone());
-    })
-    .await;
+    let gateway = setup.gateway(&graph.url(), |_| {}).await;
     let channel = gateway.channel().await;
 
     let held = tokio::spawn(calls(&channel, gateway.grpc_addr, "held", 50, PATIENCE));
@@ -367,12 +373,12 @@ async fn goaway_in_the_middle_of_traffic_loses_nothing_and_duplicates_nothing() 
 async fn streams_above_a_goaways_last_stream_id_go_to_one_new_connection_and_are_not_retries() {
     let setup = pki();
     let graph = Http2Peer::start(&setup.pki).await;
-    let gateway = TestGateway::start_with(&graph.url(), |s| {
-        s.graph.extra_ca = Some(setup.ca.clone());
-        // A retry is impossible: only the re-send of unprocessed requests can save these calls.
-        s.calls.retry.max_attempts = 1;
-    })
-    .await;
+    let gateway = setup
+        .gateway(&graph.url(), |s| {
+            // A retry is impossible: only the re-send of unprocessed requests can save these calls.
+            s.calls.retry.max_attempts = 1;
+        })
+        .await;
     let channel = gateway.channel().await;
 
     // Twenty calls on the first connection (it allows 100 streams), none answered yet.
@@ -420,12 +426,12 @@ async fn refused_streams_are_sent_again_at_once_and_are_not_retries() {
     let setup = pki();
     let graph = GraphLike::start(&setup.pki, Speaks::Http2 { max_streams: 100 }).await;
     graph.refuse_first();
-    let gateway = TestGateway::start_with(&graph.url(), |s| {
-        s.graph.extra_ca = Some(setup.ca.clone());
-        // A retry is impossible: only the re-send of unprocessed requests can save these calls.
-        s.calls.retry.max_attempts = 1;
-    })
-    .await;
+    let gateway = setup
+        .gateway(&graph.url(), |s| {
+            // A retry is impossible: only the re-send of unprocessed requests can save these calls.
+            s.calls.retry.max_attempts = 1;
+        })
+        .await;
     let channel = gateway.channel().await;
 
     all_ok(&calls(&channel, gateway.grpc_addr, "printer", 20, PATIENCE).await);
@@ -452,11 +458,9 @@ async fn refused_streams_are_sent_again_at_once_and_are_not_retries() {
 async fn connections_graph_closes_while_idle_never_fail_a_call() {
     let setup = pki();
     let graph = GraphLike::start(&setup.pki, Speaks::Http2 { max_streams: 100 }).await;
-    let gateway = TestGateway::start_with(&graph.url(), |s| {
-        s.graph.extra_ca = Some(setup.ca.clone());
-        s.calls.retry.max_attempts = 1;
-    })
-    .await;
+    let gateway = setup
+        .gateway(&graph.url(), |s| s.calls.retry.max_attempts = 1)
+        .await;
     let channel = gateway.channel().await;
 
     for round in 0..3 {
@@ -475,11 +479,11 @@ async fn connections_graph_closes_while_idle_never_fail_a_call() {
 async fn idle_connections_are_closed_after_the_idle_timeout() {
     let setup = pki();
     let graph = GraphLike::start(&setup.pki, Speaks::Http2 { max_streams: 100 }).await;
-    let gateway = TestGateway::start_with(&graph.url(), |s| {
-        s.graph.extra_ca = Some(setup.ca.clone());
-        s.graph.idle_timeout = Duration::from_millis(200);
-    })
-    .await;
+    let gateway = setup
+        .gateway(&graph.url(), |s| {
+            s.graph.idle_timeout = Duration::from_millis(200)
+        })
+        .await;
     let channel = gateway.channel().await;
 
     all_ok(&calls(&channel, gateway.grpc_addr, "printer", 3, PATIENCE).await);
@@ -494,12 +498,12 @@ async fn a_silent_peer_is_found_by_keepalive_and_the_next_call_uses_a_new_connec
     let setup = pki();
     let graph = GraphLike::start(&setup.pki, Speaks::Http2 { max_streams: 100 }).await;
     let proxy = StallProxy::start(graph.addr).await;
-    let gateway = TestGateway::start_with(&proxy.url(), |s| {
-        s.graph.extra_ca = Some(setup.ca.clone());
-        s.graph.keepalive_interval = Duration::from_millis(200);
-        s.graph.keepalive_timeout = Duration::from_millis(500);
-    })
-    .await;
+    let gateway = setup
+        .gateway(&proxy.url(), |s| {
+            s.graph.keepalive_interval = Duration::from_millis(200);
+            s.graph.keepalive_timeout = Duration::from_millis(500);
+        })
+        .await;
     let channel = gateway.channel().await;
     all_ok(&calls(&channel, gateway.grpc_addr, "printer", 1, PATIENCE).await);
 
@@ -529,13 +533,13 @@ async fn two_thousand_timed_out_calls_leave_the_gateway_serving() {
     let setup = pki();
     let graph = GraphLike::start(&setup.pki, Speaks::Http2 { max_streams: 2000 }).await;
     let proxy = StallProxy::start(graph.addr).await;
-    let gateway = TestGateway::start_with(&proxy.url(), |s| {
-        s.graph.extra_ca = Some(setup.ca.clone());
-        s.graph.streams_per_connection = 2000;
-        s.graph.connect_timeout = Duration::from_secs(60);
-        s.calls.max_in_flight = 4000;
-    })
-    .await;
+    let gateway = setup
+        .gateway(&proxy.url(), |s| {
+            s.graph.streams_per_connection = 2000;
+            s.graph.connect_timeout = Duration::from_secs(60);
+            s.calls.max_in_flight = 4000;
+        })
+        .await;
     let channel = gateway.channel().await;
     all_ok(&calls(&channel, gateway.grpc_addr, "warm", 1, PATIENCE).await);
 
@@ -598,11 +602,9 @@ async fn an_http1_only_upstream_is_served_by_a_bounded_pool() {
     let setup = pki();
     let graph = GraphLike::start(&setup.pki, Speaks::Http1).await;
     graph.hold("/printers/held/");
-    let gateway = TestGateway::start_with(&graph.url(), |s| {
-        s.graph.extra_ca = Some(setup.ca.clone());
-        s.graph.max_connections = 3;
-    })
-    .await;
+    let gateway = setup
+        .gateway(&graph.url(), |s| s.graph.max_connections = 3)
+        .await;
     let channel = gateway.channel().await;
 
     let burst = tokio::spawn(calls(&channel, gateway.grpc_addr, "held", 10, PATIENCE));
