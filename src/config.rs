@@ -140,8 +140,8 @@ pub struct GatewayArgs {
     #[arg(long, env = "PRINTJOB_GATEWAY_MAX_ATTEMPTS", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=10))]
     pub max_attempts: u32,
 
-    /// Longest Retry-After from Graph that the gateway waits for before retrying; longer ones
-    /// are cut to it.
+    /// Longest Retry-After from Graph that the gateway waits for before retrying, and the
+    /// longest RetryInfo it suggests to a caller; longer ones are cut to it.
     #[arg(long, env = "PRINTJOB_GATEWAY_RETRY_AFTER_MAX", default_value = "10s", value_parser = parse_duration)]
     pub retry_after_max: Duration,
 

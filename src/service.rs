@@ -474,7 +474,8 @@ impl PrintJobGateway {
                 if let Some(id) = error.graph_request_id() {
                     span.record("graph_request_id", id);
                 }
-                Err((error.to_status(client_request_id), error))
+                let max_retry_delay = self.policy.retry.retry_after_max;
+                Err((error.to_status(client_request_id, max_retry_delay), error))
             }
         };
         let code = answer

@@ -5,7 +5,7 @@
 //! What a `CancelError` says about itself (Graph's HTTP status and request ID, the suggested
 //! wait) lives beside it in [`crate::error`].
 
-use std::collections::HashMap;
+use std::{collections::HashMap, time::Duration};
 
 use base64::{Engine, engine::general_purpose::STANDARD};
 use http::StatusCode;
@@ -36,6 +36,15 @@ pub const REQUEST_ID: &str = "request-id";
 pub const CLIENT_REQUEST_ID: &str = "client-request-id";
 /// Response metadata: Graph's authentication challenge on 401.
 pub const WWW_AUTHENTICATE: &str = "www-authenticate";
+
+/// The longest `www-authenticate` challenge passed on to a caller. Graph's and Entra ID's
+/// challenges, a claims challenge included, are a few hundred bytes, and the longest claims
+/// challenge the token exchange keeps (4 KiB, base64-encoded) fits. gRPC clients refuse a response
+/// whose metadata is larger than they allow (8 KiB in all by default for grpcio and grpc-java,
+/// which then answer RESOURCE_EXHAUSTED instead of the real status), and the status details travel
+/// in the same trailers. A longer challenge is dropped with a log line: cut, it would no longer
+/// parse.
+pub const MAX_WWW_AUTHENTICATE_BYTES: usize = 6 * 1024;
 
 /// Maps the HTTP status Graph answered with to the gRPC code the caller sees.
 ///
@@ -207,8 +216,13 @@ impl CancelError {
     }
 
     /// The status the caller sees: code, a short message, rich error details and the
-    /// correlation metadata.
-    pub fn to_status(&self, client_request_id: &ClientRequestId) -> Status {
+    /// correlation metadata. The `RetryInfo` it suggests is at most `max_retry_delay` (the
+    /// gateway's `--retry-after-max`), however long Graph's or Entra ID's `Retry-After` was.
+    pub fn to_status(
+        &self,
+        client_request_id: &ClientRequestId,
+        max_retry_delay: Duration,
+    ) -> Status {
         let mut details = ErrorDetails::new();
         let mut metadata = correlation_metadata(client_request_id, self.graph_request_id());
         let message = match (self.rejection(), self) {
@@ -227,11 +241,14 @@ impl CancelError {
                 self.gateway_message()
             }
         };
-        // Graph's own Retry-After, set above, wins over the gateway's estimate.
-        if details.retry_info().is_none()
-            && let Some(delay) = self.retry_delay()
-        {
-            details.set_retry_info(Some(delay));
+        // Graph's own Retry-After wins over the gateway's estimate; neither may tell a caller to
+        // wait longer than the gateway itself would (a Retry-After of 99999999999 is 3,170 years).
+        let retry_delay = self
+            .rejection()
+            .and_then(|rejection| rejection.retry_after)
+            .or_else(|| self.retry_delay());
+        if let Some(delay) = retry_delay {
+            details.set_retry_info(Some(delay.min(max_retry_delay)));
         }
         details.set_request_info(
             self.graph_request_id()
@@ -314,13 +331,8 @@ fn describe_rejection(
         .unwrap_or_else(|| format!("HTTP_{}", rejection.status.as_u16()));
     details.set_error_info(reason, GRAPH_DOMAIN, info);
 
-    if let Some(retry_after) = rejection.retry_after {
-        details.set_retry_info(Some(retry_after));
-    }
-    if let Some(challenge) = &rejection.www_authenticate
-        && let Ok(challenge) = AsciiMetadataValue::try_from(challenge.as_bytes())
-    {
-        metadata.insert(WWW_AUTHENTICATE, challenge);
+    if let Some(challenge) = &rejection.www_authenticate {
+        pass_on_challenge(challenge.as_bytes(), "Graph", metadata);
     }
     match &rejection.message {
         Some(message) => message.clone(),
@@ -375,11 +387,27 @@ fn describe_exchange_failure(
             r#"Bearer error="insufficient_claims", claims="{}""#,
             STANDARD.encode(claims)
         );
-        if let Ok(challenge) = AsciiMetadataValue::try_from(challenge) {
-            metadata.insert(WWW_AUTHENTICATE, challenge);
-        }
+        pass_on_challenge(challenge.as_bytes(), "Entra ID", metadata);
     }
     message
+}
+
+/// Puts an authentication challenge from `from` into the caller's `www-authenticate` metadata,
+/// unless it is longer than [`MAX_WWW_AUTHENTICATE_BYTES`] (then it is dropped, and logged) or
+/// not valid metadata.
+fn pass_on_challenge(challenge: &[u8], from: &'static str, metadata: &mut MetadataMap) {
+    if challenge.len() > MAX_WWW_AUTHENTICATE_BYTES {
+        tracing::warn!(
+            from,
+            bytes = challenge.len(),
+            limit = MAX_WWW_AUTHENTICATE_BYTES,
+            "dropped a www-authenticate challenge too long to pass on to the caller"
+        );
+        return;
+    }
+    if let Ok(challenge) = AsciiMetadataValue::try_from(challenge) {
+        metadata.insert(WWW_AUTHENTICATE, challenge);
+    }
 }
 
 /// The response metadata that lets a caller find the call in the gateway's and Graph's logs.
@@ -556,12 +584,13 @@ mod tests {
             ))
         };
         let id = ClientRequestId::random();
-        let plain = CancelError::from(GraphError::Rejected(refusal())).to_status(&id);
+        let max = Duration::from_secs(10);
+        let plain = CancelError::from(GraphError::Rejected(refusal())).to_status(&id, max);
         let with_state = CancelError::NotCancelable {
             rejection: refusal(),
             job_state: "completed".to_owned(),
         }
-        .to_status(&id);
+        .to_status(&id, max);
 
         for status in [&plain, &with_state] {
             assert_eq!(status.code(), Code::FailedPrecondition);

@@ -9,6 +9,7 @@ mod support;
 mod architecture;
 mod auth;
 mod binary;
+mod bounded;
 mod cancel;
 mod deadlines;
 mod discovery;
