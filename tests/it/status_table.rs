@@ -97,7 +97,12 @@ async fn retry_after_as_an_http_date_becomes_retry_info() {
     let reply = Reply::graph_error(503, "serviceUnavailable", "Try later.")
         .header("retry-after", &in_a_minute);
     let graph = FakeGraph::replying(reply).await;
-    let gateway = TestGateway::start_with(&graph.url(), no_retries).await;
+    // A --retry-after-max above the minute, which would otherwise cut the RetryInfo to it.
+    let gateway = TestGateway::start_with(&graph.url(), |settings| {
+        no_retries(settings);
+        settings.calls.retry.retry_after_max = Duration::from_secs(120);
+    })
+    .await;
 
     let status = gateway.call().send().await.unwrap_err();
 
