@@ -6,8 +6,17 @@
 use std::{fmt::Write as _, sync::Arc, time::Duration};
 
 use prometheus_client::{
-    encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder, text::encode},
-    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    collector::Collector,
+    encoding::{
+        DescriptorEncoder, EncodeLabelSet, EncodeLabelValue, EncodeMetric, LabelValueEncoder,
+        prometheus_text, text::encode,
+    },
+    metrics::{
+        counter::{ConstCounter, Counter},
+        family::Family,
+        gauge::{ConstGauge, Gauge},
+        histogram::Histogram,
+    },
     registry::{Registry, Unit},
 };
 
@@ -45,6 +54,18 @@ struct Inner {
     token_exchanges: Family<OutcomeLabels, Counter>,
     token_exchange_duration: Histogram,
     token_cache_lookups: Family<LookupLabels, Counter>,
+    ready: Gauge,
+    in_flight_limit: Gauge,
+    connections_limit: Family<ListenerLabels, Gauge>,
+    tls_certificate_expiry: Family<ListenerLabels, Gauge>,
+    tls_reloads: Family<ReloadLabels, Counter>,
+    tls_last_reload_successful: Family<ListenerLabels, Gauge>,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReloadLabels {
+    listener: Listener,
+    outcome: &'static str,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -291,7 +312,11 @@ impl EncodeLabelValue for JobReadOutcome {
 impl Metrics {
     /// Registers every metric under the `printjob_gateway` prefix.
     pub fn new() -> Self {
-        let mut registry = Registry::with_prefix("printjob_gateway");
+        // The process metrics keep their standard names (`process_…`, as every Prometheus client
+        // library writes them, and as dashboards expect them), outside the gateway's prefix.
+        let mut root = Registry::default();
+        root.register_collector(Box::new(ProcessCollector));
+        let registry = root.sub_registry_with_prefix("printjob_gateway");
         let calls = Family::<CallLabels, Counter>::default();
         registry.register(
             "calls",
@@ -423,9 +448,46 @@ impl Metrics {
             "The running build: version and git commit",
             build_info,
         );
+        let ready = Gauge::default();
+        registry.register(
+            "ready",
+            "1 while the gateway takes calls (what /readyz and gRPC health report), 0 while it starts or drains",
+            ready.clone(),
+        );
+        let in_flight_limit = Gauge::default();
+        registry.register(
+            "calls_in_flight_limit",
+            "The most cancel calls served at once (--max-in-flight)",
+            in_flight_limit.clone(),
+        );
+        let connections_limit = Family::<ListenerLabels, Gauge>::default();
+        registry.register(
+            "connections_limit",
+            "The most connections open at once on each listener (--max-connections)",
+            connections_limit.clone(),
+        );
+        let tls_certificate_expiry = Family::<ListenerLabels, Gauge>::default();
+        registry.register_with_unit(
+            "tls_certificate_expiry_timestamp",
+            "When the serving certificate in use expires (its notAfter), as Unix time, by listener",
+            Unit::Seconds,
+            tls_certificate_expiry.clone(),
+        );
+        let tls_reloads = Family::<ReloadLabels, Counter>::default();
+        registry.register(
+            "tls_reloads",
+            "Reloads of the TLS files after they changed, by listener and outcome (loaded, failed)",
+            tls_reloads.clone(),
+        );
+        let tls_last_reload_successful = Family::<ListenerLabels, Gauge>::default();
+        registry.register(
+            "tls_last_reload_successful",
+            "0 while the TLS files on disk do not load and an older certificate is in use, else 1",
+            tls_last_reload_successful.clone(),
+        );
         Self {
             inner: Arc::new(Inner {
-                registry,
+                registry: root,
                 calls,
                 call_duration,
                 graph_responses,
@@ -445,8 +507,59 @@ impl Metrics {
                 token_exchanges,
                 token_exchange_duration,
                 token_cache_lookups,
+                ready,
+                in_flight_limit,
+                connections_limit,
+                tls_certificate_expiry,
+                tls_reloads,
+                tls_last_reload_successful,
             }),
         }
+    }
+
+    /// Sets whether the gateway takes calls.
+    pub fn set_ready(&self, ready: bool) {
+        self.inner.ready.set(i64::from(ready));
+    }
+
+    /// Sets the limits an operator's alerts compare the load with: `--max-in-flight` and
+    /// `--max-connections` (the same on each listener).
+    pub fn set_limits(&self, max_in_flight: usize, max_connections: usize) {
+        let gauge = |limit: usize| i64::try_from(limit).unwrap_or(i64::MAX);
+        self.inner.in_flight_limit.set(gauge(max_in_flight));
+        for listener in [Listener::Api, Listener::Admin] {
+            self.inner
+                .connections_limit
+                .get_or_create(&ListenerLabels { listener })
+                .set(gauge(max_connections));
+        }
+    }
+
+    /// Records the serving certificate now in use on `listener`: when it expires, as seconds
+    /// since the Unix epoch.
+    pub fn tls_certificate_loaded(&self, listener: Listener, not_after: i64) {
+        self.inner
+            .tls_certificate_expiry
+            .get_or_create(&ListenerLabels { listener })
+            .set(not_after);
+        self.inner
+            .tls_last_reload_successful
+            .get_or_create(&ListenerLabels { listener })
+            .set(1);
+    }
+
+    /// Counts a reload of the TLS files after they changed; a failed one leaves the certificate
+    /// in use (and its expiry) as it was.
+    pub fn tls_reloaded(&self, listener: Listener, loaded: bool) {
+        let outcome = if loaded { "loaded" } else { "failed" };
+        self.inner
+            .tls_reloads
+            .get_or_create(&ReloadLabels { listener, outcome })
+            .inc();
+        self.inner
+            .tls_last_reload_successful
+            .get_or_create(&ListenerLabels { listener })
+            .set(i64::from(loaded));
     }
 
     /// Counts an answered call and its duration.
@@ -585,11 +698,21 @@ impl Metrics {
             .inc();
     }
 
-    /// The metrics in the Prometheus (OpenMetrics) text format.
+    /// The metrics in the OpenMetrics text format, which Prometheus asks for.
     pub fn encode(&self) -> String {
         let mut text = String::new();
         // Writing into a String cannot fail.
         let _ = encode(&mut text, &self.inner.registry);
+        text
+    }
+
+    /// The metrics in the Prometheus text format (0.0.4), for scrapers that do not ask for
+    /// OpenMetrics (and `promtool check metrics`): the samples are the same; a counter's family
+    /// is named with its `_total` suffix, as that format wants, and there is no `# EOF`.
+    pub fn encode_prometheus_text(&self) -> String {
+        let mut text = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_text::encode(&mut text, &self.inner.registry);
         text
     }
 }
@@ -614,6 +737,82 @@ fn latency_histogram() -> Histogram {
     Histogram::new(LATENCY_BUCKETS)
 }
 
+/// The gateway process's CPU time, memory and file descriptors, read from `/proc` (procfs) at
+/// each scrape, under the names every Prometheus client library gives them. Where `/proc` cannot
+/// be read (not Linux), the metrics are left out rather than reported as zero.
+#[derive(Debug)]
+struct ProcessCollector;
+
+impl Collector for ProcessCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let Ok(process) = procfs::process::Process::myself() else {
+            return Ok(());
+        };
+        let gauge = |value: u64| ConstGauge::new(i64::try_from(value).unwrap_or(i64::MAX));
+        if let Ok(stat) = process.stat() {
+            let ticks = procfs::ticks_per_second() as f64;
+            let cpu = ConstCounter::new((stat.utime + stat.stime) as f64 / ticks);
+            cpu.encode(encoder.encode_descriptor(
+                "process_cpu_seconds",
+                "Total user and system CPU time spent in seconds",
+                None,
+                cpu.metric_type(),
+            )?)?;
+            let rss = gauge(stat.rss.saturating_mul(procfs::page_size()));
+            rss.encode(encoder.encode_descriptor(
+                "process_resident_memory_bytes",
+                "Resident memory size in bytes",
+                None,
+                rss.metric_type(),
+            )?)?;
+            let virtual_memory = gauge(stat.vsize);
+            virtual_memory.encode(encoder.encode_descriptor(
+                "process_virtual_memory_bytes",
+                "Virtual memory size in bytes",
+                None,
+                virtual_memory.metric_type(),
+            )?)?;
+            let threads = gauge(u64::try_from(stat.num_threads).unwrap_or(0));
+            threads.encode(encoder.encode_descriptor(
+                "process_threads",
+                "Number of OS threads in the process",
+                None,
+                threads.metric_type(),
+            )?)?;
+            if let Ok(boot) = procfs::boot_time_secs() {
+                let start = ConstGauge::new(boot as f64 + stat.starttime as f64 / ticks);
+                start.encode(encoder.encode_descriptor(
+                    "process_start_time_seconds",
+                    "Start time of the process since unix epoch in seconds",
+                    None,
+                    start.metric_type(),
+                )?)?;
+            }
+        }
+        if let Ok(open) = process.fd_count() {
+            let open = gauge(u64::try_from(open).unwrap_or(0));
+            open.encode(encoder.encode_descriptor(
+                "process_open_fds",
+                "Number of open file descriptors",
+                None,
+                open.metric_type(),
+            )?)?;
+        }
+        if let Ok(limits) = process.limits()
+            && let procfs::process::LimitValue::Value(max) = limits.max_open_files.soft_limit
+        {
+            let max = gauge(max);
+            max.encode(encoder.encode_descriptor(
+                "process_max_fds",
+                "Maximum number of open file descriptors",
+                None,
+                max.metric_type(),
+            )?)?;
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -629,6 +828,10 @@ mod tests {
         metrics.overloaded();
         metrics.token_exchanged("ok", Duration::from_millis(80));
         metrics.token_cache_lookup(true);
+        metrics.set_ready(true);
+        metrics.set_limits(1000, 512);
+        metrics.tls_certificate_loaded(Listener::Api, 1_893_542_400);
+        metrics.tls_reloaded(Listener::Api, false);
         let text = metrics.encode();
         for expected in [
             r#"printjob_gateway_calls_total{method="Cancel",code="NOT_FOUND"} 1"#,
@@ -644,6 +847,15 @@ mod tests {
             "printjob_gateway_token_exchange_duration_seconds_count 1",
             r#"printjob_gateway_token_cache_lookups_total{result="hit"} 1"#,
             r#"printjob_gateway_build_info{version=""#,
+            "printjob_gateway_ready 1",
+            "printjob_gateway_calls_in_flight_limit 1000",
+            r#"printjob_gateway_connections_limit{listener="admin"} 512"#,
+            r#"printjob_gateway_tls_certificate_expiry_timestamp_seconds{listener="api"} 1893542400"#,
+            r#"printjob_gateway_tls_reloads_total{listener="api",outcome="failed"} 1"#,
+            r#"printjob_gateway_tls_last_reload_successful{listener="api"} 0"#,
+            "# TYPE process_cpu_seconds counter",
+            "process_resident_memory_bytes ",
+            "process_open_fds ",
         ] {
             assert!(text.contains(expected), "{expected} in\n{text}");
         }

@@ -14,6 +14,7 @@ use crate::metrics::Metrics;
 
 /// The content type of the OpenMetrics text format that prometheus-client writes.
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+const PROMETHEUS_TEXT: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
 
 /// Whether the gateway accepts new calls: true once it serves, false while it drains.
 #[derive(Debug, Clone, Default)]
@@ -38,9 +39,21 @@ pub(crate) fn router(grpc: Routes, metrics: Metrics, readiness: Readiness) -> ax
     grpc.into_axum_router()
         .route(
             "/metrics",
-            get(move || {
-                let text = metrics.encode();
-                async move { ([(axum::http::header::CONTENT_TYPE, OPENMETRICS)], text) }
+            get(move |headers: axum::http::HeaderMap| {
+                // Content negotiation as Prometheus' own client libraries do it: OpenMetrics
+                // for a scraper that asks for it (Prometheus does), else the Prometheus text
+                // format, which older scrapers and `promtool check metrics` read.
+                let openmetrics = headers
+                    .get_all(axum::http::header::ACCEPT)
+                    .iter()
+                    .filter_map(|value| value.to_str().ok())
+                    .any(|value| value.contains("application/openmetrics-text"));
+                let answer = if openmetrics {
+                    (OPENMETRICS, metrics.encode())
+                } else {
+                    (PROMETHEUS_TEXT, metrics.encode_prometheus_text())
+                };
+                async move { ([(axum::http::header::CONTENT_TYPE, answer.0)], answer.1) }
             }),
         )
         .route("/healthz", get(|| async { "ok\n" }))

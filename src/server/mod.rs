@@ -188,6 +188,7 @@ pub async fn serve(
         tracing::warn!("{warning}");
     }
     let metrics = Metrics::new();
+    metrics.set_limits(settings.calls.max_in_flight, settings.max_connections);
     let graph = GraphClient::new(&settings.graph, metrics.clone())?;
     let abort_calls = CancellationToken::new();
     let credentials = GraphCredentials::new(
@@ -208,6 +209,7 @@ pub async fn serve(
     let health = Health {
         reporter,
         readiness: Readiness::default(),
+        metrics: metrics.clone(),
     };
     health.set(false).await;
 
@@ -220,7 +222,7 @@ pub async fn serve(
     let tls = settings
         .tls
         .clone()
-        .map(|files| TlsConfig::load_and_watch(files, stop_reloading))
+        .map(|files| TlsConfig::load_and_watch(files, metrics.clone(), stop_reloading))
         .transpose()?;
     let grpc_addr = listeners
         .grpc
@@ -397,6 +399,7 @@ fn reflection(descriptor_sets: &[&'static [u8]]) -> tonic_reflection::server::Bu
 struct Health {
     reporter: HealthReporter,
     readiness: Readiness,
+    metrics: Metrics,
 }
 
 impl Health {
@@ -410,6 +413,7 @@ impl Health {
         self.reporter.set_service_status("", status).await;
         self.reporter.set_service_status(api, status).await;
         self.readiness.set(serving);
+        self.metrics.set_ready(serving);
     }
 }
 

@@ -27,7 +27,10 @@ use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
-use crate::telemetry::ErrorChain;
+use crate::{
+    metrics::{Listener, Metrics},
+    telemetry::ErrorChain,
+};
 
 /// How often the TLS files are checked for changes.
 pub const POLL_INTERVAL: Duration = Duration::from_secs(1);
@@ -85,13 +88,16 @@ impl TlsConfig {
     /// Loads `files`, and keeps reloading them when they change until `stop` fires.
     pub(crate) fn load_and_watch(
         files: TlsFiles,
+        metrics: Metrics,
         stop: CancellationToken,
     ) -> Result<Self, TlsError> {
         let seen = fingerprints(&files);
-        let (sender, receiver) = watch::channel(Arc::new(server_config(&files)?));
+        let (config, not_after) = server_config(&files)?;
+        certificate_loaded(&metrics, not_after);
+        let (sender, receiver) = watch::channel(Arc::new(config));
         tokio::spawn(async move {
             tokio::select! {
-                () = watch_files(files, seen, sender) => {}
+                () = watch_files(files, seen, sender, metrics) => {}
                 () = stop.cancelled() => {}
             }
         });
@@ -109,6 +115,7 @@ async fn watch_files(
     files: TlsFiles,
     mut seen: Vec<Option<Fingerprint>>,
     sender: watch::Sender<Arc<ServerConfig>>,
+    metrics: Metrics,
 ) {
     let mut interval = tokio::time::interval(POLL_INTERVAL);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -122,14 +129,19 @@ async fn watch_files(
         // tried again when it changes again.
         seen = now;
         match server_config(&files) {
-            Ok(config) => {
+            Ok((config, not_after)) => {
                 sender.send_replace(Arc::new(config));
+                metrics.tls_reloaded(Listener::Api, true);
+                certificate_loaded(&metrics, not_after);
                 tracing::info!(cert = %files.cert.display(), "TLS certificate reloaded");
             }
-            Err(error) => tracing::error!(
-                error = %ErrorChain(&error),
-                "the TLS files changed but do not load: keeping the certificate in use"
-            ),
+            Err(error) => {
+                metrics.tls_reloaded(Listener::Api, false);
+                tracing::error!(
+                    error = %ErrorChain(&error),
+                    "the TLS files changed but do not load: keeping the certificate in use"
+                );
+            }
         }
     }
 }
@@ -160,10 +172,26 @@ fn fingerprint(path: &Path) -> Option<Fingerprint> {
     })
 }
 
-/// Builds the TLS configuration: TLS 1.2 and 1.3 with ring, ALPN `h2` (gRPC needs HTTP/2).
-fn server_config(files: &TlsFiles) -> Result<ServerConfig, TlsError> {
+/// Reports the certificate now in use: when it expires, for the operator's expiry alert.
+fn certificate_loaded(metrics: &Metrics, not_after: Option<i64>) {
+    if let Some(not_after) = not_after {
+        metrics.tls_certificate_loaded(Listener::Api, not_after);
+    }
+}
+
+/// When the leaf certificate expires (its notAfter), as Unix time; `None` if it does not parse,
+/// which rustls, having accepted it, makes unlikely.
+fn not_after(leaf: &CertificateDer<'_>) -> Option<i64> {
+    let (_, cert) = x509_parser::parse_x509_certificate(leaf).ok()?;
+    Some(cert.validity().not_after.timestamp())
+}
+
+/// Builds the TLS configuration: TLS 1.2 and 1.3 with ring, ALPN `h2` (gRPC needs HTTP/2), and
+/// says when its certificate expires.
+fn server_config(files: &TlsFiles) -> Result<(ServerConfig, Option<i64>), TlsError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let certs = read_all::<CertificateDer<'static>>(&files.cert, "certificates")?;
+    let expires = certs.first().and_then(not_after);
     let key = PrivateKeyDer::from_pem_file(&files.key).map_err(|source| TlsError::Pem {
         what: "a private key",
         path: files.key.clone(),
@@ -185,7 +213,7 @@ fn server_config(files: &TlsFiles) -> Result<ServerConfig, TlsError> {
     };
     let mut config = builder.with_single_cert(certs, key)?;
     config.alpn_protocols = vec![b"h2".to_vec()];
-    Ok(config)
+    Ok((config, expires))
 }
 
 fn read_all<T: PemObject>(path: &PathBuf, what: &'static str) -> Result<Vec<T>, TlsError> {

@@ -180,6 +180,12 @@ async fn health_endpoints_answer_plain_http_and_readiness_flips_during_drain() {
     .await;
 
     assert!(not_ready.is_ok(), "/readyz answers 503 while draining");
+    let text = get(&format!("http://{admin}/metrics")).await.1;
+    assert_eq!(
+        sample(&text, "printjob_gateway_ready"),
+        0.0,
+        "the ready gauge follows /readyz\n{text}"
+    );
     assert!(!in_flight.is_finished(), "the drain is still going on");
     assert_eq!(
         get(&format!("http://{admin}/healthz")).await.0,
@@ -192,6 +198,186 @@ async fn health_endpoints_answer_plain_http_and_readiness_flips_during_drain() {
         .unwrap()
         .expect("the call in flight completes");
     gateway.shut_down().await.unwrap();
+}
+
+#[tokio::test]
+async fn metrics_are_served_as_openmetrics_to_prometheus_and_as_prometheus_text_to_others() {
+    let graph = FakeGraph::start().await;
+    let gateway = TestGateway::start(&graph.url()).await;
+    gateway.call().send().await.unwrap();
+    let url = format!("http://{}/metrics", gateway.admin_addr);
+    let scrape = |accept: Option<&'static str>| {
+        let url = url.clone();
+        async move {
+            let mut request = http_client().get(&url);
+            if let Some(accept) = accept {
+                request = request.header("accept", accept);
+            }
+            let response = request.send().await.unwrap();
+            let content_type = response.headers()["content-type"]
+                .to_str()
+                .unwrap()
+                .to_owned();
+            (content_type, response.text().await.unwrap())
+        }
+    };
+    // What Prometheus 2 sends.
+    let (content_type, openmetrics) = scrape(Some(
+        "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1",
+    ))
+    .await;
+    assert!(
+        content_type.starts_with("application/openmetrics-text"),
+        "{content_type}"
+    );
+    assert!(
+        openmetrics.contains("# TYPE printjob_gateway_calls counter\n"),
+        "{openmetrics}"
+    );
+    assert!(openmetrics.ends_with("# EOF\n"), "{openmetrics}");
+    // What curl sends, and a client that sends nothing.
+    for accept in [Some("*/*"), None] {
+        let (content_type, text) = scrape(accept).await;
+        assert_eq!(content_type, "text/plain; version=0.0.4; charset=utf-8");
+        assert!(
+            text.contains("# HELP printjob_gateway_calls_total "),
+            "{text}"
+        );
+        assert!(
+            text.contains("# TYPE printjob_gateway_calls_total counter\n"),
+            "{text}"
+        );
+        assert!(!text.contains("# EOF"), "{text}");
+        let ok = r#"printjob_gateway_calls_total{method="Cancel",code="OK"}"#;
+        assert_eq!(sample(&text, ok), 1.0, "the same samples\n{text}");
+        assert_eq!(sample(&openmetrics, ok), 1.0);
+    }
+}
+
+#[tokio::test]
+async fn process_resources_limits_and_readiness_are_metrics() {
+    let graph = FakeGraph::start().await;
+    let gateway = GatewayProcess::spawn(
+        &[
+            "--graph-url",
+            &graph.url(),
+            "--max-in-flight",
+            "7",
+            "--max-connections",
+            "9",
+        ],
+        &[],
+    )
+    .await;
+    let text = crate::support::metrics::metrics(gateway.admin_addr).await;
+    let rss = gateway.rss_kib() as f64 * 1024.0;
+    let reported = sample(&text, "process_resident_memory_bytes");
+    // The same process read at nearly the same time: within a factor of two of /proc's VmRSS.
+    assert!(
+        reported > rss / 2.0 && reported < rss * 2.0,
+        "{reported} bytes reported, {rss} read\n{text}"
+    );
+    assert!(sample(&text, "process_open_fds") >= 3.0, "{text}");
+    assert!(sample(&text, "process_max_fds") >= sample(&text, "process_open_fds"));
+    assert!(
+        text.contains("# TYPE process_cpu_seconds_total counter"),
+        "{text}"
+    );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let started = sample(&text, "process_start_time_seconds");
+    assert!(
+        (now - started).abs() < 600.0,
+        "started {started}, now {now}"
+    );
+    assert_eq!(sample(&text, "printjob_gateway_calls_in_flight_limit"), 7.0);
+    for listener in ["api", "admin"] {
+        let series = format!("printjob_gateway_connections_limit{{listener=\"{listener}\"}}");
+        assert_eq!(sample(&text, &series), 9.0, "{text}");
+    }
+    assert_eq!(sample(&text, "printjob_gateway_ready"), 1.0);
+}
+
+/// A self-signed certificate for `localhost` that expires at `not_after`, with its key, in one
+/// PEM file (so that one rename replaces both: the reloader never sees half a renewal).
+fn certificate_and_key(year: i32, month: u8, day: u8) -> String {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+    params.not_after = rcgen::date_time_ymd(year, month, day);
+    let cert = params.self_signed(&key).unwrap();
+    format!("{}{}", cert.pem(), key.serialize_pem())
+}
+
+/// Replaces `path` in one rename, as a deploy tool does.
+fn replace(path: &std::path::Path, contents: &str) {
+    let next = path.with_extension("next");
+    std::fs::write(&next, contents).unwrap();
+    std::fs::rename(&next, path).unwrap();
+}
+
+#[tokio::test]
+async fn the_serving_certificates_expiry_and_its_reloads_are_metrics() {
+    use crate::support::metrics::{metrics, wait_until_sample};
+    let dir = tempfile::tempdir().unwrap();
+    let pem = dir.path().join("tls.pem");
+    std::fs::write(&pem, certificate_and_key(2030, 1, 2)).unwrap();
+    let graph = FakeGraph::start().await;
+    let pem_arg = pem.to_str().unwrap();
+    let gateway = GatewayProcess::spawn(
+        &[
+            "--graph-url",
+            &graph.url(),
+            "--tls-cert",
+            pem_arg,
+            "--tls-key",
+            pem_arg,
+        ],
+        &[],
+    )
+    .await;
+    let admin = gateway.admin_addr;
+    let expiry = r#"printjob_gateway_tls_certificate_expiry_timestamp_seconds{listener="api"}"#;
+    let good = r#"printjob_gateway_tls_last_reload_successful{listener="api"}"#;
+    let loaded = r#"printjob_gateway_tls_reloads_total{listener="api",outcome="loaded"}"#;
+    let failed = r#"printjob_gateway_tls_reloads_total{listener="api",outcome="failed"}"#;
+    let text = metrics(admin).await;
+    // 2030-01-02T00:00:00Z.
+    assert_eq!(sample(&text, expiry), 1_893_542_400.0, "{text}");
+    assert_eq!(sample(&text, good), 1.0);
+
+    // Renewed: the new certificate's expiry, 2031-01-02T00:00:00Z.
+    replace(&pem, &certificate_and_key(2031, 1, 2));
+    wait_until_sample(admin, expiry, |value| value == 1_925_078_400.0).await;
+    let text = metrics(admin).await;
+    assert_eq!(
+        (sample(&text, loaded), sample(&text, failed)),
+        (1.0, 0.0),
+        "{text}"
+    );
+    assert_eq!(sample(&text, good), 1.0);
+
+    // A renewal that does not load: flagged, and the certificate in use (and its expiry) stays.
+    replace(&pem, "not a certificate\n");
+    wait_until_sample(admin, good, |value| value == 0.0).await;
+    let text = metrics(admin).await;
+    assert_eq!(
+        (sample(&text, loaded), sample(&text, failed)),
+        (1.0, 1.0),
+        "{text}"
+    );
+    assert_eq!(sample(&text, expiry), 1_925_078_400.0);
+
+    // Fixed: flagged good again.
+    replace(&pem, &certificate_and_key(2032, 1, 2));
+    wait_until_sample(admin, good, |value| value == 1.0).await;
+    let text = metrics(admin).await;
+    assert_eq!(
+        sample(&text, expiry),
+        1_956_614_400.0,
+        "2032-01-02T00:00:00Z\n{text}"
+    );
 }
 
 /// An OTLP/gRPC trace collector on loopback that hands over every span it receives.
