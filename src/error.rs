@@ -73,6 +73,11 @@ pub enum CancelError {
     /// The gateway is shutting down and its grace period ended before Graph answered.
     #[error("the gateway shut down before Graph answered")]
     ShuttingDown,
+    /// The gateway failed while handling the call: code that should not panic did. The panic is
+    /// logged where it happened (`telemetry`'s panic hook); the caller gets INTERNAL, not a
+    /// broken stream.
+    #[error("the gateway failed internally while handling the call")]
+    Internal,
 }
 
 // === impl CancelError ===

@@ -4,12 +4,16 @@
 //! job that is already canceled answers OK: a retried cancel never turns into an error.
 
 use std::{
+    future::Future,
+    panic::AssertUnwindSafe,
     sync::{
         Arc,
         atomic::{AtomicU32, Ordering},
     },
     time::Duration,
 };
+
+use futures_util::FutureExt;
 
 use tokio::{
     sync::{OwnedSemaphorePermit, Semaphore},
@@ -382,7 +386,12 @@ impl PrintJobService for PrintJobGateway {
             None => self.admit(request.metadata())?,
         };
         let span = call_span(admission.client_request_id(), request.metadata());
-        let call = span.in_scope(|| self.validate(request, admission.deadline));
+        let call = span.in_scope(|| {
+            std::panic::catch_unwind(AssertUnwindSafe(|| {
+                self.validate(request, admission.deadline)
+            }))
+            .unwrap_or(Err(CancelError::Internal))
+        });
         async move {
             let client_request_id = admission.client_request_id();
             let attempts_made = AtomicU32::new(0);
@@ -395,14 +404,41 @@ impl PrintJobService for PrintJobGateway {
                         // The requests really sent (or being sent) when the grace period ended.
                         attempts: attempts_made.load(Ordering::Relaxed),
                     },
-                    attempted = self.call_graph(&call, client_request_id, &attempts_made) => attempted,
+                    attempted = unwinding(self.call_graph(&call, client_request_id, &attempts_made)) => {
+                        attempted.unwrap_or_else(|Panicked| Attempted {
+                            outcome: Err(CancelError::Internal),
+                            attempts: attempts_made.load(Ordering::Relaxed),
+                        })
+                    }
                 },
             };
-            self.answer(attempted, admission.started, client_request_id)
+            std::panic::catch_unwind(AssertUnwindSafe(|| {
+                self.answer(attempted, admission.started, client_request_id)
+            }))
+            // Not even the answer could be built: the bare code, so that the stream still ends
+            // with a status.
+            .unwrap_or_else(|_| Err(Status::internal(CancelError::Internal.to_string())))
         }
         .instrument(span)
         .await
     }
+}
+
+/// A panic caught on its way out of a call. What it said is already logged, by the panic hook
+/// that `telemetry::init` installs, on the panicking thread and in the call's span.
+#[derive(Debug)]
+struct Panicked;
+
+/// Runs `work` to its end, or catches the panic that ends it first, so that a panic anywhere in a
+/// call (the token exchange, the Graph call, the job read) becomes the call's INTERNAL answer,
+/// with its access log line and metrics, instead of a stream reset with neither. Whatever the
+/// panicking code held is dropped on the way out; the state it shares with other calls (the
+/// pool, the token cache) stays usable, as their locks recover from poisoning.
+async fn unwinding<T>(work: impl Future<Output = T>) -> Result<T, Panicked> {
+    AssertUnwindSafe(work)
+        .catch_unwind()
+        .await
+        .map_err(|_| Panicked)
 }
 
 /// The server span of a call, carrying on the caller's trace.
@@ -508,6 +544,19 @@ impl PrintJobGateway {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_panic_in_a_calls_work_is_caught_and_the_work_after_it_goes_on() {
+        let panicking = async {
+            tokio::task::yield_now().await;
+            let attempts: Vec<u32> = Vec::new();
+            attempts[attempts.len()]
+        };
+        assert!(matches!(unwinding(panicking).await, Err(Panicked)));
+        assert_eq!(unwinding(async { 7 }).await.unwrap(), 7);
+        let status = CancelError::Internal.to_status(&ClientRequestId::random(), Duration::ZERO);
+        assert_eq!(status.code(), Code::Internal);
+    }
 
     #[test]
     fn deadlines_leave_the_caller_time_to_hear_the_answer() {

@@ -212,6 +212,7 @@ impl CancelError {
             Self::TokenExchange(failure) => token_exchange_outcome(&failure.error).0,
             Self::Overloaded { .. } | Self::MessageTooLarge { .. } => Code::ResourceExhausted,
             Self::ShuttingDown => Code::Unavailable,
+            Self::Internal => Code::Internal,
         }
     }
 
@@ -279,6 +280,7 @@ impl CancelError {
             Self::Overloaded { .. } => "OVERLOADED",
             Self::MessageTooLarge { .. } => "MESSAGE_TOO_LARGE",
             Self::ShuttingDown => "SHUTTING_DOWN",
+            Self::Internal => "INTERNAL_ERROR",
         };
         let mut metadata = HashMap::new();
         if let Self::InvalidArgument(invalid) = self {

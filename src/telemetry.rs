@@ -77,8 +77,9 @@ pub struct Telemetry {
     provider: Option<SdkTracerProvider>,
 }
 
-/// Installs the global subscriber (logs to stdout, as text or JSON) and, when
-/// `settings.otlp_endpoint` is set, the OpenTelemetry layer, exporter and W3C propagator.
+/// Installs the global subscriber (logs to stdout, as text or JSON), the panic hook that logs
+/// through it ([`log_panic`]), and, when `settings.otlp_endpoint` is set, the OpenTelemetry layer,
+/// exporter and W3C propagator.
 ///
 /// Call it inside the Tokio runtime: the OTLP/gRPC exporter's connection lives on it.
 pub fn init(settings: &Settings) -> Result<Telemetry, TelemetryError> {
@@ -117,6 +118,7 @@ pub fn init(settings: &Settings) -> Result<Telemetry, TelemetryError> {
         .with(text)
         .with(json)
         .try_init()?;
+    std::panic::set_hook(Box::new(log_panic));
     if provider.is_some() {
         global::set_text_map_propagator(TraceContextPropagator::new());
         TRACING.store(true, Ordering::Release);
@@ -155,6 +157,31 @@ impl Telemetry {
             }
         }
     }
+}
+
+/// The panic hook: a panic, wherever it happens, is one ERROR event through the subscriber, in
+/// place of the standard hook's text on stderr, which would be the one line of a JSON log that
+/// is not JSON (log collectors read a pod's stderr and stdout as one stream). It runs on the
+/// panicking thread before the unwind, so the line carries the span of the call that panicked;
+/// the call itself is then answered INTERNAL (`service`). A backtrace is added when
+/// `RUST_BACKTRACE` asks for one, as the standard hook does.
+pub fn log_panic(info: &std::panic::PanicHookInfo<'_>) {
+    let payload = info.payload();
+    let message = payload
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(no message)");
+    let location = info.location().map(ToString::to_string);
+    let backtrace = std::backtrace::Backtrace::capture();
+    let backtrace = (backtrace.status() == std::backtrace::BacktraceStatus::Captured)
+        .then(|| backtrace.to_string());
+    tracing::error!(
+        panic.message = message,
+        panic.location = location.as_deref(),
+        panic.backtrace = backtrace.as_deref(),
+        "panicked"
+    );
 }
 
 /// Whether OpenTelemetry is on.

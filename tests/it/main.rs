@@ -25,6 +25,7 @@ mod listen;
 mod obo;
 mod obo_secrets;
 mod observability;
+mod panics;
 mod properties;
 mod retries;
 mod shutdown;

@@ -1,0 +1,156 @@
+//! No panic reaches a caller or breaks the log: whatever goes wrong inside a call, the caller gets a
+//! gRPC status (INTERNAL, with the gateway's details, when the gateway itself failed), the call
+//! has its access log line and metrics, the gateway goes on serving, and with `--log-format json`
+//! every line the process writes, on stdout and stderr, is JSON.
+//!
+//! The input is one that made a call panic (a token endpoint answering `expires_in` = 2^63-1
+//! overflowed the clock), and stays hostile whatever the exchange makes of it now: the rule is
+//! that the caller gets a status either way, never a reset stream.
+
+use std::time::Duration;
+
+use printjob_gateway::entra::CredentialSource;
+use tonic::Code;
+use tonic_types::StatusExt;
+
+use crate::support::{
+    FakeGraph, TOKEN,
+    fake_entra::{CLIENT_ID, EntraReply, FakeEntra, TENANT, obo_gateway},
+    gateway::{Call, connect},
+    metrics::{metrics, sample},
+    process::GatewayProcess,
+};
+
+/// `expires_in` as large as a JSON integer an i64 reader takes: 2^63-1 seconds.
+const FOREVER: u64 = i64::MAX as u64;
+
+fn secret_file(dir: &std::path::Path) -> std::path::PathBuf {
+    let path = dir.join("client-secret");
+    std::fs::write(&path, "s3cr3t~client.value-1\n").unwrap();
+    path
+}
+
+/// A status the caller can act on: what a panic that escaped the call used to give (a reset
+/// stream, CANCELLED or UNKNOWN) is not one.
+fn assert_a_real_status(answer: &Result<tonic::Response<impl std::fmt::Debug>, tonic::Status>) {
+    if let Err(status) = answer {
+        assert!(
+            !matches!(status.code(), Code::Cancelled | Code::Unknown),
+            "a status of the gateway's, not a broken stream: {status:?}"
+        );
+        assert!(
+            status.get_details_error_info().is_some(),
+            "with the gateway's details: {status:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_hostile_token_answer_gives_the_caller_a_status_and_the_gateway_goes_on_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let (graph, entra) = (FakeGraph::start().await, FakeEntra::start().await);
+    entra.set_reply(EntraReply::token(FOREVER));
+    let gateway = obo_gateway(
+        &graph,
+        &entra,
+        CredentialSource::SecretFile(secret_file(dir.path())),
+    )
+    .await;
+    let channel = gateway.channel().await;
+
+    let answer = Call::to(gateway.grpc_addr).send_on(channel.clone()).await;
+    assert_a_real_status(&answer);
+
+    // The same connection, another caller, a sane answer: served as if nothing happened.
+    entra.set_reply(EntraReply::token(3599));
+    Call::to(gateway.grpc_addr)
+        .authorization(Some("Bearer eyJhbGciOiJub25lIn0.b3RoZXItY2FsbGVy.c2ln"))
+        .send_on(channel)
+        .await
+        .expect("the next call is served");
+    let code = match &answer {
+        Ok(_) => "OK",
+        Err(status) if status.code() == Code::Internal => "INTERNAL",
+        Err(_) => "",
+    };
+    if !code.is_empty() {
+        let scraped = metrics(gateway.admin_addr).await;
+        assert_eq!(
+            sample(
+                &scraped,
+                &format!(r#"printjob_gateway_calls_total{{method="Cancel",code="{code}"}}"#)
+            ),
+            1.0,
+            "the first call is counted:\n{scraped}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn with_json_logs_every_line_stays_json_when_a_call_goes_wrong_inside() {
+    let dir = tempfile::tempdir().unwrap();
+    let (graph, entra) = (FakeGraph::start().await, FakeEntra::start().await);
+    entra.set_reply(EntraReply::token(FOREVER));
+    let secret = secret_file(dir.path());
+    let gateway = GatewayProcess::spawn(
+        &[
+            "--graph-url",
+            &graph.url(),
+            "--token-exchange",
+            "obo",
+            "--entra-authority",
+            &entra.authority(),
+            "--tenant-id",
+            TENANT,
+            "--client-id",
+            CLIENT_ID,
+            "--client-secret-file",
+            secret.to_str().unwrap(),
+        ],
+        // A backtrace, as an operator chasing a panic would ask for: it must stay inside the line.
+        &[("RUST_BACKTRACE", "1")],
+    )
+    .await;
+    let client_request_id = "0f8fad5b-d9cb-469f-a165-70867728950e";
+
+    let answer = Call::to(gateway.grpc_addr)
+        .metadata("x-request-id", client_request_id)
+        .send_on(connect(gateway.grpc_addr).await)
+        .await;
+    assert_a_real_status(&answer);
+    let (status, logs) = gateway.terminate(Duration::from_secs(10)).await;
+
+    assert!(status.success(), "{status:?}\n{logs}");
+    let lines: Vec<serde_json::Value> = logs
+        .lines()
+        .map(|line| {
+            serde_json::from_str(line).unwrap_or_else(|_| panic!("not JSON: {line:?}\n{logs}"))
+        })
+        .collect();
+    let access = lines
+        .iter()
+        .find(|line| {
+            line["span"]["client_request_id"] == client_request_id
+                && matches!(
+                    line["message"].as_str(),
+                    Some("cancel failed" | "cancel accepted by Graph")
+                )
+        })
+        .unwrap_or_else(|| panic!("the call's access line:\n{logs}"));
+    let expected = match &answer {
+        Ok(_) => "OK",
+        Err(status) => printjob_gateway::status::code_name(status.code()),
+    };
+    assert_eq!(access["span"]["grpc_code"], expected);
+    if expected == "INTERNAL" {
+        let panicked = lines
+            .iter()
+            .filter(|line| line["message"] == "panicked")
+            .collect::<Vec<_>>();
+        assert_eq!(panicked.len(), 1, "one ERROR line for the panic:\n{logs}");
+        assert_eq!(panicked[0]["level"], "ERROR");
+        assert_eq!(panicked[0]["span"]["client_request_id"], client_request_id);
+        assert!(panicked[0]["panic.location"].is_string(), "{logs}");
+    }
+    assert!(!logs.contains(TOKEN), "no token in the logs");
+}
