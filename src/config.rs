@@ -145,6 +145,12 @@ pub struct GatewayArgs {
     #[arg(long, env = "PRINTJOB_GATEWAY_RETRY_AFTER_MAX", default_value = "10s", value_parser = parse_duration)]
     pub retry_after_max: Duration,
 
+    /// When Graph throttles a tenant and app (429, or 503 with Retry-After), hold all of that
+    /// tenant and app's calls at one gate until the window ends, then send one call first (on);
+    /// or let each call back off on its own (off).
+    #[arg(long, env = "PRINTJOB_GATEWAY_THROTTLE_GATE", default_value = "on", value_parser = clap::builder::BoolishValueParser::new(), action = clap::ArgAction::Set)]
+    pub throttle_gate: bool,
+
     /// Most calls in flight at once; beyond it calls fail fast with RESOURCE_EXHAUSTED instead of
     /// queueing.
     #[arg(long, env = "PRINTJOB_GATEWAY_MAX_IN_FLIGHT", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
@@ -398,6 +404,7 @@ impl GatewayArgs {
                 keepalive_interval: self.graph_keepalive_interval,
                 keepalive_timeout: self.graph_keepalive_timeout,
                 proxy: self.proxy.clone(),
+                throttle_gate: self.throttle_gate,
             },
             token_exchange: self.token_exchange_settings(),
         }

@@ -70,6 +70,19 @@ pub enum CancelError {
         /// The limit.
         limit: usize,
     },
+    /// Graph is throttling the tenant and app of the call's token, and the call's deadline ends
+    /// before the throttle window does: the gateway did not send it.
+    #[error(
+        "Microsoft Graph is throttling this tenant and app (HTTP {}) for {} ms more, past the call's deadline: the call was not sent",
+        .status.as_u16(),
+        .retry_delay.as_millis()
+    )]
+    Throttled {
+        /// The HTTP status that opened the window: 429, or 503.
+        status: StatusCode,
+        /// What is left of the window.
+        retry_delay: Duration,
+    },
     /// The gateway is shutting down and its grace period ended before Graph answered.
     #[error("the gateway shut down before Graph answered")]
     ShuttingDown,
@@ -117,6 +130,7 @@ impl CancelError {
     pub fn retry_delay(&self) -> Option<Duration> {
         match self {
             Self::Graph { retry_delay, .. } => *retry_delay,
+            Self::Throttled { retry_delay, .. } => Some(*retry_delay),
             Self::TokenExchange(failure) => failure.retry_delay.or(failure.error.retry_after()),
             Self::Overloaded { .. } => Some(OVERLOADED_RETRY_DELAY),
             _ => None,

@@ -3,7 +3,11 @@
 //! token, an ID or any other unbounded value: only the method, the gRPC code, the HTTP status,
 //! and small fixed sets of reasons.
 
-use std::{fmt::Write as _, sync::Arc, time::Duration};
+use std::{
+    fmt::Write as _,
+    sync::{Arc, atomic::AtomicU64},
+    time::Duration,
+};
 
 use prometheus_client::{
     collector::Collector,
@@ -48,6 +52,9 @@ struct Inner {
     graph_connections_open: Gauge,
     graph_requests_resent: Family<ResendLabels, Counter>,
     graph_calls_waiting: Gauge,
+    graph_throttle_windows: Counter,
+    graph_calls_held: Gauge,
+    graph_throttled_seconds: Counter<f64, AtomicU64>,
     connections_open: Family<ListenerLabels, Gauge>,
     connections_closed: Family<ClosedLabels, Counter>,
     streams_refused: Family<ListenerLabels, Counter>,
@@ -399,6 +406,25 @@ impl Metrics {
             "Calls waiting for a stream to Graph: every connection full, or being opened",
             graph_calls_waiting.clone(),
         );
+        let graph_throttle_windows = Counter::default();
+        registry.register(
+            "graph_throttle_windows",
+            "Throttle windows opened: Graph answered 429 (or 503 with Retry-After) and the gateway held that tenant and app's calls until the window ended",
+            graph_throttle_windows.clone(),
+        );
+        let graph_calls_held = Gauge::default();
+        registry.register(
+            "graph_calls_held",
+            "Calls waiting at the throttle gate now, for their tenant and app's window to end",
+            graph_calls_held.clone(),
+        );
+        let graph_throttled_seconds = Counter::<f64, AtomicU64>::default();
+        registry.register_with_unit(
+            "graph_throttled",
+            "Time throttle windows lasted, summed over tenants and apps",
+            Unit::Seconds,
+            graph_throttled_seconds.clone(),
+        );
         let connections_open = Family::<ListenerLabels, Gauge>::default();
         registry.register(
             "connections_open",
@@ -501,6 +527,9 @@ impl Metrics {
                 graph_connections_open,
                 graph_requests_resent,
                 graph_calls_waiting,
+                graph_throttle_windows,
+                graph_calls_held,
+                graph_throttled_seconds,
                 connections_open,
                 connections_closed,
                 streams_refused,
@@ -613,6 +642,24 @@ impl Metrics {
         self.inner
             .graph_calls_waiting
             .set(i64::try_from(waiting).unwrap_or(i64::MAX));
+    }
+
+    /// Counts a throttle window opened.
+    pub fn throttle_window_opened(&self) {
+        self.inner.graph_throttle_windows.inc();
+    }
+
+    /// Adds the time a throttle window lasted, when it ends.
+    pub fn throttle_window_closed(&self, lasted: Duration) {
+        self.inner
+            .graph_throttled_seconds
+            .inc_by(lasted.as_secs_f64());
+    }
+
+    /// Counts a call held at the throttle gate until the returned guard is dropped.
+    pub fn call_held(&self) -> InFlight {
+        self.inner.graph_calls_held.inc();
+        InFlight(self.inner.graph_calls_held.clone())
     }
 
     /// Counts a request sent again because Graph did not process it.
@@ -832,6 +879,9 @@ mod tests {
         metrics.set_limits(1000, 512);
         metrics.tls_certificate_loaded(Listener::Api, 1_893_542_400);
         metrics.tls_reloaded(Listener::Api, false);
+        metrics.throttle_window_opened();
+        metrics.throttle_window_closed(Duration::from_millis(1500));
+        let _held = metrics.call_held();
         let text = metrics.encode();
         for expected in [
             r#"printjob_gateway_calls_total{method="Cancel",code="NOT_FOUND"} 1"#,
@@ -856,6 +906,9 @@ mod tests {
             "# TYPE process_cpu_seconds counter",
             "process_resident_memory_bytes ",
             "process_open_fds ",
+            "printjob_gateway_graph_throttle_windows_total 1",
+            "printjob_gateway_graph_calls_held 1",
+            "printjob_gateway_graph_throttled_seconds_total 1.5",
         ] {
             assert!(text.contains(expected), "{expected} in\n{text}");
         }

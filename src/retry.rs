@@ -10,17 +10,20 @@
 //! - At most `max_attempts` attempts in all.
 //! - When the next wait would end past the deadline, the gateway answers at once with the mapped
 //!   status and a `RetryInfo` of that wait, so the caller can decide.
+//! - With the throttle gate on, every attempt first passes the gate ([`GateCall`]), and a 429 (or
+//!   a 503 with `Retry-After`) opens a window for the call's tenant and app: the retry is then
+//!   simply a call waiting at the gate, with the others, rather than a wait of its own.
 
 use std::future::Future;
 
 use tokio::time::Instant;
-use tracing::{Instrument, field};
+use tracing::{Instrument, Span, field};
 
 pub use crate::backoff::RetryPolicy;
 use crate::{
     backoff::{BACKOFF_MAX, backoff},
     error::CancelError,
-    graph::{GraphAcceptance, GraphError},
+    graph::{GateCall, GraphAcceptance, GraphError, Held, Throttle},
     metrics::{GraphFailure, Metrics, RetryReason},
 };
 
@@ -38,11 +41,13 @@ pub struct Attempted<T> {
 impl RetryPolicy {
     /// Calls `attempt` until it succeeds, fails definitively, runs out of attempts, or the next
     /// wait would not fit before `deadline`. `attempt` gets the attempt number, from 1. Each
-    /// attempt runs in a client span (`graph.cancel`) and is counted in `metrics`.
+    /// attempt passes `gate` first, runs in a client span (`graph.cancel`) and is counted in
+    /// `metrics`. The time held at the gate goes on the current (call's) span as `held_ms`.
     pub async fn run<F, Fut>(
         &self,
         deadline: Instant,
         metrics: &Metrics,
+        mut gate: GateCall<'_>,
         mut attempt: F,
     ) -> Attempted<Result<GraphAcceptance, CancelError>>
     where
@@ -51,18 +56,54 @@ impl RetryPolicy {
     {
         let mut backoff = backoff();
         let mut attempts = 0;
+        // The previous attempt's failure, which a call turned away at the gate answers with.
+        let mut previous: Option<GraphError> = None;
         let outcome = loop {
+            match gate.wait(deadline).await {
+                Ok(()) => {}
+                Err(Held::TooLate(refusal)) => {
+                    break Err(match previous.take() {
+                        Some(source) => CancelError::Graph {
+                            source,
+                            retry_delay: Some(refusal.wait),
+                        },
+                        None => CancelError::Throttled {
+                            status: refusal.status,
+                            retry_delay: refusal.wait,
+                        },
+                    });
+                }
+                Err(Held::DeadlineExceeded) => {
+                    break Err(CancelError::DeadlineExceeded {
+                        graph_called: attempts > 0,
+                    });
+                }
+            }
             attempts += 1;
             let error = match observed(|| attempt(attempts), attempts, deadline, metrics).await {
-                Ok(acceptance) => break Ok(acceptance),
+                Ok(acceptance) => {
+                    gate.answered(None);
+                    break Ok(acceptance);
+                }
                 Err(Timeout) => break Err(CancelError::DeadlineExceeded { graph_called: true }),
                 Err(Failed(error)) => error,
             };
+            let at_the_gate = gate.answered(throttle(&error, self.retry_after_max));
             let Some(reason) = retryable(&error) else {
                 break Err(error.into());
             };
             if attempts >= self.max_attempts {
                 break Err(error.into());
+            }
+            if at_the_gate {
+                tracing::info!(
+                    attempt = attempts,
+                    reason = reason.as_str(),
+                    "retrying the Graph call when the throttle window ends"
+                );
+                metrics.retried(reason);
+                previous = Some(error);
+                continue;
             }
             let wait = match &error {
                 GraphError::Rejected(rejection) => rejection
@@ -92,7 +133,13 @@ impl RetryPolicy {
             );
             metrics.retried(reason);
             tokio::time::sleep(wait).await;
+            previous = Some(error);
         };
+        let held = gate.held();
+        if !held.is_zero() {
+            // Whole microseconds, as the call's latency.
+            Span::current().record("held_ms", held.as_micros() as f64 / 1e3);
+        }
         Attempted { outcome, attempts }
     }
 }
@@ -172,6 +219,26 @@ async fn observed<Fut: Future<Output = Result<GraphAcceptance, GraphError>>>(
             span.record("otel.status_code", "ERROR");
             Err(Timeout)
         }
+    }
+}
+
+/// Whether an outcome is Graph throttling: 429, or 503 with `Retry-After` (bounded by
+/// `retry_after_max`).
+fn throttle(error: &GraphError, retry_after_max: std::time::Duration) -> Option<Throttle> {
+    let GraphError::Rejected(rejection) = error else {
+        return None;
+    };
+    let retry_after = rejection.retry_after.map(|wait| wait.min(retry_after_max));
+    match rejection.status.as_u16() {
+        429 => Some(Throttle {
+            status: rejection.status,
+            retry_after,
+        }),
+        503 if retry_after.is_some() => Some(Throttle {
+            status: rejection.status,
+            retry_after,
+        }),
+        _ => None,
     }
 }
 

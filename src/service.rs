@@ -257,10 +257,15 @@ impl PrintJobGateway {
         let Attempted { outcome, attempts } = self
             .policy
             .retry
-            .run(call.deadline, &self.metrics, |attempt| {
-                attempts_made.store(attempt, Ordering::Relaxed);
-                self.graph.cancel(&call.target, &token, client_request_id)
-            })
+            .run(
+                call.deadline,
+                &self.metrics,
+                self.graph.throttle_gate().call(&token),
+                |attempt| {
+                    attempts_made.store(attempt, Ordering::Relaxed);
+                    self.graph.cancel(&call.target, &token, client_request_id)
+                },
+            )
             .await;
         if let Err(error) = &outcome
             && error.http_status() == Some(http::StatusCode::UNAUTHORIZED)
@@ -460,6 +465,7 @@ fn call_span(client_request_id: &ClientRequestId, metadata: &MetadataMap) -> Spa
         grpc_code = field::Empty,
         attempts = field::Empty,
         latency_ms = field::Empty,
+        held_ms = field::Empty,
         trace_id = field::Empty,
     );
     telemetry::continue_trace(&span, metadata);

@@ -209,6 +209,9 @@ impl CancelError {
             }
             | Self::NotCancelable { rejection, .. } => code_for_http_status(rejection.status),
             Self::Graph { .. } => Code::Unavailable,
+            // The code Graph's own answer would have had: RESOURCE_EXHAUSTED, or UNAVAILABLE
+            // for a 503.
+            Self::Throttled { status, .. } => code_for_http_status(*status),
             Self::TokenExchange(failure) => token_exchange_outcome(&failure.error).0,
             Self::Overloaded { .. } | Self::MessageTooLarge { .. } => Code::ResourceExhausted,
             Self::ShuttingDown => Code::Unavailable,
@@ -274,6 +277,7 @@ impl CancelError {
                 ..
             } => "GRAPH_UNREACHABLE",
             Self::Graph { .. } => "GRAPH_CONNECTION_FAILED",
+            Self::Throttled { .. } => "GRAPH_THROTTLED",
             // Answered with Graph's own reason, by `describe_rejection`.
             Self::NotCancelable { .. } => "NOT_CANCELABLE",
             Self::TokenExchange(failure) => token_exchange_outcome(&failure.error).1,
@@ -285,6 +289,9 @@ impl CancelError {
         let mut metadata = HashMap::new();
         if let Self::InvalidArgument(invalid) = self {
             metadata.insert("field".to_owned(), invalid.field.to_owned());
+        }
+        if let Self::Throttled { status, .. } = self {
+            metadata.insert("httpStatus".to_owned(), status.as_u16().to_string());
         }
         (reason, metadata)
     }

@@ -6,6 +6,7 @@ mod answer;
 mod connect;
 mod job;
 mod pool;
+mod throttle;
 mod url;
 
 use std::{
@@ -24,6 +25,7 @@ pub use self::connect::{ConnectError, GraphClientError, GraphProtocol, ProxyEnv}
 pub(crate) use self::connect::{Connected, Connector, Negotiated};
 pub use self::job::{JobReadError, PrintJobStatus};
 pub use self::pool::{Body, SendError};
+pub use self::throttle::{GateCall, Held, MAX_KEYS, Refusal, Throttle, ThrottleGate, ThrottleKey};
 pub use self::url::{GraphBaseUrl, GraphUrlError};
 pub(crate) use self::url::{PATH_SEGMENT, check_url_is_safe};
 use crate::{
@@ -69,6 +71,9 @@ pub struct Settings {
     pub keepalive_timeout: Duration,
     /// The proxy to reach Graph (and Entra ID) through, as the environment names it.
     pub proxy: ProxyEnv,
+    /// Whether calls of a tenant and app that Graph throttles wait at one gate (on), or each
+    /// back off on its own (off).
+    pub throttle_gate: bool,
 }
 
 impl Default for Settings {
@@ -84,6 +89,7 @@ impl Default for Settings {
             keepalive_interval: Duration::from_secs(30),
             keepalive_timeout: Duration::from_secs(10),
             proxy: ProxyEnv::default(),
+            throttle_gate: true,
         }
     }
 }
@@ -93,6 +99,7 @@ impl Default for Settings {
 pub struct GraphClient {
     pool: pool::Pool,
     base_url: GraphBaseUrl,
+    throttle: ThrottleGate,
 }
 
 /// What Graph said when it accepted a call.
@@ -142,12 +149,18 @@ impl GraphClient {
                 keepalive_interval: settings.keepalive_interval,
                 keepalive_timeout: settings.keepalive_timeout,
             },
-            metrics,
+            metrics.clone(),
         );
         Ok(Self {
             pool,
             base_url: settings.base_url.clone(),
+            throttle: ThrottleGate::new(settings.throttle_gate, metrics),
         })
+    }
+
+    /// The gate that holds the calls of a tenant and app while Graph throttles them.
+    pub fn throttle_gate(&self) -> &ThrottleGate {
+        &self.throttle
     }
 
     /// Cancels one print job: `POST {base}/print/printers/{printerId}/jobs/{printJobId}/cancel`.
