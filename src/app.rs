@@ -20,6 +20,10 @@ pub const DEMO_TENANT: &str = "demo-tenant";
 pub const DEMO_CLIENT: &str = "demo-client";
 /// The demo app registration's client secret: the simulator's, not a secret of anyone's.
 const DEMO_SECRET: &str = "demo-client-secret";
+/// An unsigned JWT of the tenant the built-in scenario throttles for 5 s (`tid`
+/// 5e1f7a3c-0000-4000-8000-00000000d3e0, `appid` 0a11ce00-0000-4000-8000-00000000d3e0): the
+/// gateway reads both, unverified, to hold that tenant and app's calls at its throttle gate.
+pub const DEMO_THROTTLED_TOKEN: &str = "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.eyJ0aWQiOiI1ZTFmN2EzYy0wMDAwLTQwMDAtODAwMC0wMDAwMDAwMGQzZTAiLCJhcHBpZCI6IjBhMTFjZTAwLTAwMDAtNDAwMC04MDAwLTAwMDAwMDAwZDNlMCJ9.demo";
 
 /// Why the binary stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -175,7 +179,16 @@ pub fn demo_instructions(grpc: ListenAddr, simulator: SocketAddr, exchange: bool
             ),
         )
     } else {
-        (String::new(), String::new())
+        (
+            String::new(),
+            format!(
+                "\n\
+                 A tenant that Graph throttles for 5 s from its first call (again 30 s later): run this a few times at\n\
+                 once; the gateway holds the tenant's calls at its throttle gate, sends one first when the window ends,\n\
+                 then the rest (all answer OK; the log shows the window, /metrics graph_throttle_windows_total):\n{}",
+                cancel(DEMO_THROTTLED_TOKEN, "any-job-printer", "1"),
+            ),
+        )
     };
     format!(
         "printjob-gateway demo: the gateway serves gRPC on {grpc}, in front of a simulated Graph at http://{simulator}/v1.0{how}\n\

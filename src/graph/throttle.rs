@@ -111,6 +111,8 @@ pub struct GateCall<'a> {
     token: &'a BearerToken,
     key: Option<ThrottleKey>,
     probe: Option<ProbeGuard>,
+    /// Whether the call was the probe and Graph throttled it: it keeps its place, first in line.
+    first_in_line: bool,
     held: Duration,
 }
 
@@ -212,6 +214,7 @@ impl ThrottleGate {
             token,
             key: None,
             probe: None,
+            first_in_line: false,
             held: Duration::ZERO,
         }
     }
@@ -249,6 +252,7 @@ impl GateCall<'_> {
                 false
             }
             Some(throttle) => {
+                self.first_in_line = probe.is_some();
                 let key = *self.key.get_or_insert_with(|| ThrottleKey::of(self.token));
                 gate.throttled(key, throttle)
             }
@@ -266,11 +270,14 @@ impl GateCall<'_> {
         };
         let key = *self.key.get_or_insert_with(|| ThrottleKey::of(self.token));
         let mut receiver = None;
-        let arrival = gate.lock().arrive(key, deadline, Instant::now(), || {
-            let (sender, waiting) = oneshot::channel();
-            receiver = Some(waiting);
-            sender
-        });
+        let first_in_line = std::mem::take(&mut self.first_in_line);
+        let arrival = gate
+            .lock()
+            .arrive(key, deadline, Instant::now(), first_in_line, || {
+                let (sender, waiting) = oneshot::channel();
+                receiver = Some(waiting);
+                sender
+            });
         let receiver = match (arrival, receiver) {
             (Arrival::Pass, _) | (Arrival::Wait, None) => return Ok(()),
             (Arrival::TooLate(refusal), _) => return Err(Held::TooLate(refusal)),
@@ -588,12 +595,14 @@ impl<W: Waiter> Windows<W> {
     }
 
     /// A call of `key` with `deadline` arrives at `now`: it passes, is turned away, or waits
-    /// (queued as the waiter `enqueue` makes).
+    /// (queued as the waiter `enqueue` makes: last, or first when `first_in_line`, as a probe
+    /// that Graph throttled again keeps the place it had).
     pub(crate) fn arrive(
         &mut self,
         key: ThrottleKey,
         deadline: Instant,
         now: Instant,
+        first_in_line: bool,
         enqueue: impl FnOnce() -> W,
     ) -> Arrival {
         let Some(window) = self.keys.get_mut(&key) else {
@@ -615,10 +624,15 @@ impl<W: Waiter> Windows<W> {
                 .retain(|waiting| waiting.deadline > now && !waiting.waiter.is_gone());
             window.compact_at = COMPACT_MIN.max(window.waiting.len() * 2);
         }
-        window.waiting.push_back(Waiting {
+        let waiting = Waiting {
             deadline,
             waiter: enqueue(),
-        });
+        };
+        if first_in_line {
+            window.waiting.push_front(waiting);
+        } else {
+            window.waiting.push_back(waiting);
+        }
         Arrival::Wait
     }
 
@@ -821,7 +835,7 @@ mod tests {
         deadline: Instant,
         now: Instant,
     ) -> Arrival {
-        windows.arrive(k, deadline, now, || Call(id, false))
+        windows.arrive(k, deadline, now, false, || Call(id, false))
     }
 
     fn waiters(calls: Vec<Call>) -> Vec<u32> {
@@ -935,9 +949,15 @@ mod tests {
                 }
             )]
         );
+        // The probe, throttled, keeps its place at the head of the line.
+        assert_eq!(
+            windows.arrive(key(A), t0 + s(30), t0 + s(5), true, || Call(1, false)),
+            Arrival::Wait
+        );
         let (id, _) = again.timer.unwrap();
         let (_, probe) = windows.window_ended(key(A), id).probe.unwrap();
-        assert_eq!(probe.0, 3);
+        assert_eq!(probe.0, 1);
+        assert_eq!(windows.keys[&key(A)].waiting.front().unwrap().waiter.0, 3);
     }
 
     #[test]
@@ -1039,7 +1059,7 @@ mod tests {
 
         let k = key(0);
         for call in 0..10_000 {
-            windows.arrive(k, t0 + s(30), t0 + s(1), || Call(call, true));
+            windows.arrive(k, t0 + s(30), t0 + s(1), false, || Call(call, true));
         }
         let queued = windows.keys[&k].waiting.len();
         assert!(

@@ -214,8 +214,13 @@ async fn answer_job_request(
         printer_id,
         print_job_id,
     } = &ids;
+    let tenant = bearer(headers).and_then(tenant_of);
+    let throttled =
+        || lock(&simulator.shared.model).throttled(tenant.as_deref(), std::time::Instant::now());
     let answer = if let Some(refused) = entra_refusal(&simulator, headers) {
         refused
+    } else if let Some(throttled) = throttled() {
+        throttled
     } else if bearer_token(headers) {
         let plan = lock(&simulator.shared.model).plan(method, printer_id, print_job_id);
         if let Some(delay) = plan.delay {
@@ -361,6 +366,18 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
     let (scheme, token) = value.split_once(' ')?;
     let token = token.trim();
     (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
+/// The `tid` claim of a JWT bearer token, read without checking the signature, as Graph's
+/// throttling groups calls by tenant.
+fn tenant_of(token: &str) -> Option<String> {
+    use base64::Engine as _;
+    let payload = token.split('.').nth(1)?;
+    let json = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload.trim_end_matches('='))
+        .ok()?;
+    let claims: serde_json::Value = serde_json::from_slice(&json).ok()?;
+    Some(claims.get("tid")?.as_str()?.to_owned())
 }
 
 /// Records every request and the answer it got.

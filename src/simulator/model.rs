@@ -1,9 +1,12 @@
 //! The simulated Graph's state and its decisions: which answer a cancel or a job read gets, after
 //! which delay. Pure logic, no HTTP.
 
-use std::{collections::HashMap, time::Duration};
+use std::{
+    collections::HashMap,
+    time::{Duration, Instant},
+};
 
-use super::scenario::{JobState, Rule, RuleMethod, Scenario};
+use super::scenario::{JobState, Rule, RuleMethod, Scenario, ThrottleSpec};
 
 /// What the simulated Graph answers to one cancel or read.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,6 +41,8 @@ pub(crate) struct Plan {
 pub(crate) struct Model {
     printers: HashMap<String, Printer>,
     rules: Vec<(Rule, Option<u64>)>,
+    /// Each tenant's throttle window, and when its current one opened.
+    throttles: Vec<(ThrottleSpec, Option<Instant>)>,
 }
 
 #[derive(Debug)]
@@ -76,7 +81,43 @@ impl Model {
                 (rule, uses)
             })
             .collect();
-        Self { printers, rules }
+        let throttles = scenario
+            .throttle
+            .into_iter()
+            .map(|spec| (spec, None))
+            .collect();
+        Self {
+            printers,
+            rules,
+            throttles,
+        }
+    }
+
+    /// The 429 for a call of `tenant` at `now` while its scripted throttle window lasts (the
+    /// tenant's first call opens it), with a `Retry-After` of what is left, rounded up to the
+    /// millisecond so that a client that waits it out arrives after the window.
+    pub(crate) fn throttled(&mut self, tenant: Option<&str>, now: Instant) -> Option<Answer> {
+        let tenant = tenant?;
+        let (spec, opened) = self
+            .throttles
+            .iter_mut()
+            .find(|(spec, _)| spec.tenant == tenant)?;
+        let opened = match *opened {
+            Some(at) if spec.repeat_after.is_none_or(|repeat| now < at + repeat) => at,
+            _ => *opened.insert(now),
+        };
+        let left = (opened + spec.window).checked_duration_since(now)?;
+        if left.is_zero() {
+            return None;
+        }
+        let millis = left.as_nanos().div_ceil(1_000_000);
+        let (code, message) = usual_error(429);
+        Some(Answer::Failed(Failure {
+            status: 429,
+            code: code.to_owned(),
+            message: message.to_owned(),
+            retry_after: Some(format!("{}.{:03}", millis / 1000, millis % 1000)),
+        }))
     }
 
     /// The plan for a cancel (`POST`) or read (`GET`) of `job` on `printer`: the first rule that
@@ -330,6 +371,51 @@ mod tests {
         assert_eq!(
             model.plan(RuleMethod::Post, "p", "2").delay,
             Some(Duration::from_secs(1))
+        );
+    }
+
+    #[test]
+    fn a_tenants_throttle_window_opens_at_its_first_call_and_counts_down() {
+        let mut model = model(
+            r#"{"throttle": [
+                {"tenant": "t1", "window": 5},
+                {"tenant": "t2", "window": "1s", "repeatAfter": "10s"}
+            ]}"#,
+        );
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let retry_after = |answer: Option<Answer>| match answer {
+            Some(Answer::Failed(failure)) => {
+                assert_eq!(failure.status, 429);
+                failure.retry_after
+            }
+            other => panic!("expected a 429, got {other:?}"),
+        };
+
+        assert_eq!(model.throttled(None, t0), None);
+        assert_eq!(model.throttled(Some("other"), t0), None);
+        assert_eq!(
+            retry_after(model.throttled(Some("t1"), t0)).as_deref(),
+            Some("5.000")
+        );
+        assert_eq!(
+            retry_after(model.throttled(Some("t1"), t0 + Duration::from_nanos(1_500_000_001)))
+                .as_deref(),
+            Some("3.500"),
+            "rounded up to the millisecond"
+        );
+        assert_eq!(model.throttled(Some("t1"), t0 + ms(5_000)), None);
+        assert_eq!(
+            model.throttled(Some("t1"), t0 + ms(60_000)),
+            None,
+            "one window"
+        );
+
+        assert!(model.throttled(Some("t2"), t0).is_some());
+        assert_eq!(model.throttled(Some("t2"), t0 + ms(2_000)), None);
+        assert!(
+            model.throttled(Some("t2"), t0 + ms(10_000)).is_some(),
+            "again"
         );
     }
 

@@ -25,6 +25,26 @@ pub struct Scenario {
     /// The simulated Entra token endpoint: tenants, clients, token lifetime, scripted answers.
     #[serde(default)]
     pub entra: EntraSpec,
+    /// Throttle windows scripted per tenant, applied before the rules.
+    #[serde(default)]
+    pub throttle: Vec<ThrottleSpec>,
+}
+
+/// A throttle window scripted for one tenant, as Graph throttles an app in a tenant: the
+/// tenant's first call opens it, and every call of that tenant while it lasts answers 429 with a
+/// `Retry-After` counting down to its end.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ThrottleSpec {
+    /// The tenant: the `tid` claim of the bearer token (read, not verified, from a JWT).
+    pub tenant: String,
+    /// How long each window lasts: a number of seconds or a string such as `"5s"`.
+    #[serde(deserialize_with = "window")]
+    pub window: Duration,
+    /// A new window opens at the tenant's first call this long or more after the previous one
+    /// opened; only one window when absent.
+    #[serde(default, deserialize_with = "delay")]
+    pub repeat_after: Option<Duration>,
 }
 
 /// A printer and its jobs.
@@ -337,6 +357,10 @@ pub(super) fn delay<'de, D: Deserializer<'de>>(
             .map(Some)
             .map_err(|error| D::Error::custom(format!("delay {text:?}: {error}"))),
     }
+}
+
+fn window<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+    delay(deserializer).map(Option::unwrap_or_default)
 }
 
 #[cfg(test)]

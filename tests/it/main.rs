@@ -32,3 +32,4 @@ mod shutdown;
 mod simulator;
 mod soak;
 mod status_table;
+mod throttle;
