@@ -304,6 +304,17 @@ fn a_bad_scenario_file_stops_the_simulator_with_the_line() {
 #[tokio::test]
 async fn demo_mode_serves_a_working_cancel_in_one_command() {
     let demo = GatewayProcess::spawn(&["--demo"], &[]).await;
+    // The built-in scenario's throttled tenant: held at the gate through its 5 s window, then OK.
+    let throttled = tokio::spawn(
+        Call::to(demo.grpc_addr)
+            .ids("any-job-printer", "1")
+            .authorization(Some(&format!(
+                "Bearer {}",
+                printjob_gateway::app::DEMO_THROTTLED_TOKEN
+            )))
+            .timeout(Duration::from_secs(30))
+            .send(),
+    );
 
     Call::to(demo.grpc_addr)
         .ids("printer-1", "1")
@@ -316,9 +327,17 @@ async fn demo_mode_serves_a_working_cancel_in_one_command() {
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::FailedPrecondition);
+    throttled
+        .await
+        .unwrap()
+        .expect("the throttled tenant's call ends OK after the window");
 
     let (exit, output) = demo.terminate(Duration::from_secs(10)).await;
     assert!(exit.success(), "{output}");
+    assert!(
+        output.contains("Graph is throttling this tenant and app"),
+        "the demo shows the throttle window:\n{output}"
+    );
     let expected = printjob_gateway::app::demo_instructions(
         printjob_gateway::server::ListenAddr::Tcp(demo_grpc(&output)),
         "127.0.0.1:1".parse().unwrap(),
