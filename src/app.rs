@@ -11,11 +11,14 @@ use crate::{
     entra::{self, ClientSecret, CredentialSource, EntraAuthority, TokenExchange},
     graph::GraphBaseUrl,
     server::{self, ListenAddr, Listeners, ServeError, serve},
-    simulator::{self, Scenario, ScenarioError, Simulator, entra::scenario::ClientSpec},
+    simulator::{
+        self, Scenario, ScenarioError, Simulator,
+        entra::{DEMO_USER_TOKEN, MFA_USER_TOKEN, UNCONSENTED_USER_TOKEN, scenario::ClientSpec},
+    },
 };
 
 /// The demo's app registration at the simulated Entra endpoint, with `--token-exchange obo`.
-pub const DEMO_TENANT: &str = "demo-tenant";
+pub const DEMO_TENANT: &str = "demo.onmicrosoft.com";
 /// The demo app registration's client ID.
 pub const DEMO_CLIENT: &str = "demo-client";
 /// The demo app registration's client secret: the simulator's, not a secret of anyone's.
@@ -159,6 +162,12 @@ pub fn demo_instructions(grpc: ListenAddr, simulator: SocketAddr, exchange: bool
             "  grpcurl -plaintext -H 'authorization: Bearer {token}' -d '{{\"printer_id\":\"{printer}\",\"print_job_id\":\"{job}\"}}' {grpc} graph.print.v1.PrintJobService/Cancel\n"
         )
     };
+    // The exchange takes only JWT-shaped tokens; the simulated Graph alone takes any.
+    let user = if exchange {
+        DEMO_USER_TOKEN
+    } else {
+        "demo-token"
+    };
     let (how, refused) = if exchange {
         (
             format!(
@@ -170,12 +179,8 @@ pub fn demo_instructions(grpc: ListenAddr, simulator: SocketAddr, exchange: bool
                  with the claims challenge to pass up in the www-authenticate trailer that -v shows):\n{}\
                  \n\
                  A user for whom nobody consented to the Graph permission (answers PERMISSION_DENIED, reason CONSENT_REQUIRED):\n{}",
-                cancel("mfa-user-token", "printer-1", "2").replacen(
-                    "-plaintext",
-                    "-v -plaintext",
-                    1
-                ),
-                cancel("unconsented-user-token", "printer-1", "2"),
+                cancel(MFA_USER_TOKEN, "printer-1", "2").replacen("-plaintext", "-v -plaintext", 1),
+                cancel(UNCONSENTED_USER_TOKEN, "printer-1", "2"),
             ),
         )
     } else {
@@ -202,7 +207,7 @@ pub fn demo_instructions(grpc: ListenAddr, simulator: SocketAddr, exchange: bool
          flaky-printer (UNAVAILABLE twice, then OK), unavailable-printer, slow-printer (3 s), forbidden-printer.\n\
          What the simulated Graph received: curl http://{simulator}/__requests\n\
          Stop with Ctrl-C.\n",
-        cancel("demo-token", "printer-1", "1"),
-        cancel("demo-token", "printer-1", "3"),
+        cancel(user, "printer-1", "1"),
+        cancel(user, "printer-1", "3"),
     )
 }

@@ -241,6 +241,12 @@ pub struct GatewayArgs {
     #[arg(long, env = "PRINTJOB_GATEWAY_GRAPH_SCOPE")]
     pub graph_scope: Option<String>,
 
+    /// On-behalf-of exchanges per second, on average, with bursts of five seconds' worth; past
+    /// it, calls that need a new exchange fail fast with RESOURCE_EXHAUSTED
+    /// (TOKEN_EXCHANGE_RATE_LIMITED) and a RetryInfo. Cached tokens are not counted.
+    #[arg(long, env = "PRINTJOB_GATEWAY_TOKEN_EXCHANGE_RATE", default_value_t = entra::DEFAULT_EXCHANGE_RATE, value_parser = clap::value_parser!(u32).range(1..=100_000), value_name = "PER_SECOND")]
+    pub token_exchange_rate: u32,
+
     /// Starts a simulated Graph on loopback and serves the gateway in front of it, with the
     /// simulator's built-in printers and jobs, and prints grpcurl commands to try. With
     /// --token-exchange obo, the simulator's Entra endpoint exchanges the callers' tokens, as a
@@ -471,6 +477,8 @@ impl GatewayArgs {
             client_id: self.client_id.clone(),
             credential,
             graph_scope: self.graph_scope.clone(),
+            exchange_timeout: self.max_timeout,
+            rate: self.token_exchange_rate,
         }
     }
 
@@ -823,6 +831,8 @@ mod tests {
                     "/var/run/secrets/azure/tokens/azure-identity-token".into()
                 )),
                 graph_scope: Some("https://graph.microsoft.us/.default".to_owned()),
+                exchange_timeout: Duration::from_secs(30),
+                rate: entra::DEFAULT_EXCHANGE_RATE,
             }
         );
         // Pass-through needs none of it, and ignores a credential the environment may carry; the

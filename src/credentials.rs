@@ -13,6 +13,7 @@ use crate::{
     error::CancelError,
     graph,
     metrics::Metrics,
+    request::ClientRequestId,
 };
 
 /// Where the token sent to Graph comes from. Cheap to clone.
@@ -43,19 +44,23 @@ impl GraphCredentials {
         })
     }
 
-    /// The token to send to Graph for a call whose caller sent `caller`, obtained by `deadline`.
+    /// The token to send to Graph for a call whose caller sent `caller`, obtained by `deadline`;
+    /// an exchange sends the call's `client_request_id` to Entra ID.
     pub async fn graph_token<'a>(
         &self,
         caller: &'a BearerToken,
         deadline: Instant,
+        client_request_id: &ClientRequestId,
     ) -> Result<Cow<'a, BearerToken>, CancelError> {
         match self {
             Self::PassThrough => Ok(Cow::Borrowed(caller)),
             // Boxed, so that the state of an exchange is not part of every pass-through call.
-            Self::OnBehalfOf(exchange) => Box::pin(exchange.graph_token(caller, deadline))
-                .await
-                .map(Cow::Owned)
-                .map_err(CancelError::TokenExchange),
+            Self::OnBehalfOf(exchange) => {
+                Box::pin(exchange.graph_token(caller, deadline, client_request_id))
+                    .await
+                    .map(Cow::Owned)
+                    .map_err(CancelError::TokenExchange)
+            }
         }
     }
 

@@ -248,7 +248,7 @@ impl PrintJobGateway {
         }
         let token = match self
             .credentials
-            .graph_token(&call.token, call.deadline)
+            .graph_token(&call.token, call.deadline, client_request_id)
             .await
         {
             Ok(token) => token,

@@ -84,9 +84,10 @@ pub fn code_for_http_status(status: StatusCode) -> Code {
 /// gets a new token or passes the claims challenge up. Missing consent (AADSTS65001) is a
 /// permission the user or an administrator must grant: PERMISSION_DENIED. Entra refusing the
 /// gateway's own credential or request is the gateway's configuration, which no caller can fix:
-/// INTERNAL. Throttling and failures of Entra, once the retries that fit in the deadline are
-/// spent, are UNAVAILABLE (not RESOURCE_EXHAUSTED: the caller's own rate is not what Entra
-/// limits).
+/// INTERNAL. Entra's throttling (HTTP 429, AADSTS50196) is RESOURCE_EXHAUSTED with what is left
+/// of its `Retry-After`, as is the gateway's own exchange rate; failures of Entra, once the
+/// retries that fit in the deadline are spent, are UNAVAILABLE. A token that is not a JWT is
+/// refused as malformed credentials before any exchange.
 pub fn token_exchange_outcome(error: &EntraError) -> (Code, &'static str, &'static str) {
     use Code::*;
     match error {
@@ -117,9 +118,9 @@ pub fn token_exchange_outcome(error: &EntraError) -> (Code, &'static str, &'stat
                 "Entra ID refused the gateway's token request: the gateway's on-behalf-of settings need fixing",
             ),
             RejectionKind::Throttled => (
-                Unavailable,
+                ResourceExhausted,
                 "ENTRA_THROTTLED",
-                "Entra ID is throttling the gateway's token requests: retry later",
+                "Entra ID is throttling the gateway's token requests: retry after the RetryInfo delay",
             ),
             RejectionKind::Unavailable => (
                 Unavailable,
@@ -151,6 +152,21 @@ pub fn token_exchange_outcome(error: &EntraError) -> (Code, &'static str, &'stat
             DeadlineExceeded,
             "TOKEN_EXCHANGE_DEADLINE_EXCEEDED",
             "the call's deadline ran out before Entra ID issued a Graph token",
+        ),
+        EntraError::NotAJwt => (
+            Unauthenticated,
+            "MALFORMED_CREDENTIALS",
+            "the caller's token is not a JWT: the on-behalf-of exchange takes an access token that Entra ID issued for this service's API",
+        ),
+        EntraError::RateLimited { .. } => (
+            ResourceExhausted,
+            "TOKEN_EXCHANGE_RATE_LIMITED",
+            "the gateway's rate of token exchanges with Entra ID (--token-exchange-rate) is spent: retry after the RetryInfo delay",
+        ),
+        EntraError::Abandoned => (
+            Internal,
+            "TOKEN_EXCHANGE_FAILED",
+            "the token exchange ended without an outcome",
         ),
     }
 }
@@ -390,10 +406,26 @@ fn describe_exchange_failure(
     if let Some(aadsts) = rejection.aadsts() {
         message = format!("{message} ({aadsts})");
     }
+    if rejection.claims_too_large {
+        info.insert(
+            "claimsChallenge".to_owned(),
+            format!(
+                "omitted: longer than {} bytes",
+                crate::entra::MAX_CLAIMS_LEN
+            ),
+        );
+        message = format!(
+            "{message}; Entra ID's claims challenge is longer than {} bytes and is not passed on: the client must sign the user in again interactively",
+            crate::entra::MAX_CLAIMS_LEN
+        );
+    }
     details.set_error_info(reason, ENTRA_DOMAIN, info);
     if let Some(claims) = &rejection.claims {
+        // The form of the identity platform's "Claims challenges" page, where
+        // `authorization_uri` is required.
         let challenge = format!(
-            r#"Bearer error="insufficient_claims", claims="{}""#,
+            r#"Bearer realm="", authorization_uri="{}", error="insufficient_claims", claims="{}""#,
+            rejection.authorization_uri.as_deref().unwrap_or_default(),
             STANDARD.encode(claims)
         );
         pass_on_challenge(challenge.as_bytes(), "Entra ID", metadata);
@@ -515,7 +547,28 @@ mod tests {
                 Code::Internal,
                 "ENTRA_REQUEST_REJECTED",
             ),
-            (oauth(429, "", 0), Code::Unavailable, "ENTRA_THROTTLED"),
+            (
+                oauth(429, "", 0),
+                Code::ResourceExhausted,
+                "ENTRA_THROTTLED",
+            ),
+            (
+                oauth(400, "invalid_grant", 50196),
+                Code::ResourceExhausted,
+                "ENTRA_THROTTLED",
+            ),
+            (
+                EntraError::NotAJwt,
+                Code::Unauthenticated,
+                "MALFORMED_CREDENTIALS",
+            ),
+            (
+                EntraError::RateLimited {
+                    wait: std::time::Duration::from_secs(1),
+                },
+                Code::ResourceExhausted,
+                "TOKEN_EXCHANGE_RATE_LIMITED",
+            ),
             (oauth(503, "", 0), Code::Unavailable, "ENTRA_UNAVAILABLE"),
             (
                 EntraError::Transport("reset".into()),

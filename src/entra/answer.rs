@@ -13,9 +13,15 @@ use crate::{
 
 /// The longest `error`, `suberror`, trace or correlation ID kept, in bytes.
 const MAX_IDENTIFIER_LEN: usize = 128;
-/// The longest `claims` challenge kept, in bytes. Conditional Access challenges are a few hundred
-/// bytes; a longer one is dropped rather than cut, since a cut one is useless.
-const MAX_CLAIMS_LEN: usize = 4 * 1024;
+/// The longest `claims` challenge passed to the caller, in bytes. Conditional Access challenges
+/// are a few hundred bytes; their base64 in a `www-authenticate` trailer must stay well inside
+/// the 8 KiB of metadata that gRPC clients accept by default. A longer one is not cut (a cut one
+/// is useless): the caller is told that there was one and that it was too large.
+pub const MAX_CLAIMS_LEN: usize = 4 * 1024;
+/// The longest lifetime believed of an issued token: Entra's longest (a continuous access
+/// evaluation token lives 20 to 28 hours). A longer `expires_in` is cut to it, so that no
+/// answer can make the cache keep a token for ever or overflow a clock.
+pub const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(28 * 60 * 60);
 
 /// A token Entra ID issued.
 #[derive(Debug)]
@@ -67,6 +73,12 @@ pub struct EntraRejection {
     pub correlation_id: Option<String>,
     /// How long Entra asks the gateway to wait before trying again (`Retry-After`).
     pub retry_after: Option<Duration>,
+    /// Whether Entra sent a `claims` challenge longer than [`MAX_CLAIMS_LEN`], which is not
+    /// passed on.
+    pub claims_too_large: bool,
+    /// The `authorization_uri` of the challenge passed to the caller: the authorize endpoint of
+    /// the configured authority and tenant.
+    pub authorization_uri: Option<String>,
 }
 
 /// What a rejection means for the caller, from Entra's `error`, `suberror` and codes (never from
@@ -85,17 +97,34 @@ pub enum RejectionKind {
     /// Entra refused the gateway's request for another reason (a wrong tenant, scope or
     /// setting): nothing the caller can fix.
     RequestRejected,
-    /// Entra throttles (HTTP 429).
+    /// Entra throttles: HTTP 429, or AADSTS50196 (the same request repeated too often, which
+    /// Entra answers with `invalid_grant` to break a loop).
     Throttled,
     /// Entra failed or is temporarily unavailable (HTTP 5xx, `temporarily_unavailable`).
     Unavailable,
 }
 
-/// `AADSTS` codes of `invalid_request` answers that are about the caller's token, not the
-/// gateway's request: 50027 (a malformed token), 50013, 500131 (wrong audience), 500133 (expired).
+/// `AADSTS` codes that refine an `invalid_request` into a refusal of the caller's token, not of
+/// the gateway's request: 50027 (a malformed token), 50013, 500131 (wrong audience), 500133
+/// (expired). Numbers only refine: Microsoft warns that they change.
 const CALLER_TOKEN_CODES: [u32; 4] = [50027, 50013, 500131, 500133];
-/// The `AADSTS` code of missing consent.
+/// The `AADSTS` code that refines an `invalid_grant` into missing consent.
 const CONSENT_CODE: u32 = 65001;
+/// AADSTS50196, LoopDetected: "too many of the same request in too short a period". Entra
+/// breaks a client's retry loop with it; MSAL reports it as throttling, and so does the gateway.
+const LOOP_DETECTED_CODE: u32 = 50196;
+/// AADSTS70021: no federated credential matches the presented token. Right after a federated
+/// credential is created Entra answers this until it has propagated, and Microsoft recommends
+/// retrying.
+const FEDERATION_PENDING_CODE: u32 = 70021;
+/// `suberror` values that ask the user to act (msal-common's list): a claims challenge or
+/// interaction, whatever `error` says.
+const USER_ACTION_SUBERRORS: [&str; 4] = [
+    "basic_action",
+    "additional_action",
+    "message_only",
+    "user_password_expired",
+];
 
 #[derive(Deserialize)]
 struct TokenBody {
@@ -137,7 +166,9 @@ pub fn issued_token(body: &[u8]) -> Result<IssuedToken, MalformedAnswer> {
         Some(serde_json::Value::String(text)) => text.trim().parse().ok(),
         _ => None,
     };
-    let expires_in = Duration::from_secs(seconds.ok_or(MalformedAnswer::NoExpiry)?);
+    // A number past u64 (or a fraction) is malformed; a representable one is clamped.
+    let expires_in =
+        Duration::from_secs(seconds.ok_or(MalformedAnswer::NoExpiry)?).min(MAX_TOKEN_LIFETIME);
     Ok(IssuedToken { token, expires_in })
 }
 
@@ -165,6 +196,8 @@ impl EntraRejection {
                 trace_id: None,
                 correlation_id: None,
                 retry_after,
+                claims_too_large: false,
+                authorization_uri: None,
             };
         };
         Self {
@@ -180,18 +213,27 @@ impl EntraRejection {
                 .error_description
                 .map(bounded_message)
                 .filter(|text| !text.is_empty()),
+            claims_too_large: body
+                .claims
+                .as_ref()
+                .is_some_and(|claims| claims.len() > MAX_CLAIMS_LEN),
             claims: body
                 .claims
                 .filter(|claims| !claims.is_empty() && claims.len() <= MAX_CLAIMS_LEN),
             trace_id: identifier(body.trace_id),
             correlation_id: identifier(body.correlation_id),
             retry_after,
+            authorization_uri: None,
         }
     }
 
-    /// What the rejection means for the caller.
+    /// What the rejection means for the caller, as MSAL decides it: the status, then a
+    /// `claims` challenge or a user-action `suberror` (interaction, whatever `error` says), then
+    /// `error`; `AADSTS` numbers only refine the `error` (Microsoft: "error codes are subject to
+    /// change").
     pub fn kind(&self) -> RejectionKind {
         let error = self.error.as_deref().unwrap_or_default();
+        let suberror = self.suberror.as_deref().unwrap_or_default();
         let code = self.code.unwrap_or_default();
         if self.status == StatusCode::TOO_MANY_REQUESTS {
             return RejectionKind::Throttled;
@@ -199,19 +241,36 @@ impl EntraRejection {
         if self.status.is_server_error() || error == "temporarily_unavailable" {
             return RejectionKind::Unavailable;
         }
-        if code == CONSENT_CODE
-            || error == "consent_required"
-            || self.suberror.as_deref() == Some("consent_required")
-        {
+        if self.claims.is_some() || self.claims_too_large {
+            return RejectionKind::InteractionRequired;
+        }
+        if error == "consent_required" || suberror == "consent_required" {
             return RejectionKind::ConsentRequired;
         }
+        if matches!(error, "interaction_required" | "login_required")
+            || USER_ACTION_SUBERRORS.contains(&suberror)
+        {
+            return RejectionKind::InteractionRequired;
+        }
         match error {
-            "interaction_required" => RejectionKind::InteractionRequired,
+            "invalid_grant" if code == LOOP_DETECTED_CODE => RejectionKind::Throttled,
+            "invalid_grant" if code == CONSENT_CODE => RejectionKind::ConsentRequired,
             "invalid_grant" => RejectionKind::InvalidGrant,
             "invalid_request" if CALLER_TOKEN_CODES.contains(&code) => RejectionKind::InvalidGrant,
             "invalid_client" | "unauthorized_client" => RejectionKind::ClientRejected,
+            _ if code == LOOP_DETECTED_CODE => RejectionKind::Throttled,
             _ => RejectionKind::RequestRejected,
         }
+    }
+
+    /// Whether Entra has not yet seen a federated credential that was just created
+    /// (AADSTS70021 refining `invalid_client` or `invalid_request`): worth retrying.
+    pub fn is_federation_pending(&self) -> bool {
+        self.code == Some(FEDERATION_PENDING_CODE)
+            && matches!(
+                self.error.as_deref(),
+                Some("invalid_client" | "invalid_request" | "unauthorized_client")
+            )
     }
 
     /// The `AADSTS` code, such as `AADSTS65001`, when Entra sent one.
@@ -257,6 +316,10 @@ mod tests {
             ("\"3599\"", Ok(3599)),
             ("\" 60 \"", Ok(60)),
             ("0", Ok(0)),
+            ("9223372036854775807", Ok(MAX_TOKEN_LIFETIME.as_secs())),
+            ("\"18446744073709551615\"", Ok(MAX_TOKEN_LIFETIME.as_secs())),
+            ("18446744073709551616", Err(MalformedAnswer::NoExpiry)),
+            ("1e300", Err(MalformedAnswer::NoExpiry)),
             ("-1", Err(MalformedAnswer::NoExpiry)),
             ("\"soon\"", Err(MalformedAnswer::NoExpiry)),
             ("1.5", Err(MalformedAnswer::NoExpiry)),
@@ -327,6 +390,23 @@ mod tests {
                 ConsentRequired,
             ),
             (400, "invalid_grant", None, 65001, ConsentRequired),
+            (
+                400,
+                "invalid_grant",
+                Some("basic_action"),
+                50076,
+                InteractionRequired,
+            ),
+            (
+                400,
+                "invalid_grant",
+                Some("additional_action"),
+                0,
+                InteractionRequired,
+            ),
+            (400, "login_required", None, 0, InteractionRequired),
+            (400, "invalid_grant", None, 50196, Throttled),
+            (400, "invalid_grant", None, 50079, InvalidGrant),
             (400, "consent_required", None, 0, ConsentRequired),
             (401, "invalid_client", None, 7000215, ClientRejected),
             (400, "unauthorized_client", None, 700016, ClientRejected),
@@ -351,6 +431,37 @@ mod tests {
             assert_eq!(rejection.kind(), expected, "{status} {error} {code}");
             assert_eq!(rejection.code, Some(code));
         }
+    }
+
+    #[test]
+    fn claims_make_a_challenge_whatever_the_error_and_a_long_one_is_reported() {
+        let claims = r#"{"access_token":{"polids":{"essential":true,"values":["p"]}}}"#;
+        for error in ["invalid_grant", "interaction_required", "invalid_request"] {
+            let answer = rejection(
+                400,
+                serde_json::json!({"error": error, "error_codes": [50158], "claims": claims}),
+            );
+            assert_eq!(answer.kind(), RejectionKind::InteractionRequired, "{error}");
+            assert_eq!(answer.claims.as_deref(), Some(claims));
+        }
+        let long = format!(
+            r#"{{"access_token":{{"x":"{}"}}}}"#,
+            "a".repeat(MAX_CLAIMS_LEN)
+        );
+        let answer = rejection(
+            400,
+            serde_json::json!({"error": "invalid_grant", "claims": long}),
+        );
+        assert_eq!(
+            (answer.kind(), answer.claims, answer.claims_too_large),
+            (RejectionKind::InteractionRequired, None, true)
+        );
+        let pending = rejection(
+            401,
+            serde_json::json!({"error": "invalid_client", "error_codes": [70021]}),
+        );
+        assert!(pending.is_federation_pending());
+        assert_eq!(pending.kind(), RejectionKind::ClientRejected);
     }
 
     #[test]

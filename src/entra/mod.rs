@@ -7,21 +7,32 @@
 //! The request follows Microsoft's "OAuth 2.0 on-behalf-of flow" page: `POST
 //! {authority}/{tenant}/oauth2/v2.0/token`, form-encoded, with `grant_type`, `client_id`,
 //! `assertion` (the caller's token), `scope`, `requested_token_use=on_behalf_of` and the client
-//! credential. Throttling (429) and failures of Entra (5xx, connections) are retried within the
-//! call's deadline with the same policy as Graph calls; the request has no side effect, so any
-//! failure may be retried.
+//! credential, and, as MSAL sends them, `client-request-id` (the call's own ID, so that Entra's
+//! `correlation_id` names it) and `x-ms-lib-capability: retry-after, h429` (so that Entra
+//! breaks a request loop with 429 and `Retry-After` rather than `invalid_grant`).
+//!
+//! Failures of Entra (5xx without `Retry-After`, connections) and AADSTS70021 (a federated
+//! credential not yet propagated) are retried with backoff; throttling is not: as MSAL, the
+//! gateway never sends a request again before Entra's `Retry-After` ends, and until then the
+//! calls that need it end at once. An exchange runs as a task of its own, under its own bound
+//! (`--max-timeout`), shared by every call that waits for it, so no caller's deadline cuts it
+//! short for the others. A caller's token that is not a JWT never reaches Entra, refusals of a
+//! token are remembered for a while, and exchanges are rate-limited (`--token-exchange-rate`).
 
 mod answer;
 mod assertion;
 mod authority;
 mod cache;
 mod credential;
+mod rate;
 
 use std::{
     fmt,
     sync::Arc,
     time::{Duration, SystemTime},
 };
+
+use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, Uri, header, uri::PathAndQuery};
@@ -35,17 +46,21 @@ use tokio::{
 use tracing::{Instrument, field};
 
 pub use self::{
-    answer::{EntraRejection, IssuedToken, MalformedAnswer, RejectionKind, issued_token},
+    answer::{
+        EntraRejection, IssuedToken, MAX_CLAIMS_LEN, MAX_TOKEN_LIFETIME, MalformedAnswer,
+        RejectionKind, issued_token,
+    },
     assertion::AssertionError,
-    authority::{EntraAuthority, PUBLIC_AUTHORITY},
-    cache::{EXPIRY_SKEW, MAX_ENTRIES},
+    authority::{CLOUDS, Cloud, EntraAuthority, PUBLIC_AUTHORITY},
+    cache::{EXPIRY_SKEW, MAX_ENTRIES, REFUSAL_MEMORY},
     credential::{
         ClientAssertion, ClientSecret, CredentialError, CredentialSource, JWT_BEARER_ASSERTION,
     },
 };
 use self::{
-    cache::{CacheKey, CachedToken, Lookup, TokenCache},
+    cache::{CacheKey, CachedToken, Flight, FlightOutcome, Leader, Lookup, Remembered, TokenCache},
     credential::ClientCredential,
+    rate::RateLimit,
 };
 use crate::{
     auth::BearerToken,
@@ -55,6 +70,7 @@ use crate::{
         Negotiated,
     },
     metrics::Metrics,
+    request::ClientRequestId,
 };
 
 /// The most bytes of a token endpoint answer read. A token answer is a few KiB; a larger answer
@@ -68,6 +84,20 @@ const USER_AGENT: HeaderValue =
     HeaderValue::from_static(concat!("printjob-gateway/", env!("CARGO_PKG_VERSION")));
 const FORM: HeaderValue = HeaderValue::from_static("application/x-www-form-urlencoded");
 const ACCEPT_JSON: HeaderValue = HeaderValue::from_static("application/json");
+/// What MSAL declares to Entra: it honours `Retry-After` and HTTP 429, so that Entra breaks a
+/// request loop with them instead of `invalid_grant` AADSTS50196.
+const LIB_CAPABILITY: HeaderValue = HeaderValue::from_static("retry-after, h429");
+const TRUE: HeaderValue = HeaderValue::from_static("true");
+
+/// How long a throttled exchange is held back when Entra sent no `Retry-After` (MSAL Python's
+/// default).
+pub const THROTTLE_DEFAULT: Duration = Duration::from_secs(5);
+/// The longest `Retry-After` of Entra's honoured (MSAL.NET's cap): an hour.
+pub const THROTTLE_MAX: Duration = Duration::from_secs(3600);
+/// The default of `--token-exchange-rate`: exchanges per second, on average.
+pub const DEFAULT_EXCHANGE_RATE: u32 = 20;
+/// Tenant names that name no tenant: the exchange must ask the app registration's own tenant.
+const NOT_A_TENANT: [&str; 3] = ["common", "organizations", "consumers"];
 
 /// The longest a connection to the token endpoint is kept, whatever its peer does: one request
 /// is sent on it, within a call's deadline.
@@ -86,7 +116,7 @@ pub enum TokenExchange {
 
 /// The token exchange settings. With [`TokenExchange::Obo`], the tenant, the client ID and one
 /// credential are required.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Settings {
     /// Whether callers' tokens are exchanged.
     pub exchange: TokenExchange,
@@ -100,6 +130,27 @@ pub struct Settings {
     pub credential: Option<CredentialSource>,
     /// The scope asked for; `None`: `https://<host of the Graph URL>/.default`.
     pub graph_scope: Option<String>,
+    /// The longest an exchange runs, whoever waits for it (`--max-timeout`).
+    pub exchange_timeout: Duration,
+    /// Exchanges per second, on average, with bursts of five seconds' worth
+    /// (`--token-exchange-rate`).
+    pub rate: u32,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            exchange: TokenExchange::default(),
+            authority: EntraAuthority::default(),
+            tenant_id: None,
+            client_id: None,
+            credential: None,
+            graph_scope: None,
+            // --max-timeout's default.
+            exchange_timeout: Duration::from_secs(30),
+            rate: DEFAULT_EXCHANGE_RATE,
+        }
+    }
 }
 
 /// Why the token exchange cannot start.
@@ -108,9 +159,30 @@ pub enum SetupError {
     /// A required setting is missing.
     #[error("--token-exchange obo needs {0}")]
     Missing(&'static str),
-    /// The tenant ID cannot be a path segment.
-    #[error("the tenant ID must be a tenant GUID or domain name")]
-    TenantId,
+    /// The tenant ID is neither a GUID nor a domain name.
+    #[error(
+        "the tenant ID {0:?} is neither a tenant GUID nor a domain name (such as contoso.onmicrosoft.com)"
+    )]
+    TenantId(String),
+    /// The tenant ID names no tenant (`common`, `organizations`, `consumers`).
+    #[error(
+        "the tenant ID {0:?} names no tenant: the on-behalf-of exchange must ask the app registration's own tenant (Entra refuses this grant at /common and /consumers, and MSAL refuses /organizations for it); set the tenant's GUID or domain name"
+    )]
+    NotATenant(String),
+    /// The Graph URL and the authority belong to different clouds.
+    #[error(
+        "the Graph URL's host {graph} belongs to {graph_cloud}, but the Entra authority {authority} belongs to {authority_cloud}: the on-behalf-of exchange's token would not be accepted; set --graph-url and --entra-authority (AZURE_AUTHORITY_HOST) for the same cloud"
+    )]
+    CloudMismatch {
+        /// The Graph host.
+        graph: String,
+        /// Its cloud.
+        graph_cloud: &'static str,
+        /// The authority.
+        authority: String,
+        /// Its cloud.
+        authority_cloud: &'static str,
+    },
     /// The client credential cannot be loaded.
     #[error("cannot load the client credential")]
     Credential(#[from] CredentialError),
@@ -140,6 +212,18 @@ pub enum EntraError {
     /// The call's deadline ran out before the exchange ended.
     #[error("the call's deadline ran out before Entra ID answered")]
     DeadlineExceeded,
+    /// The caller's token is not a JWT, so Entra cannot exchange it; no request was made.
+    #[error("the caller's token is not a JWT")]
+    NotAJwt,
+    /// The gateway's own exchange rate is spent; no request was made.
+    #[error("the gateway's rate of token exchanges is spent")]
+    RateLimited {
+        /// When another exchange may start.
+        wait: Duration,
+    },
+    /// The exchange ended without an outcome (its task failed).
+    #[error("the token exchange ended without an outcome")]
+    Abandoned,
 }
 
 /// An exchange that failed: the last request's error, after the retries the policy allows.
@@ -165,11 +249,17 @@ struct Inner {
     endpoint: Uri,
     /// The token endpoint's URL, the `aud` of signed assertions.
     endpoint_url: String,
+    /// The authorize endpoint, the `authorization_uri` of claims challenges.
+    authorize_url: String,
     client_id: String,
     scope: String,
     credential: ClientCredential,
     cache: TokenCache,
     retry: RetryPolicy,
+    exchange_timeout: Duration,
+    rate: RateLimit,
+    /// Entra's throttling of every exchange (HTTP 429, or 5xx with `Retry-After`), until it ends.
+    throttled: std::sync::Mutex<Option<Remembered>>,
     metrics: Metrics,
 }
 
@@ -191,9 +281,8 @@ impl OnBehalfOf {
             .ok_or(SetupError::Missing(
                 "a tenant ID (--tenant-id or AZURE_TENANT_ID)",
             ))?;
-        if matches!(tenant_id, "." | "..") {
-            return Err(SetupError::TenantId);
-        }
+        check_tenant(tenant_id)?;
+        settings.authority.check_same_cloud(graph.base_url.host())?;
         let client_id = settings
             .client_id
             .clone()
@@ -206,7 +295,10 @@ impl OnBehalfOf {
         ))?;
         let credential = ClientCredential::load(source, &client_id).await?;
         let endpoint_url = settings.authority.token_endpoint(tenant_id);
-        let endpoint: Uri = endpoint_url.parse().map_err(|_| SetupError::TenantId)?;
+        let authorize_url = settings.authority.authorize_endpoint(tenant_id);
+        let endpoint: Uri = endpoint_url
+            .parse()
+            .map_err(|_| SetupError::TenantId(tenant_id.to_owned()))?;
         let connector = Connector::new(
             &endpoint,
             GraphProtocol::Auto,
@@ -218,11 +310,18 @@ impl OnBehalfOf {
             .graph_scope
             .clone()
             .unwrap_or_else(|| default_graph_scope(&graph.base_url));
+        if let Some(host) = url::Url::parse(&scope)
+            .ok()
+            .and_then(|url| url.host_str().map(str::to_owned))
+        {
+            settings.authority.check_same_cloud(&host)?;
+        }
         tracing::info!(
             token_endpoint = %endpoint_url,
             client_id = %client_id,
             credential = credential.kind(),
             scope = %scope,
+            rate = settings.rate,
             "callers' tokens are exchanged on behalf of their users"
         );
         Ok(Self {
@@ -230,39 +329,79 @@ impl OnBehalfOf {
                 connector,
                 endpoint,
                 endpoint_url,
+                authorize_url,
                 client_id,
                 scope,
                 credential,
                 cache: TokenCache::new(MAX_ENTRIES),
                 retry,
+                exchange_timeout: settings.exchange_timeout,
+                rate: RateLimit::new(settings.rate),
+                throttled: std::sync::Mutex::new(None),
                 metrics,
             }),
         })
     }
 
-    /// The Graph token for `caller`: from the cache, or from an exchange that ends by `deadline`.
+    /// The Graph token for `caller`, by `deadline`: from the cache, or from an exchange (which
+    /// sends `client_request_id` to Entra when this call starts it). A token that is not a JWT,
+    /// a refusal remembered, Entra's throttling and the gateway's own rate end the call at once.
     pub async fn graph_token(
         &self,
         caller: &BearerToken,
         deadline: Instant,
+        client_request_id: &ClientRequestId,
     ) -> Result<BearerToken, Arc<ExchangeFailure>> {
         let inner = &self.inner;
-        let lookup = inner
-            .cache
-            .get_or_exchange(CacheKey::of(caller), self.exchange(caller, deadline));
-        match tokio::time::timeout_at(deadline, lookup).await {
-            Ok(Ok((token, lookup))) => {
-                inner.metrics.token_cache_lookup(lookup == Lookup::Hit);
-                Ok(token)
-            }
-            Ok(Err(failure)) => {
-                inner.metrics.token_cache_lookup(false);
-                Err(failure)
-            }
-            Err(_) => Err(Arc::new(ExchangeFailure {
-                error: EntraError::DeadlineExceeded,
+        let refuse = |error| {
+            Err(Arc::new(ExchangeFailure {
+                error,
                 retry_delay: None,
-            })),
+            }))
+        };
+        if !is_jwt_shaped(caller.token()) {
+            return refuse(EntraError::NotAJwt);
+        }
+        let key = CacheKey::of(caller);
+        if let Some(token) = inner.cache.fresh(&key).await {
+            inner.metrics.token_cache_lookup(true);
+            return Ok(token);
+        }
+        let now = std::time::Instant::now();
+        let remembered = match inner.cache.refusal(&key).await {
+            Some(remembered) => Some(remembered),
+            None => inner.throttled(now),
+        };
+        if let Some(remembered) = remembered {
+            inner.metrics.token_cache_lookup(false);
+            return Err(Arc::new(remembered.failure(now)));
+        }
+        let flight = inner.cache.join(key, || inner.rate.take());
+        let (mut outcome, lookup) = match flight {
+            Ok(Flight::Joined(outcome)) => (outcome, Lookup::Hit),
+            Ok(Flight::Leading(leader, outcome)) => {
+                tokio::spawn(self.clone().fly(
+                    caller.clone(),
+                    key,
+                    leader,
+                    client_request_id.clone(),
+                ));
+                (outcome, Lookup::Miss)
+            }
+            Err(wait) => {
+                inner.metrics.token_cache_lookup(false);
+                return refuse(EntraError::RateLimited { wait });
+            }
+        };
+        inner.metrics.token_cache_lookup(lookup == Lookup::Hit);
+        let landed = tokio::time::timeout_at(deadline, outcome.wait_for(Option::is_some)).await;
+        match landed {
+            Ok(Ok(landed)) => match &*landed {
+                Some(outcome) => outcome.clone(),
+                None => refuse(EntraError::Abandoned),
+            },
+            Ok(Err(_)) => refuse(EntraError::Abandoned),
+            Err(_) => refuse(EntraError::DeadlineExceeded),
         }
     }
 
@@ -273,16 +412,91 @@ impl OnBehalfOf {
 }
 
 impl OnBehalfOf {
-    /// Exchanges `caller`'s token, retrying throttling and failures of Entra while the next
-    /// wait ends before `deadline`.
+    /// Runs one exchange to its end, under its own bound, whoever still waits for it; keeps its
+    /// token, remembers a refusal worth remembering, and gives the outcome to every waiting call.
+    async fn fly(
+        self,
+        caller: BearerToken,
+        key: CacheKey,
+        leader: Leader,
+        client_request_id: ClientRequestId,
+    ) {
+        let inner = &self.inner;
+        let bound = Instant::now() + inner.exchange_timeout;
+        let outcome: FlightOutcome = match self.exchange(&caller, bound, &client_request_id).await {
+            Ok(cached) => {
+                let token = cached.token().clone();
+                inner.cache.insert(key, cached).await;
+                Ok(token)
+            }
+            Err(mut failure) => {
+                if let Some(delay) = self.remember(key, &failure.error).await {
+                    failure.retry_delay = Some(delay);
+                }
+                Err(Arc::new(failure))
+            }
+        };
+        leader.land(outcome);
+    }
+
+    /// Remembers a refusal that another request would only repeat: throttling until Entra's
+    /// `Retry-After` ends (HTTP 429 and 5xx with `Retry-After` for every exchange, AADSTS50196
+    /// for this token), a refusal of the caller's token for [`REFUSAL_MEMORY`]. Returns the wait
+    /// a throttled caller is told.
+    async fn remember(&self, key: CacheKey, error: &EntraError) -> Option<Duration> {
+        let inner = &self.inner;
+        let EntraError::Rejected(rejection) = error else {
+            return None;
+        };
+        let now = std::time::Instant::now();
+        let kind = rejection.kind();
+        let retry_after = rejection.retry_after.map(|wait| wait.min(THROTTLE_MAX));
+        match kind {
+            RejectionKind::Throttled | RejectionKind::Unavailable => {
+                let wait = match (kind, retry_after) {
+                    (_, Some(wait)) => wait,
+                    (RejectionKind::Throttled, None) => THROTTLE_DEFAULT,
+                    _ => return None,
+                };
+                let remembered = Remembered::new(rejection, now, wait, true);
+                if rejection.status.is_client_error() && rejection.status.as_u16() != 429 {
+                    // AADSTS50196: this same request, repeated too fast.
+                    inner.cache.remember(key, remembered).await;
+                } else {
+                    *inner
+                        .throttled
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(remembered);
+                }
+                tracing::warn!(
+                    wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
+                    "Entra ID throttles the token requests: none is sent again before its Retry-After ends, and calls that need one end at once"
+                );
+                Some(wait)
+            }
+            RejectionKind::InvalidGrant
+            | RejectionKind::InteractionRequired
+            | RejectionKind::ConsentRequired => {
+                let remembered = Remembered::new(rejection, now, REFUSAL_MEMORY, false);
+                inner.cache.remember(key, remembered).await;
+                None
+            }
+            RejectionKind::ClientRejected | RejectionKind::RequestRejected => None,
+        }
+    }
+
+    /// Exchanges `caller`'s token, retrying failures of Entra and a federated credential that
+    /// has not propagated yet while the next wait ends before `deadline`; never throttling.
     async fn exchange(
         &self,
         caller: &BearerToken,
         deadline: Instant,
+        client_request_id: &ClientRequestId,
     ) -> Result<CachedToken, ExchangeFailure> {
         let inner = &self.inner;
         let mut backoff = backoff();
         let mut attempts = 0;
+        let mut federation_logged = false;
         loop {
             attempts += 1;
             let span = tracing::info_span!(
@@ -295,10 +509,11 @@ impl OnBehalfOf {
                 attempt = attempts,
             );
             let started = Instant::now();
-            let outcome = tokio::time::timeout_at(deadline, self.request(caller))
-                .instrument(span.clone())
-                .await
-                .unwrap_or(Err(EntraError::DeadlineExceeded));
+            let outcome =
+                tokio::time::timeout_at(deadline, self.request(caller, client_request_id))
+                    .instrument(span.clone())
+                    .await
+                    .unwrap_or(Err(EntraError::DeadlineExceeded));
             inner
                 .metrics
                 .token_exchanged(outcome_label(&outcome), started.elapsed());
@@ -315,34 +530,53 @@ impl OnBehalfOf {
                 span.record("http.response.status_code", rejection.status.as_u16());
                 log_rejection(rejection);
             }
-            if !error.is_transient() || attempts >= inner.retry.max_attempts {
+            let federation_pending = matches!(
+                &error,
+                EntraError::Rejected(rejection) if rejection.is_federation_pending()
+            );
+            // A federated credential propagates in seconds to minutes: its retries are bounded
+            // by the deadline only.
+            let retry =
+                federation_pending || (error.is_transient() && attempts < inner.retry.max_attempts);
+            if !retry {
                 return Err(ExchangeFailure {
                     error,
                     retry_delay: None,
                 });
             }
-            let wait = error
-                .retry_after()
-                .map(|wait| wait.min(inner.retry.retry_after_max))
-                .unwrap_or_else(|| backoff.next().unwrap_or(BACKOFF_MAX));
+            let wait = backoff.next().unwrap_or(BACKOFF_MAX);
             if Instant::now() + wait >= deadline {
                 return Err(ExchangeFailure {
                     error,
                     retry_delay: Some(wait),
                 });
             }
-            tracing::info!(
-                attempt = attempts,
-                wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
-                error = %error,
-                "retrying the token request"
-            );
+            if federation_pending {
+                if !federation_logged {
+                    federation_logged = true;
+                    tracing::warn!(
+                        client_id = %inner.client_id,
+                        "Entra ID knows no federated credential matching the gateway's federated token yet (AADSTS70021); retrying with backoff. A federated credential takes a few minutes to propagate after it is created; if this lasts, check the app registration's federated credential: its issuer is the cluster's OIDC issuer URL, its subject system:serviceaccount:<namespace>:<service account>, its audience api://AzureADTokenExchange"
+                    );
+                }
+            } else {
+                tracing::info!(
+                    attempt = attempts,
+                    wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
+                    error = %error,
+                    "retrying the token request"
+                );
+            }
             tokio::time::sleep(wait).await;
         }
     }
 
     /// One request to the token endpoint.
-    async fn request(&self, caller: &BearerToken) -> Result<IssuedToken, EntraError> {
+    async fn request(
+        &self,
+        caller: &BearerToken,
+        client_request_id: &ClientRequestId,
+    ) -> Result<IssuedToken, EntraError> {
         let inner = &self.inner;
         let credential = inner
             .credential
@@ -367,6 +601,12 @@ impl OnBehalfOf {
         headers.insert(header::CONTENT_TYPE, FORM);
         headers.insert(header::ACCEPT, ACCEPT_JSON);
         headers.insert(header::USER_AGENT, USER_AGENT);
+        headers.insert("x-ms-lib-capability", LIB_CAPABILITY);
+        headers.insert(
+            "client-request-id",
+            client_request_id.header_value().clone(),
+        );
+        headers.insert("return-client-request-id", TRUE);
 
         let response = send_once(&inner.connector, request).await?;
         let (parts, body) = response.into_parts();
@@ -380,12 +620,10 @@ impl OnBehalfOf {
         if parts.status.is_success() {
             return answer::issued_token(&body).map_err(EntraError::MalformedAnswer);
         }
-        Err(EntraError::Rejected(Box::new(EntraRejection::new(
-            parts.status,
-            &parts.headers,
-            &body,
-            SystemTime::now(),
-        ))))
+        let mut rejection =
+            EntraRejection::new(parts.status, &parts.headers, &body, SystemTime::now());
+        rejection.authorization_uri = Some(inner.authorize_url.clone());
+        Err(EntraError::Rejected(Box::new(rejection)))
     }
 }
 
@@ -456,19 +694,29 @@ where
 // === impl EntraError ===
 
 impl EntraError {
-    /// Whether another request may succeed: throttling, Entra's failures, and connections.
+    /// Whether another request may soon succeed: Entra's failures without `Retry-After`, and
+    /// connections. Throttling is never retried: no request goes before `Retry-After` ends.
     fn is_transient(&self) -> bool {
         match self {
-            Self::Rejected(rejection) => rejection.kind().is_transient(),
+            Self::Rejected(rejection) => {
+                rejection.kind() == RejectionKind::Unavailable && rejection.retry_after.is_none()
+            }
             Self::Unreachable(_) | Self::Transport(_) => true,
-            Self::MalformedAnswer(_) | Self::Credential(_) | Self::DeadlineExceeded => false,
+            Self::MalformedAnswer(_)
+            | Self::Credential(_)
+            | Self::DeadlineExceeded
+            | Self::NotAJwt
+            | Self::RateLimited { .. }
+            | Self::Abandoned => false,
         }
     }
 
-    /// Entra's `Retry-After`, when it sent one.
+    /// Entra's `Retry-After`, when it sent one, or when the gateway's own rate allows another
+    /// exchange.
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
             Self::Rejected(rejection) => rejection.retry_after,
+            Self::RateLimited { wait } => Some(*wait),
             _ => None,
         }
     }
@@ -498,6 +746,71 @@ fn outcome_label(outcome: &Result<IssuedToken, EntraError>) -> &'static str {
         Err(EntraError::MalformedAnswer(_)) => "malformed_answer",
         Err(EntraError::Credential(_)) => "credential_failed",
         Err(EntraError::DeadlineExceeded) => "deadline_exceeded",
+        // Never sent, so never counted as an exchange.
+        Err(EntraError::NotAJwt | EntraError::RateLimited { .. } | EntraError::Abandoned) => {
+            "not_sent"
+        }
+    }
+}
+
+impl Inner {
+    /// Entra's throttling of every exchange, while it lasts.
+    fn throttled(&self, now: std::time::Instant) -> Option<Remembered> {
+        self.throttled
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+            .filter(|remembered| remembered.applies(now))
+    }
+}
+
+/// Whether `token` has a JWT's shape: three base64url parts, a header that is a JSON object
+/// naming its `alg`, and a payload. Anything else cannot be an access token Entra issued, and
+/// would spend one of Entra's requests (and the app's throttling budget) to learn so.
+fn is_jwt_shaped(token: &str) -> bool {
+    let mut parts = token.split('.');
+    let (Some(header), Some(payload), Some(signature), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return false;
+    };
+    let base64url = |part: &str| {
+        part.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    };
+    if payload.is_empty() || !base64url(payload) || !base64url(signature) {
+        return false;
+    }
+    URL_SAFE_NO_PAD
+        .decode(header)
+        .ok()
+        .and_then(|header| serde_json::from_slice::<serde_json::Value>(&header).ok())
+        .is_some_and(|header| header.get("alg").is_some_and(serde_json::Value::is_string))
+}
+
+/// Checks a tenant ID at start-up: a GUID or a domain name, and not a name that means "any
+/// tenant".
+fn check_tenant(tenant: &str) -> Result<(), SetupError> {
+    if NOT_A_TENANT
+        .iter()
+        .any(|name| name.eq_ignore_ascii_case(tenant))
+    {
+        return Err(SetupError::NotATenant(tenant.to_owned()));
+    }
+    let guid = tenant.len() == 36 && uuid::Uuid::try_parse(tenant).is_ok();
+    let label = |label: &str| {
+        (1..=63).contains(&label.len())
+            && label
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && !label.starts_with('-')
+            && !label.ends_with('-')
+    };
+    let domain = tenant.len() <= 253 && tenant.contains('.') && tenant.split('.').all(label);
+    if guid || domain {
+        Ok(())
+    } else {
+        Err(SetupError::TenantId(tenant.chars().take(64).collect()))
     }
 }
 
@@ -514,4 +827,57 @@ fn log_rejection(rejection: &EntraRejection) {
         claims_challenge = rejection.claims.is_some(),
         "Entra ID refused the token request"
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_jwt_shaped_tokens_are_exchanged() {
+        let header = URL_SAFE_NO_PAD.encode(r#"{"typ":"JWT","alg":"RS256"}"#);
+        for (token, shaped) in [
+            (format!("{header}.eyJzdWIiOiJ1In0.c2ln"), true),
+            (format!("{header}.cGF5bG9hZA."), true),
+            (format!("{header}..c2ln"), false),
+            (format!("{header}.eyJ9.c2ln.x"), false),
+            (format!("{header}.eyJ9"), false),
+            (format!("{header}.ey J9.c2ln"), false),
+            ("garbage".to_owned(), false),
+            ("a.b.c".to_owned(), false),
+            (
+                format!("{}.eyJ9.c2ln", URL_SAFE_NO_PAD.encode(r#"{"typ":"JWT"}"#)),
+                false,
+            ),
+            (
+                format!("{}.eyJ9.c2ln", URL_SAFE_NO_PAD.encode("[1]")),
+                false,
+            ),
+        ] {
+            assert_eq!(is_jwt_shaped(&token), shaped, "{token}");
+        }
+    }
+
+    #[test]
+    fn tenants_are_guids_or_domains_and_never_common() {
+        for tenant in [
+            "72f988bf-86f1-41af-91ab-2d7cd011db47",
+            "contoso.onmicrosoft.com",
+            "login.contoso.example",
+        ] {
+            assert!(check_tenant(tenant).is_ok(), "{tenant}");
+        }
+        for tenant in ["common", "Organizations", "consumers"] {
+            let error = check_tenant(tenant).unwrap_err().to_string();
+            assert!(error.contains("names no tenant"), "{error}");
+        }
+        for tenant in [
+            "t", "contoso", "a/b.com", "-x.com", "x..com", ".", "..", "a b.com",
+        ] {
+            assert!(
+                matches!(check_tenant(tenant), Err(SetupError::TenantId(_))),
+                "{tenant}"
+            );
+        }
+    }
 }

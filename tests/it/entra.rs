@@ -360,7 +360,7 @@ async fn the_gateway_exchanges_at_the_simulated_entra_with_each_credential() {
     let scenario = serde_json::json!({
         "printers": [{"id": "p", "anyJob": true}],
         "entra": {
-            "tenants": ["contoso"],
+            "tenants": ["contoso.onmicrosoft.com"],
             "clients": [{"id": "my-api", "secret": SECRET}],
             "requireIssuedTokens": true
         }
@@ -383,7 +383,7 @@ async fn the_gateway_exchanges_at_the_simulated_entra_with_each_credential() {
             let exchange = &mut settings.token_exchange;
             exchange.exchange = TokenExchange::Obo;
             exchange.authority = EntraAuthority::parse(&base).unwrap();
-            exchange.tenant_id = Some("contoso".to_owned());
+            exchange.tenant_id = Some("contoso.onmicrosoft.com".to_owned());
             exchange.client_id = Some("my-api".to_owned());
             exchange.credential = Some(credential);
         })

@@ -23,6 +23,7 @@ mod ingress;
 mod limits;
 mod listen;
 mod obo;
+mod obo_guard;
 mod obo_secrets;
 mod observability;
 mod panics;

@@ -18,6 +18,7 @@ use printjob_gateway::{
     entra::{CredentialSource, TokenExchange},
     graph,
     metrics::Metrics,
+    request::ClientRequestId,
     retry::RetryPolicy,
 };
 use tonic::Code;
@@ -25,7 +26,10 @@ use tonic_types::StatusExt;
 
 use crate::support::{
     FakeGraph, Reply, TOKEN, TestGateway,
-    fake_entra::{CLIENT_ID, EntraReply, FakeEntra, TENANT, obo_gateway, obo_gateway_with},
+    fake_entra::{
+        CLIENT_ID, EntraReply, FakeEntra, TENANT, bearer_jwt, caller_jwt, obo_gateway,
+        obo_gateway_with,
+    },
     metrics::{metrics, sample},
 };
 
@@ -110,7 +114,7 @@ async fn a_certificate_signs_a_fresh_ps256_assertion_that_its_public_key_verifie
     gateway.call().send().await.unwrap();
     gateway
         .call()
-        .authorization(Some("Bearer another-caller"))
+        .authorization(Some(&bearer_jwt("another-caller")))
         .send()
         .await
         .unwrap();
@@ -206,7 +210,7 @@ async fn the_federated_token_file_is_read_again_at_each_exchange() {
     std::fs::write(&path, "federated.token-two").unwrap();
     gateway
         .call()
-        .authorization(Some("Bearer another-caller"))
+        .authorization(Some(&bearer_jwt("another-caller")))
         .send()
         .await
         .unwrap();
@@ -242,7 +246,7 @@ async fn a_cached_token_is_used_until_it_nears_expiry_and_tokens_never_share_an_
     gateway.call().send().await.unwrap();
     gateway
         .call()
-        .authorization(Some("Bearer another-caller"))
+        .authorization(Some(&bearer_jwt("another-caller")))
         .send()
         .await
         .unwrap();
@@ -355,7 +359,7 @@ async fn calls_from_a_hundred_callers_at_once_make_one_exchange_per_caller() {
             let (channel, call) = (channel.clone(), gateway.call());
             tokio::spawn(async move {
                 for i in 0..10 {
-                    let token = format!("Bearer caller-{:03}", (worker + i * 10) % 100);
+                    let token = bearer_jwt(&format!("caller-{:03}", (worker + i * 10) % 100));
                     let call = call.clone().authorization(Some(&token));
                     call.send_on(channel.clone()).await.unwrap();
                 }
@@ -395,6 +399,7 @@ async fn ten_thousand_lookups_from_a_hundred_callers_make_a_hundred_exchanges() 
         client_id: Some(CLIENT_ID.to_owned()),
         credential: Some(secret_file(dir.path())),
         graph_scope: Some(GRAPH_SCOPE.to_owned()),
+        ..Default::default()
     };
     let metrics = Metrics::new();
     let credentials =
@@ -410,8 +415,13 @@ async fn ten_thousand_lookups_from_a_hundred_callers_make_a_hundred_exchanges() 
                 let mut seen = Vec::new();
                 for i in 0..100 {
                     let caller = (worker + i) % 100;
-                    let token = BearerToken::from_token(&format!("caller-{caller:03}")).unwrap();
-                    let sent = credentials.graph_token(&token, deadline).await.unwrap();
+                    let token =
+                        BearerToken::from_token(&caller_jwt(&format!("caller-{caller:03}")))
+                            .unwrap();
+                    let sent = credentials
+                        .graph_token(&token, deadline, &ClientRequestId::random())
+                        .await
+                        .unwrap();
                     seen.push((caller, sent.into_owned()));
                 }
                 seen
@@ -431,7 +441,7 @@ async fn ten_thousand_lookups_from_a_hundred_callers_make_a_hundred_exchanges() 
     for (caller, tokens) in &sent_for {
         let request = requests
             .iter()
-            .find(|r| r.field("assertion") == Some(&format!("caller-{caller:03}")))
+            .find(|r| r.field("assertion") == Some(&caller_jwt(&format!("caller-{caller:03}"))))
             .unwrap();
         let issued = BearerToken::from_token(request.issued.as_deref().unwrap()).unwrap();
         assert_eq!(tokens.len(), 100);
@@ -478,6 +488,21 @@ async fn every_entra_refusal_becomes_a_status_the_caller_can_act_on() {
             "correlation_id": "c-1",
         }),
     );
+    // What Entra really answers to Conditional Access in the on-behalf-of flow: `invalid_grant`
+    // with `claims` and a `suberror` (MSAL.NET #4496), which is a claims challenge, not a token
+    // to replace.
+    let ca_challenge = EntraReply::error_body(
+        400,
+        serde_json::json!({
+            "error": "invalid_grant",
+            "error_description": "AADSTS50076: Due to a configuration change made by your administrator, or because you moved to a new location, you must use multi-factor authentication.",
+            "error_codes": [50076],
+            "suberror": "basic_action",
+            "claims": claims,
+            "trace_id": "t-2",
+            "correlation_id": "c-2",
+        }),
+    );
     let challenge = EntraReply::error_body(
         400,
         serde_json::json!({
@@ -505,6 +530,14 @@ async fn every_entra_refusal_becomes_a_status_the_caller_can_act_on() {
                 code: Code::Unauthenticated,
                 reason: "INVALID_GRANT",
                 aadsts: Some("AADSTS500131"),
+            },
+        ),
+        (
+            ca_challenge,
+            Expected {
+                code: Code::Unauthenticated,
+                reason: "INTERACTION_REQUIRED",
+                aadsts: Some("AADSTS50076"),
             },
         ),
         (
@@ -556,9 +589,11 @@ async fn every_entra_refusal_becomes_a_status_the_caller_can_act_on() {
     let (graph, entra) = (FakeGraph::start().await, FakeEntra::start().await);
     let gateway = obo_gateway(&graph, &entra, secret_file(dir.path())).await;
 
+    let authorization_uri = format!("http://{}/{TENANT}/oauth2/v2.0/authorize", entra.addr);
     for (i, (reply, expected)) in cases.into_iter().enumerate() {
         entra.script([reply]);
-        let caller = format!("Bearer refused-caller-{i}");
+        let sent = entra.requests().len();
+        let caller = bearer_jwt(&format!("refused-caller-{i}"));
         let status = gateway
             .call()
             .authorization(Some(&caller))
@@ -587,7 +622,7 @@ async fn every_entra_refusal_becomes_a_status_the_caller_can_act_on() {
         let www_authenticate = status.metadata().get("www-authenticate");
         if expected.reason == "INTERACTION_REQUIRED" {
             let expected = format!(
-                r#"Bearer error="insufficient_claims", claims="{}""#,
+                r#"Bearer realm="", authorization_uri="{authorization_uri}", error="insufficient_claims", claims="{}""#,
                 STANDARD.encode(claims)
             );
             assert_eq!(www_authenticate.unwrap().to_str().unwrap(), expected);
@@ -599,14 +634,26 @@ async fn every_entra_refusal_becomes_a_status_the_caller_can_act_on() {
             assert!(www_authenticate.is_none(), "{}", expected.reason);
         }
         assert!(status.metadata().get("client-request-id").is_some());
-        // A refusal is not kept: the same caller's next call asks Entra again (after a claims
-        // challenge, the caller comes back with a token that satisfies it).
-        gateway
-            .call()
-            .authorization(Some(&caller))
-            .send()
-            .await
-            .unwrap();
+        assert_eq!(entra.requests().len(), sent + 1);
+        // A refusal of the caller's token is remembered: the same token's next call gets it
+        // again without a request to Entra (the caller needs a new token, which is a new key).
+        // Refusals of the gateway's own request are not.
+        let again = gateway.call().authorization(Some(&caller)).send().await;
+        match expected.code {
+            Code::Unauthenticated | Code::PermissionDenied => {
+                let again = again.unwrap_err();
+                assert_eq!(again.code(), expected.code);
+                assert_eq!(
+                    again.get_details_error_info().unwrap().reason,
+                    expected.reason
+                );
+                assert_eq!(entra.requests().len(), sent + 1, "{}", expected.reason);
+            }
+            _ => {
+                again.unwrap();
+                assert_eq!(entra.requests().len(), sent + 2, "{}", expected.reason);
+            }
+        }
     }
     assert!(
         graph
@@ -615,26 +662,25 @@ async fn every_entra_refusal_becomes_a_status_the_caller_can_act_on() {
             .all(|r| bearer(r).starts_with("Bearer graph-token-")),
         "Graph is never called with a refused exchange"
     );
-    assert_eq!(graph.requests().len(), 7);
+    assert_eq!(graph.requests().len(), 3);
 }
 
 #[tokio::test]
-async fn throttling_and_failures_of_entra_are_retried_within_the_deadline_then_unavailable() {
+async fn failures_of_entra_without_retry_after_are_retried_within_the_deadline_then_unavailable() {
     let dir = tempfile::tempdir().unwrap();
     let (graph, entra) = (FakeGraph::start().await, FakeEntra::start().await);
     let gateway = obo_gateway(&graph, &entra, secret_file(dir.path())).await;
 
-    // Throttled once, then a token: the call succeeds.
-    entra.script([EntraReply::error(429, "", 0).header("retry-after", "0")]);
+    // Failing once, then a token: the call succeeds.
+    entra.script([EntraReply::error(503, "temporarily_unavailable", 0)]);
     gateway.call().send().await.unwrap();
     assert_eq!(entra.requests().len(), 2);
 
     // Failing every time: three attempts (the default), then UNAVAILABLE.
-    entra
-        .set_reply(EntraReply::error(503, "temporarily_unavailable", 0).header("retry-after", "0"));
+    entra.set_reply(EntraReply::error(503, "temporarily_unavailable", 0));
     let status = gateway
         .call()
-        .authorization(Some("Bearer second-caller"))
+        .authorization(Some(&bearer_jwt("second-caller")))
         .send()
         .await
         .unwrap_err();
@@ -644,27 +690,6 @@ async fn throttling_and_failures_of_entra_are_retried_within_the_deadline_then_u
         "ENTRA_UNAVAILABLE"
     );
     assert_eq!(entra.requests().len(), 5);
-
-    // A wait that would end past the deadline is not made: UNAVAILABLE at once, with the wait.
-    entra.set_reply(EntraReply::error(429, "", 0).header("retry-after", "60"));
-    let status = gateway
-        .call()
-        .authorization(Some("Bearer third-caller"))
-        .timeout(Duration::from_secs(5))
-        .send()
-        .await
-        .unwrap_err();
-    assert_eq!(status.code(), Code::Unavailable);
-    assert_eq!(
-        status.get_details_error_info().unwrap().reason,
-        "ENTRA_THROTTLED"
-    );
-    assert_eq!(
-        status.get_details_retry_info().unwrap().retry_delay,
-        Some(Duration::from_secs(10)),
-        "Retry-After, cut to --retry-after-max"
-    );
-    assert_eq!(entra.requests().len(), 6);
     assert_eq!(graph.requests().len(), 1);
 }
 

@@ -23,9 +23,9 @@ use crate::support::{
 const SECRET: &str = "s3cr3t~client.value-1";
 const FEDERATED: &str = "eyJhbGciOiJSUzI1NiJ9.ZmVkZXJhdGVkLXMzY3IzdA.c2ln";
 const CALLERS: [&str; 3] = [
-    "caller.s3cr3t-token-one",
-    "caller.s3cr3t-token-two",
-    "caller.s3cr3t-token-three",
+    "eyJ0eXAiOiJKV1QiLCJhbGciOiJSUzI1NiJ9.czNjcjN0LXRva2VuLW9uZQ.c2lnbmF0dXJl",
+    "eyJ0eXAiOiJKV1QiLCJhbGciOiJSUzI1NiJ9.czNjcjN0LXRva2VuLXR3bw.c2lnbmF0dXJl",
+    "eyJ0eXAiOiJKV1QiLCJhbGciOiJSUzI1NiJ9.czNjcjN0LXRva2VuLXRocmVl.c2lnbmF0dXJl",
 ];
 
 fn write(dir: &Path, name: &str, text: &str) -> std::path::PathBuf {

@@ -3,7 +3,10 @@
 
 use std::{process::Command, time::Duration};
 
-use printjob_gateway::simulator::Scenario;
+use printjob_gateway::simulator::{
+    Scenario,
+    entra::{MFA_USER_TOKEN, UNCONSENTED_USER_TOKEN},
+};
 use tonic::Code;
 use tonic_types::StatusExt;
 
@@ -361,7 +364,7 @@ async fn demo_mode_with_obo_exchanges_tokens_at_the_simulated_entra_in_one_comma
         .await
         .expect("the caller's token is exchanged, and Graph takes the exchanged one");
     let mfa = Call::to(demo.grpc_addr)
-        .authorization(Some("Bearer mfa-user-token"))
+        .authorization(Some(&format!("Bearer {MFA_USER_TOKEN}")))
         .send()
         .await
         .unwrap_err();
@@ -379,7 +382,7 @@ async fn demo_mode_with_obo_exchanges_tokens_at_the_simulated_entra_in_one_comma
         "{challenge:?}"
     );
     let consent = Call::to(demo.grpc_addr)
-        .authorization(Some("Bearer unconsented-user-token"))
+        .authorization(Some(&format!("Bearer {UNCONSENTED_USER_TOKEN}")))
         .send()
         .await
         .unwrap_err();
@@ -389,7 +392,7 @@ async fn demo_mode_with_obo_exchanges_tokens_at_the_simulated_entra_in_one_comma
     assert!(exit.success(), "{output}");
     assert!(
         output.contains("exchanging each caller's token on behalf of its user")
-            && output.contains("Bearer mfa-user-token"),
+            && output.contains(&format!("Bearer {MFA_USER_TOKEN}")),
         "the demo says so, and prints the refused users' commands:\n{output}"
     );
 }

@@ -21,6 +21,15 @@ use axum::{
 use serde::Serialize;
 
 pub(crate) use self::model::{Entra, Refusal};
+
+/// The demo's caller token for the on-behalf-of exchange: an unsigned JWT (`{"sub":"demo-user"}`),
+/// since the gateway exchanges nothing that is not shaped as a JWT.
+pub const DEMO_USER_TOKEN: &str = "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.eyJzdWIiOiJkZW1vLXVzZXIifQ.";
+/// The demo's user who gets a Conditional Access claims challenge (`{"sub":"mfa-user"}`).
+pub const MFA_USER_TOKEN: &str = "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.eyJzdWIiOiJtZmEtdXNlciJ9.";
+/// The demo's user for whom nobody consented (`{"sub":"unconsented-user"}`).
+pub const UNCONSENTED_USER_TOKEN: &str =
+    "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.eyJzdWIiOiJ1bmNvbnNlbnRlZC11c2VyIn0.";
 use self::model::{EntraFailure, Outcome, TokenForm};
 use super::{Simulator, lock};
 

@@ -371,6 +371,10 @@ fn scripted_failure(rule: &EntraRule) -> Option<EntraFailure> {
             50079,
             "Due to a configuration change made by your administrator, or because you moved to a new location, you must enroll in multi-factor authentication to access the resource.",
         ),
+        "invalid_grant" if rule.claims.is_some() => (
+            50076,
+            "Due to a configuration change made by your administrator, or because you moved to a new location, you must use multi-factor authentication to access '00000003-0000-0000-c000-000000000000'.",
+        ),
         "invalid_grant" if rule.suberror.as_deref() == Some("consent_required") => (
             65001,
             "The user or administrator has not consented to use the application. Send an interactive authorization request for this user and resource.",
@@ -796,13 +800,17 @@ mod tests {
             failure
         };
 
-        let mfa = answer(&mut entra, "mfa-user-token");
+        let mfa = answer(&mut entra, super::super::MFA_USER_TOKEN);
         assert_eq!(
-            (mfa.error.as_str(), mfa.error_codes.as_slice()),
-            ("interaction_required", &[50079][..])
+            (
+                mfa.error.as_str(),
+                mfa.error_codes.as_slice(),
+                mfa.suberror.as_deref()
+            ),
+            ("invalid_grant", &[50076][..], Some("basic_action"))
         );
         assert!(mfa.claims.is_some_and(|claims| claims.contains("polids")));
-        let consent = answer(&mut entra, "unconsented-user-token");
+        let consent = answer(&mut entra, super::super::UNCONSENTED_USER_TOKEN);
         assert_eq!(consent.suberror.as_deref(), Some("consent_required"));
         issued(entra.exchange("t", &form_with("assertion", Some("demo-token")), now));
     }

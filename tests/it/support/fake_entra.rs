@@ -18,10 +18,25 @@ use tokio::sync::{Notify, watch};
 
 use super::{FakeGraph, TestGateway};
 
-/// The tenant the tests configure.
-pub const TENANT: &str = "tenant-1";
+/// The tenant the tests configure: a domain name, as the gateway requires.
+pub const TENANT: &str = "tenant-1.example";
 /// The client ID the tests configure.
 pub const CLIENT_ID: &str = "00000000-0000-0000-0000-00000000c11e";
+
+/// A caller's token with a JWT's shape (the exchange refuses any other), with `name` as its
+/// payload.
+pub fn caller_jwt(name: &str) -> String {
+    use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+    format!(
+        "eyJ0eXAiOiJKV1QiLCJhbGciOiJSUzI1NiJ9.{}.c2lnbmF0dXJl",
+        URL_SAFE_NO_PAD.encode(name)
+    )
+}
+
+/// `Bearer ` and [`caller_jwt`] of `name`: the `authorization` metadata of a caller.
+pub fn bearer_jwt(name: &str) -> String {
+    format!("Bearer {}", caller_jwt(name))
+}
 
 /// A token request as the fake received it.
 #[derive(Debug, Clone)]
