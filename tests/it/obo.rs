@@ -503,6 +503,18 @@ async fn every_entra_refusal_becomes_a_status_the_caller_can_act_on() {
             "correlation_id": "c-2",
         }),
     );
+    // `claims` alone decides, whatever `error` says (MSAL.NET's MsalClaimsChallengeException).
+    let claims_only = EntraReply::error_body(
+        400,
+        serde_json::json!({
+            "error": "invalid_grant",
+            "error_description": "AADSTS50158: External security challenge not satisfied.",
+            "error_codes": [50158],
+            "claims": claims,
+            "trace_id": "t-2",
+            "correlation_id": "c-2",
+        }),
+    );
     let challenge = EntraReply::error_body(
         400,
         serde_json::json!({
@@ -538,6 +550,14 @@ async fn every_entra_refusal_becomes_a_status_the_caller_can_act_on() {
                 code: Code::Unauthenticated,
                 reason: "INTERACTION_REQUIRED",
                 aadsts: Some("AADSTS50076"),
+            },
+        ),
+        (
+            claims_only,
+            Expected {
+                code: Code::Unauthenticated,
+                reason: "INTERACTION_REQUIRED",
+                aadsts: Some("AADSTS50158"),
             },
         ),
         (

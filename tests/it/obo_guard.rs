@@ -391,9 +391,14 @@ async fn start_up_error(change: impl FnOnce(&mut printjob_gateway::Settings)) ->
     exchange.credential = Some(secret_file(dir.path()));
     change(&mut settings);
     let listeners = Listeners::bind(&settings).await.unwrap();
-    let error = serve(settings, listeners, std::future::pending())
-        .await
-        .unwrap_err();
+    // Wide: start-up stops at once; without the check it would serve until the timeout.
+    let error = tokio::time::timeout(
+        Duration::from_secs(30),
+        serve(settings, listeners, std::future::pending()),
+    )
+    .await
+    .expect("start-up stops")
+    .unwrap_err();
     let mut chain = error.to_string();
     let mut source = std::error::Error::source(&error);
     while let Some(cause) = source {
@@ -430,6 +435,8 @@ async fn a_graph_url_and_an_authority_of_different_clouds_stop_start_up() {
     let error = start_up_error(|settings| {
         settings.graph.base_url = "https://graph.microsoft.com/v1.0".parse().unwrap();
         settings.token_exchange.authority = "https://login.microsoftonline.us/".parse().unwrap();
+        // The scope alone would pass: the Graph URL is what is checked here.
+        settings.token_exchange.graph_scope = Some("https://graph.microsoft.us/.default".into());
     })
     .await;
     assert!(
