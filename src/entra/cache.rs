@@ -233,28 +233,24 @@ impl TokenCache {
         self.refusals.insert(key, refusal).await;
     }
 
-    /// Joins the exchange in flight for `key`, or, when there is none and `start` allows one,
-    /// starts it. `start` runs under the lock, so that one exchange is started per key.
-    pub(crate) fn join<E>(
-        &self,
-        key: CacheKey,
-        start: impl FnOnce() -> Result<(), E>,
-    ) -> Result<Flight, E> {
+    /// Joins the exchange in flight for `key`, or, when there is none, starts one: one exchange
+    /// in flight per key. An exchange keeps its token before it lands, so a leader that finds
+    /// the token fresh need not exchange.
+    pub(crate) fn join(&self, key: CacheKey) -> Flight {
         let mut flights = self.flights.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(outcome) = flights.get(&key) {
-            return Ok(Flight::Joined(outcome.clone()));
+            return Flight::Joined(outcome.clone());
         }
-        start()?;
         let (sender, receiver) = watch::channel(None);
         flights.insert(key, receiver.clone());
-        Ok(Flight::Leading(
+        Flight::Leading(
             Leader {
                 key,
                 flights: self.flights.clone(),
                 outcome: sender,
             },
             receiver,
-        ))
+        )
     }
 
     /// Drops the token for `key`, such as one Graph refused.
@@ -327,10 +323,10 @@ mod tests {
         assert_ne!(CacheKey::of(&caller).0.as_slice(), caller.token_bytes());
         let cache = TokenCache::new(10);
         let key = CacheKey::of(&caller);
-        let Ok(Flight::Leading(leader, mut first)) = cache.join(key, || Ok::<_, ()>(())) else {
+        let Flight::Leading(leader, mut first) = cache.join(key) else {
             panic!("the first call leads");
         };
-        let Ok(Flight::Joined(mut second)) = cache.join(key, || Err(())) else {
+        let Flight::Joined(mut second) = cache.join(key) else {
             panic!("the second call joins");
         };
         let exchanged = BearerToken::from_token("exchanged").unwrap();
@@ -346,7 +342,10 @@ mod tests {
             assert!(matches!(landed, Some(Ok(ref token)) if *token == exchanged));
         }
         assert_eq!(cache.fresh(&key).await, Some(exchanged));
-        assert!(matches!(cache.join(key, || Err(())), Err(())), "landed");
+        assert!(
+            matches!(cache.join(key), Flight::Leading(..)),
+            "landed: the next call leads"
+        );
         cache.forget(key).await;
         assert_eq!(cache.fresh(&key).await, None);
     }

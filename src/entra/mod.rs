@@ -376,10 +376,24 @@ impl OnBehalfOf {
             inner.metrics.token_cache_lookup(false);
             return Err(Arc::new(remembered.failure(now)));
         }
-        let flight = inner.cache.join(key, || inner.rate.take());
-        let (mut outcome, lookup) = match flight {
-            Ok(Flight::Joined(outcome)) => (outcome, Lookup::Hit),
-            Ok(Flight::Leading(leader, outcome)) => {
+        let (mut outcome, lookup) = match inner.cache.join(key) {
+            Flight::Joined(outcome) => (outcome, Lookup::Hit),
+            Flight::Leading(leader, outcome) => {
+                // An exchange that landed between the look above and `join` left its token.
+                if let Some(token) = inner.cache.fresh(&key).await {
+                    leader.land(Ok(token.clone()));
+                    inner.metrics.token_cache_lookup(true);
+                    return Ok(token);
+                }
+                if let Err(wait) = inner.rate.take() {
+                    let failure = Arc::new(ExchangeFailure {
+                        error: EntraError::RateLimited { wait },
+                        retry_delay: None,
+                    });
+                    leader.land(Err(failure.clone()));
+                    inner.metrics.token_cache_lookup(false);
+                    return Err(failure);
+                }
                 tokio::spawn(self.clone().fly(
                     caller.clone(),
                     key,
@@ -387,10 +401,6 @@ impl OnBehalfOf {
                     client_request_id.clone(),
                 ));
                 (outcome, Lookup::Miss)
-            }
-            Err(wait) => {
-                inner.metrics.token_cache_lookup(false);
-                return refuse(EntraError::RateLimited { wait });
             }
         };
         inner.metrics.token_cache_lookup(lookup == Lookup::Hit);

@@ -11,7 +11,7 @@ use tonic_types::StatusExt;
 
 use crate::support::{
     FakeGraph, Reply, TestGateway,
-    fake_entra::{EntraReply, FakeEntra, obo_gateway_with},
+    fake_entra::{EntraReply, FakeEntra, TENANT, obo_gateway_with},
 };
 
 /// `Retry-After` in seconds as a hostile or broken server might send it: 3,170 years.
@@ -60,7 +60,7 @@ async fn entras_retry_after_reaches_the_caller_cut_to_retry_after_max() {
 
     let answer = gateway.call().send().await.unwrap_err();
 
-    assert_eq!(answer.code(), Code::Unavailable, "{answer:?}");
+    assert_eq!(answer.code(), Code::ResourceExhausted, "{answer:?}");
     assert_eq!(
         answer.get_details_error_info().unwrap().reason,
         "ENTRA_THROTTLED"
@@ -137,7 +137,8 @@ async fn the_longest_claims_challenge_entra_may_send_still_reaches_the_caller() 
     assert_eq!(
         challenge.to_str().unwrap(),
         format!(
-            r#"Bearer error="insufficient_claims", claims="{}""#,
+            r#"Bearer realm="", authorization_uri="http://{}/{TENANT}/oauth2/v2.0/authorize", error="insufficient_claims", claims="{}""#,
+            entra.addr,
             STANDARD.encode(&claims)
         )
     );
