@@ -1,7 +1,7 @@
 //! What the binary runs: the gateway, the simulated Graph (`simulate`), or both together on
 //! loopback (`--demo`).
 
-use std::{future::Future, io, net::SocketAddr};
+use std::{future::Future, io, net::SocketAddr, time::Duration};
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -27,6 +27,10 @@ const DEMO_SECRET: &str = "demo-client-secret";
 /// 5e1f7a3c-0000-4000-8000-00000000d3e0, `appid` 0a11ce00-0000-4000-8000-00000000d3e0): the
 /// gateway reads both, unverified, to hold that tenant and app's calls at its throttle gate.
 pub const DEMO_THROTTLED_TOKEN: &str = "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.eyJ0aWQiOiI1ZTFmN2EzYy0wMDAwLTQwMDAtODAwMC0wMDAwMDAwMGQzZTAiLCJhcHBpZCI6IjBhMTFjZTAwLTAwMDAtNDAwMC04MDAwLTAwMDAwMDAwZDNlMCJ9.demo";
+/// How often the demo repeats, after its first one at start, the WARN line that Graph is
+/// simulated: whoever reads a recent stretch of a log that a stray `PRINTJOB_GATEWAY_DEMO` fills
+/// with successful cancels must see why.
+pub const DEMO_WARNING_INTERVAL: Duration = Duration::from_secs(5 * 60);
 
 /// Why the binary stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -95,8 +99,10 @@ async fn demo(
     };
     let listener = TcpListener::bind(loopback).await.map_err(failed)?;
     let simulator_addr = listener.local_addr().map_err(failed)?;
-    settings.graph.base_url = GraphBaseUrl::parse(&format!("http://{simulator_addr}/v1.0"))
-        .expect("a loopback http URL is a valid Graph URL");
+    let simulated = format!("http://{simulator_addr}/v1.0");
+    settings.graph.base_url =
+        GraphBaseUrl::parse(&simulated).expect("a loopback http URL is a valid Graph URL");
+    warn_graph_is_simulated(&simulated);
     let mut scenario = Scenario::builtin();
     let exchange = settings.token_exchange.exchange == TokenExchange::Obo;
     if exchange {
@@ -114,6 +120,13 @@ async fn demo(
         Simulator::new(scenario),
         stop_simulator.clone().cancelled_owned(),
     ));
+    let stop_warning = stop_simulator.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            () = keep_warning_graph_is_simulated(simulated, DEMO_WARNING_INTERVAL) => {}
+            () = stop_warning.cancelled() => {}
+        }
+    });
     let mut stdout = io::stdout().lock();
     let _ = io::Write::write_all(
         &mut stdout,
@@ -127,25 +140,38 @@ async fn demo(
     Ok(served?)
 }
 
+/// Says loudly that Graph is simulated: every cancel "succeeds" and no print job is touched.
+fn warn_graph_is_simulated(simulated_graph: &str) {
+    tracing::warn!(
+        simulated_graph,
+        "demo mode (--demo or PRINTJOB_GATEWAY_DEMO): Microsoft Graph is simulated, no real print job is canceled"
+    );
+}
+
+/// Repeats [`warn_graph_is_simulated`] every `interval`, for as long as the demo runs.
+async fn keep_warning_graph_is_simulated(simulated_graph: String, interval: Duration) {
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+    loop {
+        ticks.tick().await;
+        warn_graph_is_simulated(&simulated_graph);
+    }
+}
+
 /// With `--token-exchange obo`: the gateway exchanges callers' tokens at the simulator's Entra
-/// endpoint, as the demo app registration unless the settings name another, and the simulated
-/// Graph takes only tokens that endpoint issued, so a cancel that succeeds shows the exchange.
+/// endpoint, as the demo app registration (the demo refuses to start with on-behalf-of settings
+/// of its own), and the simulated Graph takes only tokens that endpoint issued, so a cancel that
+/// succeeds shows the exchange.
 fn demo_exchange(exchange: &mut entra::Settings, scenario: &mut Scenario, simulator: SocketAddr) {
     exchange.authority = EntraAuthority::parse(&format!("http://{simulator}"))
         .expect("a loopback http URL is a valid authority");
-    let own_registration = exchange.client_id.is_some() || exchange.credential.is_some();
-    let tenant = exchange
-        .tenant_id
-        .get_or_insert_with(|| DEMO_TENANT.to_owned());
-    scenario.entra.tenants = vec![tenant.clone()];
-    if !own_registration {
-        exchange.client_id = Some(DEMO_CLIENT.to_owned());
-        exchange.credential = ClientSecret::new(DEMO_SECRET).map(CredentialSource::Secret);
-        scenario.entra.clients = vec![ClientSpec {
-            id: DEMO_CLIENT.to_owned(),
-            secret: Some(DEMO_SECRET.to_owned()),
-        }];
-    }
+    exchange.tenant_id = Some(DEMO_TENANT.to_owned());
+    scenario.entra.tenants = vec![DEMO_TENANT.to_owned()];
+    exchange.client_id = Some(DEMO_CLIENT.to_owned());
+    exchange.credential = ClientSecret::new(DEMO_SECRET).map(CredentialSource::Secret);
+    scenario.entra.clients = vec![ClientSpec {
+        id: DEMO_CLIENT.to_owned(),
+        secret: Some(DEMO_SECRET.to_owned()),
+    }];
     scenario.entra.require_issued_tokens = true;
 }
 
@@ -210,4 +236,64 @@ pub fn demo_instructions(grpc: ListenAddr, simulator: SocketAddr, exchange: bool
         cancel(user, "printer-1", "1"),
         cancel(user, "printer-1", "3"),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+
+    /// Log lines, as a subscriber for one test writes them.
+    #[derive(Clone, Default)]
+    struct Lines(Arc<Mutex<Vec<u8>>>);
+
+    impl io::Write for Lines {
+        fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+            self.0
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn the_demo_warns_that_graph_is_simulated_every_interval() {
+        let lines = Lines::default();
+        let writer = lines.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .finish();
+        let _guard = tracing::subscriber::set_default(subscriber);
+        let warnings = || {
+            String::from_utf8_lossy(
+                &lines
+                    .0
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner),
+            )
+            .matches("Microsoft Graph is simulated")
+            .count()
+        };
+        let warning = keep_warning_graph_is_simulated(
+            "http://127.0.0.1:1/v1.0".to_owned(),
+            DEMO_WARNING_INTERVAL,
+        );
+        // The clock is paused: it moves only when every task waits, straight to the next timer.
+        let ran =
+            tokio::time::timeout(DEMO_WARNING_INTERVAL * 3 + Duration::from_secs(1), warning).await;
+        assert!(ran.is_err(), "it warns for as long as the demo runs");
+        assert_eq!(warnings(), 3, "one warning per interval");
+        assert_eq!(
+            DEMO_WARNING_INTERVAL,
+            Duration::from_secs(300),
+            "the README says every 5 minutes"
+        );
+    }
 }

@@ -5,7 +5,10 @@
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
-use clap::{Args, CommandFactory, Parser, Subcommand, error::ErrorKind};
+use clap::{
+    ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand, error::ErrorKind,
+    parser::ValueSource,
+};
 
 use crate::{
     entra::{self, CredentialSource, EntraAuthority, TokenExchange},
@@ -248,9 +251,10 @@ pub struct GatewayArgs {
     pub token_exchange_rate: u32,
 
     /// Starts a simulated Graph on loopback and serves the gateway in front of it, with the
-    /// simulator's built-in printers and jobs, and prints grpcurl commands to try. With
-    /// --token-exchange obo, the simulator's Entra endpoint exchanges the callers' tokens, as a
-    /// demo app registration unless --tenant-id, --client-id or a credential say otherwise.
+    /// simulator's built-in printers and jobs, and prints grpcurl commands to try; it logs a WARN
+    /// line that Graph is simulated at start and every 5 minutes. With --token-exchange obo, the
+    /// simulator's Entra endpoint exchanges the callers' tokens, as a demo app registration. It
+    /// refuses to start when Graph's URL or an on-behalf-of setting is also set.
     #[arg(long, env = "PRINTJOB_GATEWAY_DEMO")]
     pub demo: bool,
 }
@@ -314,11 +318,70 @@ impl Cli {
         I: IntoIterator<Item = T>,
         T: Into<std::ffi::OsString> + Clone,
     {
-        let mut cli = Self::try_parse_from(args)?;
+        let matches = Self::command().try_get_matches_from(args)?;
+        let mut cli = Self::from_arg_matches(&matches)?;
         cli.gateway.check()?;
+        check_demo_alone(&cli.gateway, &matches)?;
         cli.gateway.proxy = proxy_env(|name| std::env::var(name).ok());
         Ok(cli)
     }
+}
+
+/// The settings that `--demo` replaces with its simulator (the argument's ID and how to name it).
+/// A real deployment sets some of them; with one of them set, the demo is on by mistake (a stray
+/// `PRINTJOB_GATEWAY_DEMO` in a sidecar's environment), and would turn every cancel into a
+/// simulated success.
+const REPLACED_BY_THE_DEMO: &[(&str, &str)] = &[
+    ("graph_url", "--graph-url (PRINTJOB_GATEWAY_GRAPH_URL)"),
+    (
+        "entra_authority",
+        "--entra-authority (AZURE_AUTHORITY_HOST)",
+    ),
+    ("tenant_id", "--tenant-id (AZURE_TENANT_ID)"),
+    ("client_id", "--client-id (AZURE_CLIENT_ID)"),
+    (
+        "client_secret_file",
+        "--client-secret-file (PRINTJOB_GATEWAY_CLIENT_SECRET_FILE)",
+    ),
+    (
+        "client_certificate_file",
+        "--client-certificate-file (PRINTJOB_GATEWAY_CLIENT_CERTIFICATE_FILE)",
+    ),
+    (
+        "federated_token_file",
+        "--federated-token-file (AZURE_FEDERATED_TOKEN_FILE)",
+    ),
+    (
+        "graph_scope",
+        "--graph-scope (PRINTJOB_GATEWAY_GRAPH_SCOPE)",
+    ),
+];
+
+/// With the demo on, refuses every setting it would replace, naming each one set.
+fn check_demo_alone(gateway: &GatewayArgs, matches: &ArgMatches) -> Result<(), clap::Error> {
+    if !gateway.demo {
+        return Ok(());
+    }
+    let set: Vec<&str> = REPLACED_BY_THE_DEMO
+        .iter()
+        .filter(|(id, _)| {
+            matches!(
+                matches.value_source(id),
+                Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+            )
+        })
+        .map(|(_, name)| *name)
+        .collect();
+    if set.is_empty() {
+        return Ok(());
+    }
+    Err(Cli::command().error(
+        ErrorKind::ArgumentConflict,
+        format!(
+            "--demo (PRINTJOB_GATEWAY_DEMO) simulates Graph and Entra ID, so it does not start with {} also set: unset the demo to serve the real Graph, or unset them to try the demo",
+            set.join(", ")
+        ),
+    ))
 }
 
 /// The proxy for HTTPS as the standard variables name it, the way curl and Go read them:
@@ -574,7 +637,67 @@ mod tests {
         let matches = command.try_get_matches_from(args)?;
         let cli = <Cli as clap::FromArgMatches>::from_arg_matches(&matches)?;
         cli.gateway.check()?;
+        check_demo_alone(&cli.gateway, &matches)?;
         Ok(cli)
+    }
+
+    #[test]
+    fn the_demo_refuses_to_start_beside_a_real_graph_or_on_behalf_of_settings() {
+        let secret = ["--client-secret-file", "/run/secret"];
+        for (extra, named) in [
+            (
+                &["--graph-url", "https://graph.microsoft.com/v1.0"][..],
+                "--graph-url (PRINTJOB_GATEWAY_GRAPH_URL)",
+            ),
+            (
+                &["--entra-authority", "https://login.microsoftonline.com/"],
+                "--entra-authority",
+            ),
+            (&["--tenant-id", "t"], "--tenant-id (AZURE_TENANT_ID)"),
+            (&["--client-id", "c"], "--client-id (AZURE_CLIENT_ID)"),
+            (&secret, "--client-secret-file"),
+            (
+                &["--client-certificate-file", "/run/c.pem"],
+                "--client-certificate-file",
+            ),
+            (
+                &["--federated-token-file", "/run/token"],
+                "--federated-token-file",
+            ),
+            (
+                &["--graph-scope", "https://graph.microsoft.com/.default"],
+                "--graph-scope",
+            ),
+        ] {
+            let args = [&["printjob-gateway", "--demo"][..], extra].concat();
+            let error = parse(&args).unwrap_err();
+            assert_eq!(error.kind(), ErrorKind::ArgumentConflict, "{extra:?}");
+            assert!(error.to_string().contains(named), "{extra:?}: {error}");
+        }
+        let error = parse(&[
+            "printjob-gateway",
+            "--demo",
+            "--tenant-id",
+            "t",
+            "--client-id",
+            "c",
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(
+            error.contains("--tenant-id (AZURE_TENANT_ID), --client-id (AZURE_CLIENT_ID)"),
+            "every one is named: {error}"
+        );
+        // What the demo itself takes, and settings it does not replace.
+        parse(&["printjob-gateway", "--demo", "--token-exchange", "obo"]).unwrap();
+        parse(&["printjob-gateway", "--demo", "--max-attempts", "1"]).unwrap();
+        // Without the demo, nothing changes.
+        parse(&[
+            "printjob-gateway",
+            "--graph-url",
+            "https://graph.microsoft.us/v1.0",
+        ])
+        .unwrap();
     }
 
     #[test]

@@ -12,6 +12,7 @@ mod binary;
 mod bounded;
 mod cancel;
 mod deadlines;
+mod demo;
 mod discovery;
 mod egress;
 mod egress_pool;
