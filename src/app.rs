@@ -171,6 +171,7 @@ fn demo_exchange(exchange: &mut entra::Settings, scenario: &mut Scenario, simula
     scenario.entra.clients = vec![ClientSpec {
         id: DEMO_CLIENT.to_owned(),
         secret: Some(DEMO_SECRET.to_owned()),
+        ..ClientSpec::default()
     }];
     scenario.entra.require_issued_tokens = true;
 }

@@ -354,14 +354,19 @@ async fn the_gateway_exchanges_at_the_simulated_entra_with_each_credential() {
         include_str!("fixtures/client-certificate.pem"),
     )
     .unwrap();
-    let federated = "eyJhbGciOiJSUzI1NiIsImtpZCI6Imsxczh0In0.eyJhdWQiOlsiYXBpOi8vQXp1cmVBRFRva2VuRXhjaGFuZ2UiXX0.c2lnbmF0dXJl";
+    let federated = &federated_token(ISSUER, SUBJECT, "api://AzureADTokenExchange", 3600);
     let federated_file = dir.path().join("azure-identity-token");
     std::fs::write(&federated_file, federated).unwrap();
     let scenario = serde_json::json!({
         "printers": [{"id": "p", "anyJob": true}],
         "entra": {
             "tenants": ["contoso.onmicrosoft.com"],
-            "clients": [{"id": "my-api", "secret": SECRET}],
+            "clients": [{
+                "id": "my-api",
+                "secret": SECRET,
+                "certificates": [include_str!("fixtures/client-certificate.pem")],
+                "federatedCredentials": [{"issuer": ISSUER, "subject": SUBJECT}]
+            }],
             "requireIssuedTokens": true
         }
     });
@@ -422,5 +427,208 @@ async fn the_gateway_exchanges_at_the_simulated_entra_with_each_credential() {
         exchanges[2].client_assertion_sha256,
         Some(sha256_prefix(federated)),
         "the federated token, as the file holds it"
+    );
+}
+
+const ISSUER: &str = "https://oidc.example/cluster-1";
+const SUBJECT: &str = "system:serviceaccount:example-app:printjob-gateway";
+
+/// A federated token as the kubelet projects one (its signature is not checked by the simulator),
+/// expiring `expires_in` seconds from now (negative: expired).
+fn federated_token(issuer: &str, subject: &str, audience: &str, expires_in: i64) -> String {
+    use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let part = |value: Value| URL_SAFE_NO_PAD.encode(value.to_string());
+    format!(
+        "{}.{}.c2lnbmF0dXJl",
+        part(serde_json::json!({"alg": "RS256", "kid": "k1"})),
+        part(serde_json::json!({
+            "aud": [audience], "iss": issuer, "sub": subject, "exp": now + expires_in, "iat": now
+        }))
+    )
+}
+
+/// The simulated Entra checks what Entra checks of a client credential, through the gateway: a
+/// certificate it does not have registered, a federated token of another subject or audience,
+/// and an expired one are refused with Entra's codes.
+#[tokio::test]
+async fn the_simulated_entra_refuses_assertions_entra_would_refuse() {
+    use printjob_gateway::entra::{CredentialSource, EntraAuthority, TokenExchange};
+    use tonic_types::StatusExt;
+
+    let dir = tempfile::tempdir().unwrap();
+    let chain = include_str!("fixtures/client-certificate.pem");
+    let certificate_file = dir.path().join("client-certificate.pem");
+    std::fs::write(&certificate_file, chain).unwrap();
+    // Only the CA's certificate, the chain's second: the leaf that signs is not registered.
+    let ca_only = chain
+        .match_indices("-----BEGIN CERTIFICATE-----")
+        .nth(1)
+        .map(|(at, _)| &chain[at..])
+        .unwrap();
+    let scenario = serde_json::json!({
+        "printers": [{"id": "p", "anyJob": true}],
+        "entra": {
+            "clients": [{
+                "id": "my-api",
+                "certificates": [ca_only],
+                "federatedCredentials": [{"issuer": ISSUER, "subject": SUBJECT}]
+            }]
+        }
+    });
+    let (_simulator, base) = start(&scenario.to_string()).await;
+    let federated = |name: &str, token: String| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, token).unwrap();
+        CredentialSource::FederatedTokenFile(path)
+    };
+    let cases = [
+        (
+            CredentialSource::CertificateFile(certificate_file),
+            "ENTRA_CLIENT_REJECTED",
+            "AADSTS700027",
+        ),
+        (
+            federated(
+                "other-subject",
+                federated_token(
+                    ISSUER,
+                    "system:serviceaccount:x:y",
+                    "api://AzureADTokenExchange",
+                    3600,
+                ),
+            ),
+            "ENTRA_REQUEST_REJECTED",
+            "AADSTS70021",
+        ),
+        (
+            federated(
+                "other-audience",
+                federated_token(ISSUER, SUBJECT, "api://Other", 3600),
+            ),
+            "ENTRA_REQUEST_REJECTED",
+            "AADSTS70021",
+        ),
+        (
+            federated(
+                "expired",
+                federated_token(ISSUER, SUBJECT, "api://AzureADTokenExchange", -3600),
+            ),
+            "ENTRA_CLIENT_REJECTED",
+            "AADSTS700024",
+        ),
+    ];
+    for (credential, reason, aadsts) in cases {
+        let gateway = TestGateway::start_with(&format!("{base}/v1.0"), |settings| {
+            let exchange = &mut settings.token_exchange;
+            exchange.exchange = TokenExchange::Obo;
+            exchange.authority = EntraAuthority::parse(&base).unwrap();
+            exchange.tenant_id = Some("contoso.onmicrosoft.com".to_owned());
+            exchange.client_id = Some("my-api".to_owned());
+            exchange.credential = Some(credential);
+            // AADSTS70021 is retried while a federated credential may be propagating: bound it,
+            // widely enough that a loaded machine still gets an answer from Entra within it.
+            exchange.exchange_timeout = Duration::from_secs(10);
+        })
+        .await;
+
+        let status = gateway
+            .call()
+            .ids("p", "1")
+            .timeout(Duration::from_secs(30))
+            .send()
+            .await
+            .unwrap_err();
+
+        let info = status.get_details_error_info().unwrap();
+        assert_eq!(
+            (
+                info.reason.as_str(),
+                info.metadata.get("aadstsCode").map_or("", String::as_str)
+            ),
+            (reason, aadsts),
+            "{status:?}"
+        );
+    }
+}
+
+/// Entra breaks a loop of identical requests: `invalid_grant` AADSTS50196 for a client that did
+/// not declare `x-ms-lib-capability: retry-after`, 429 and `Retry-After` for one that did. The
+/// gateway declares it, sends its `client-request-id`, and never loops: a refused token is asked
+/// for once however often it comes.
+#[tokio::test]
+async fn an_identical_request_repeated_too_fast_is_a_loop_and_the_gateway_never_makes_one() {
+    let scenario = serde_json::json!({
+        "printers": [{"id": "p", "anyJob": true}],
+        "entra": {"rules": [{"assertion": TOKEN, "error": "invalid_grant"}]}
+    });
+    let (simulator, base) = start(&scenario.to_string()).await;
+    let form = obo_form("some-user");
+    for _ in 0..5 {
+        assert_eq!(exchange(&base, "t", &form, None).await.status(), 200);
+    }
+    let looped = exchange(&base, "t", &form, None).await;
+    assert_eq!(looped.status(), 400);
+    let body = json(looped).await;
+    assert_eq!(
+        (body["error"].as_str(), body["error_codes"][0].as_u64()),
+        (Some("invalid_grant"), Some(50196))
+    );
+
+    let capable = obo_form("another-user");
+    let send = || {
+        let body = url::form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(&capable)
+            .finish();
+        http_client()
+            .post(format!("{base}/t/oauth2/v2.0/token"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .header("x-ms-lib-capability", "retry-after, h429")
+            .body(body)
+            .send()
+    };
+    for _ in 0..5 {
+        assert_eq!(send().await.unwrap().status(), 200);
+    }
+    let throttled = send().await.unwrap();
+    assert_eq!(throttled.status(), 429);
+    assert!(throttled.headers().contains_key("retry-after"));
+
+    let gateway = TestGateway::start_with(&format!("{base}/v1.0"), |settings| {
+        let exchange = &mut settings.token_exchange;
+        exchange.exchange = printjob_gateway::entra::TokenExchange::Obo;
+        exchange.authority = printjob_gateway::entra::EntraAuthority::parse(&base).unwrap();
+        exchange.tenant_id = Some("contoso.onmicrosoft.com".to_owned());
+        exchange.client_id = Some("my-api".to_owned());
+        exchange.credential = printjob_gateway::entra::ClientSecret::new(SECRET)
+            .map(printjob_gateway::entra::CredentialSource::Secret);
+    })
+    .await;
+    let request_id = "3f2504e0-4f89-41d3-9a0c-0305e82c3301";
+    for _ in 0..10 {
+        let status = gateway
+            .call()
+            .ids("p", "1")
+            .metadata("x-request-id", request_id)
+            .send()
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status:?}");
+    }
+    let exchanges: Vec<_> = simulator
+        .received()
+        .into_iter()
+        .filter_map(|request| request.token_exchange)
+        .filter(|exchange| exchange.tenant == "contoso.onmicrosoft.com")
+        .collect();
+    assert_eq!(exchanges.len(), 1, "a refusal is remembered: {exchanges:?}");
+    assert_eq!(exchanges[0].error.as_deref(), Some("invalid_grant"));
+    assert_eq!(exchanges[0].client_request_id.as_deref(), Some(request_id));
+    assert_eq!(
+        exchanges[0].lib_capability.as_deref(),
+        Some("retry-after, h429")
     );
 }

@@ -15,7 +15,7 @@ use axum::{
     Json,
     body::Bytes,
     extract::{Path, State},
-    http::{HeaderMap, HeaderValue, StatusCode, header},
+    http::{HeaderMap, HeaderValue, StatusCode, Uri, header},
     response::{IntoResponse, Response},
 };
 use serde::Serialize;
@@ -30,7 +30,7 @@ pub const MFA_USER_TOKEN: &str = "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.eyJzdWIiOi
 /// The demo's user for whom nobody consented (`{"sub":"unconsented-user"}`).
 pub const UNCONSENTED_USER_TOKEN: &str =
     "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.eyJzdWIiOiJ1bmNvbnNlbnRlZC11c2VyIn0.";
-use self::model::{EntraFailure, Outcome, TokenForm};
+use self::model::{EntraFailure, Outcome, RequestContext, TokenForm};
 use super::{Simulator, lock};
 
 /// What `GET /__requests` shows of one token exchange. Secrets are never kept: of the caller's
@@ -65,6 +65,10 @@ pub struct TokenExchange {
     pub issued_token_sha256: Option<String>,
     /// The `expires_in` answered.
     pub expires_in: Option<u64>,
+    /// The `client-request-id` header, when sent.
+    pub client_request_id: Option<String>,
+    /// The `x-ms-lib-capability` header, when sent.
+    pub lib_capability: Option<String>,
 }
 
 /// The client credential an exchange presented.
@@ -85,12 +89,34 @@ pub enum Credential {
 pub(crate) async fn token(
     State(simulator): State<Simulator>,
     Path(tenant): Path<String>,
+    uri: Uri,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
     let form = TokenForm::parse(&body);
     let mut exchange = TokenExchange::new(&tenant, &form);
-    let plan = lock(&simulator.shared.entra).exchange(&tenant, &form, Instant::now());
+    exchange.client_request_id = headers
+        .get("client-request-id")
+        .and_then(|value| value.to_str().ok())
+        .map(str::to_owned);
+    exchange.lib_capability = headers
+        .get("x-ms-lib-capability")
+        .and_then(|value| value.to_str().ok())
+        .map(str::to_owned);
+    let host = uri.authority().map(|a| a.as_str().to_owned()).or_else(|| {
+        headers
+            .get(header::HOST)
+            .and_then(|value| value.to_str().ok())
+            .map(str::to_owned)
+    });
+    let context = RequestContext {
+        endpoint: host.map(|host| format!("{host}{}", uri.path())),
+        retry_after_capable: exchange
+            .lib_capability
+            .as_deref()
+            .is_some_and(|capability| capability.split(',').any(|c| c.trim() == "retry-after")),
+    };
+    let plan = lock(&simulator.shared.entra).exchange_in(&tenant, &form, Instant::now(), &context);
     if let Some(delay) = plan.delay {
         tokio::time::sleep(delay).await;
     }
@@ -249,6 +275,8 @@ impl TokenExchange {
             error: None,
             issued_token_sha256: None,
             expires_in: None,
+            client_request_id: None,
+            lib_capability: None,
         }
     }
 }

@@ -4,10 +4,16 @@
 
 use std::{
     collections::{HashMap, HashSet, VecDeque},
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
-use super::scenario::{EntraRule, EntraSpec};
+use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+use rustls::pki_types::{CertificateDer, pem::PemObject};
+
+use super::scenario::{
+    DEFAULT_TOKEN_LIFETIME, EntraRule, EntraSpec, FederatedCredentialSpec,
+    LONGEST_DEFAULT_TOKEN_LIFETIME,
+};
 
 /// The grant type of the on-behalf-of exchange.
 pub(crate) const JWT_BEARER: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
@@ -18,6 +24,35 @@ pub(crate) const CLIENT_ASSERTION_JWT: &str =
 /// How many issued tokens are remembered for Graph's check: the newest ones, so that long load
 /// tests run in bounded memory.
 pub(crate) const MAX_ISSUED: usize = 100_000;
+/// Entra's loop detection, as the simulator plays it: more than this many identical requests
+/// (client, assertion, scope) within [`LOOP_WINDOW`] are a loop (AADSTS50196).
+pub(crate) const LOOP_LIMIT: u32 = 5;
+/// The window of the loop detection.
+pub(crate) const LOOP_WINDOW: Duration = Duration::from_secs(10);
+/// How many requests the loop detection remembers at most.
+const MAX_RECENT: usize = 10_000;
+/// How far clocks may differ for a client assertion's `nbf` and `exp`.
+const CLOCK_SKEW_SECS: i64 = 300;
+
+/// What the HTTP request says beyond its form: the token endpoint's URL as called (the `aud` a
+/// client assertion must carry) and whether the client declared `x-ms-lib-capability:
+/// retry-after`.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct RequestContext {
+    /// `host/path` of the request, without the scheme; not checked when `None`.
+    pub endpoint: Option<String>,
+    /// Whether the client honours `Retry-After` and 429 (MSAL's capability header).
+    pub retry_after_capable: bool,
+}
+
+/// An app registration as the endpoint checks it.
+#[derive(Debug, Default)]
+struct Registered {
+    secret: Option<String>,
+    /// The DER of each registered certificate.
+    certificates: Vec<Vec<u8>>,
+    federated: Vec<FederatedCredentialSpec>,
+}
 
 /// An exchange's form fields, the first of each name, and whether a name came twice.
 #[derive(Debug, Default)]
@@ -76,12 +111,14 @@ pub(crate) enum Refusal {
 #[derive(Debug)]
 pub(crate) struct Entra {
     tenants: HashSet<String>,
-    clients: HashMap<String, Option<String>>,
-    lifetime: Duration,
+    clients: HashMap<String, Registered>,
+    lifetime: Option<Duration>,
     require_issued_tokens: bool,
     rules: Vec<(EntraRule, Option<u64>)>,
     issued: HashMap<String, Instant>,
     issued_order: VecDeque<String>,
+    /// Identical requests seen lately: how many, since when.
+    recent: HashMap<String, (u32, Instant)>,
 }
 
 // === impl TokenForm ===
@@ -124,7 +161,21 @@ impl Entra {
             clients: spec
                 .clients
                 .into_iter()
-                .map(|client| (client.id, client.secret))
+                .map(|client| {
+                    let certificates = client
+                        .certificates
+                        .iter()
+                        .flat_map(|pem| CertificateDer::pem_slice_iter(pem.as_bytes()))
+                        .filter_map(Result::ok)
+                        .map(|der| der.as_ref().to_vec())
+                        .collect();
+                    let registered = Registered {
+                        secret: client.secret,
+                        certificates,
+                        federated: client.federated_credentials,
+                    };
+                    (client.id, registered)
+                })
                 .collect(),
             lifetime: spec.token_lifetime,
             require_issued_tokens: spec.require_issued_tokens,
@@ -138,13 +189,29 @@ impl Entra {
                 .collect(),
             issued: HashMap::new(),
             issued_order: VecDeque::new(),
+            recent: HashMap::new(),
         }
     }
 
     /// The answer to an on-behalf-of exchange for `tenant` at `now`: checked as Entra checks
     /// it, then the first matching rule with uses left (which spends one), else a token.
+    #[cfg(test)]
     pub(crate) fn exchange(&mut self, tenant: &str, form: &TokenForm, now: Instant) -> Plan {
-        let checked = self.check(tenant, form);
+        self.exchange_in(tenant, form, now, &RequestContext::default())
+    }
+
+    /// [`Entra::exchange`] of a request with `context`: client assertions are checked against
+    /// the endpoint called, and identical requests repeated too fast are a loop that Entra breaks
+    /// with `invalid_grant` AADSTS50196, or with 429 and `Retry-After` for a client that declared
+    /// it honours them.
+    pub(crate) fn exchange_in(
+        &mut self,
+        tenant: &str,
+        form: &TokenForm,
+        now: Instant,
+        context: &RequestContext,
+    ) -> Plan {
+        let checked = self.check(tenant, form, context);
         let (client_id, assertion, scope) = match checked {
             Ok(fields) => fields,
             Err(failure) => {
@@ -154,6 +221,12 @@ impl Entra {
                 };
             }
         };
+        if let Some(failure) = self.loop_detected(client_id, assertion, scope, now, context) {
+            return Plan {
+                delay: None,
+                outcome: Outcome::Failed(*failure),
+            };
+        }
         let rule = self.rules.iter_mut().find(|(rule, uses)| {
             uses.is_none_or(|left| left > 0)
                 && rule
@@ -178,7 +251,10 @@ impl Entra {
             }
             None => (None, None),
         };
-        let expires_in = expires_in.unwrap_or(self.lifetime.as_secs());
+        let expires_in = expires_in.unwrap_or_else(|| match self.lifetime {
+            Some(lifetime) => lifetime.as_secs(),
+            None => random_lifetime(),
+        });
         let scope = scope.to_owned();
         let expiry = now + delay.unwrap_or_default() + Duration::from_secs(expires_in);
         let access_token = self.issue(expiry);
@@ -210,6 +286,7 @@ impl Entra {
         &self,
         tenant: &str,
         form: &'f TokenForm,
+        context: &RequestContext,
     ) -> Result<(&'f str, &'f str, &'f str), Box<EntraFailure>> {
         if !self.tenants.is_empty() && !self.tenants.contains(&tenant.to_ascii_lowercase()) {
             return Err(failure(
@@ -238,7 +315,7 @@ impl Entra {
         let client_id = form
             .present("client_id")
             .ok_or_else(|| missing("client_id"))?;
-        self.check_client(tenant, client_id, form)?;
+        self.check_client(tenant, client_id, form, context)?;
         let assertion = form
             .present("assertion")
             .ok_or_else(|| missing("assertion"))?;
@@ -270,11 +347,12 @@ impl Entra {
         tenant: &str,
         client_id: &str,
         form: &TokenForm,
+        context: &RequestContext,
     ) -> Result<(), Box<EntraFailure>> {
         let registered = if self.clients.is_empty() {
             None
         } else {
-            let Some(secret) = self.clients.get(client_id) else {
+            let Some(registered) = self.clients.get(client_id) else {
                 return Err(failure(
                     400,
                     "unauthorized_client",
@@ -284,7 +362,7 @@ impl Entra {
                     ),
                 ));
             };
-            Some(secret.as_deref())
+            Some(registered)
         };
         let secret = form.present("client_secret");
         let assertion = form.present("client_assertion");
@@ -299,7 +377,7 @@ impl Entra {
             (Some(_), Some(_), _) | (Some(_), None, Some(_)) => Err(malformed(
                 "Only one client credential may be presented: client_secret, or client_assertion with client_assertion_type.".to_owned(),
             )),
-            (Some(sent), None, None) => match registered {
+            (Some(sent), None, None) => match registered.map(|r| r.secret.as_deref()) {
                 Some(Some(expected)) if sent != expected => Err(invalid_secret(client_id)),
                 Some(None) => Err(invalid_secret(client_id)),
                 _ => Ok(()),
@@ -320,18 +398,70 @@ impl Entra {
                                 .bytes()
                                 .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
                     });
-                if compact {
-                    Ok(())
-                } else {
-                    Err(failure(
+                let malformed_jwt = || {
+                    failure(
                         401,
                         "invalid_client",
                         50027,
                         "JWT token is invalid or malformed.".to_owned(),
-                    ))
+                    )
+                };
+                if !compact {
+                    return Err(malformed_jwt());
+                }
+                let Some(registered) = registered else {
+                    // Any client with any credential: the shape is all there is to check.
+                    return Ok(());
+                };
+                let jwt = Jwt::parse(jwt).ok_or_else(malformed_jwt)?;
+                if jwt.claim("iss") == Some(client_id) {
+                    check_certificate_assertion(&jwt, client_id, registered, context)
+                } else {
+                    check_federated_token(&jwt, registered)
                 }
             }
         }
+    }
+
+    /// Whether this request is one too many of the same within [`LOOP_WINDOW`], and Entra's
+    /// answer if it is.
+    fn loop_detected(
+        &mut self,
+        client_id: &str,
+        assertion: &str,
+        scope: &str,
+        now: Instant,
+        context: &RequestContext,
+    ) -> Option<Box<EntraFailure>> {
+        if self.recent.len() >= MAX_RECENT {
+            self.recent
+                .retain(|_, (_, since)| now.saturating_duration_since(*since) < LOOP_WINDOW);
+            if self.recent.len() >= MAX_RECENT {
+                self.recent.clear();
+            }
+        }
+        let key = super::sha256_prefix(&format!("{client_id}\n{assertion}\n{scope}"));
+        let (count, since) = self.recent.entry(key).or_insert((0, now));
+        if now.saturating_duration_since(*since) >= LOOP_WINDOW {
+            *count = 0;
+            *since = now;
+        }
+        *count += 1;
+        if *count <= LOOP_LIMIT {
+            return None;
+        }
+        let left = LOOP_WINDOW
+            .saturating_sub(now.saturating_duration_since(*since))
+            .as_secs()
+            .max(1);
+        let description = "The request was identified as a loop: too many of the same request in too short a period. Cache tokens and do not repeat a request that failed.".to_owned();
+        Some(if context.retry_after_capable {
+            let mut throttled = failure(429, "temporarily_unavailable", 50196, description);
+            throttled.retry_after = Some(left.to_string());
+            throttled
+        } else {
+            failure(400, "invalid_grant", 50196, description)
+        })
     }
 
     /// A new opaque token valid until `expiry`, remembered for Graph's check.
@@ -349,6 +479,169 @@ impl Entra {
         self.issued.insert(token.clone(), expiry);
         self.issued_order.push_back(token.clone());
         token
+    }
+}
+
+/// A lifetime as Entra gives its access tokens by default: "a random value ranging between
+/// 60-90 minutes".
+fn random_lifetime() -> u64 {
+    let shortest = DEFAULT_TOKEN_LIFETIME.as_secs();
+    let spread = LONGEST_DEFAULT_TOKEN_LIFETIME.as_secs() - shortest + 1;
+    let random = u64::try_from(uuid::Uuid::new_v4().as_u128() % u128::from(spread)).unwrap_or(0);
+    shortest + random
+}
+
+/// A compact JWT's decoded parts.
+struct Jwt<'a> {
+    header: serde_json::Value,
+    claims: serde_json::Value,
+    signed: &'a str,
+    signature: Vec<u8>,
+}
+
+impl<'a> Jwt<'a> {
+    fn parse(jwt: &'a str) -> Option<Self> {
+        let (signed, signature) = jwt.rsplit_once('.')?;
+        let (header, claims) = signed.split_once('.')?;
+        let json = |part: &str| -> Option<serde_json::Value> {
+            let value: serde_json::Value =
+                serde_json::from_slice(&URL_SAFE_NO_PAD.decode(part).ok()?).ok()?;
+            value.is_object().then_some(value)
+        };
+        Some(Self {
+            header: json(header)?,
+            claims: json(claims)?,
+            signed,
+            signature: URL_SAFE_NO_PAD.decode(signature).ok()?,
+        })
+    }
+
+    fn claim(&self, name: &str) -> Option<&str> {
+        self.claims.get(name).and_then(serde_json::Value::as_str)
+    }
+
+    /// Whether `aud` is `audience` or a list holding it.
+    fn has_audience(&self, audience: &str) -> bool {
+        match self.claims.get("aud") {
+            Some(serde_json::Value::String(aud)) => aud == audience,
+            Some(serde_json::Value::Array(auds)) => auds.iter().any(|aud| aud == audience),
+            _ => false,
+        }
+    }
+
+    /// `None` when `exp` and `nbf` hold now (with skew); else the failure.
+    fn time_failure(&self, what: &str) -> Option<Box<EntraFailure>> {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |since| {
+                i64::try_from(since.as_secs()).unwrap_or(i64::MAX)
+            });
+        let exp = self.claims.get("exp").and_then(serde_json::Value::as_i64);
+        let nbf = self.claims.get("nbf").and_then(serde_json::Value::as_i64);
+        let valid = exp.is_some_and(|exp| exp + CLOCK_SKEW_SECS > now)
+            && nbf.is_none_or(|nbf| nbf - CLOCK_SKEW_SECS <= now);
+        (!valid).then(|| {
+            failure(
+                401,
+                "invalid_client",
+                700024,
+                format!("{what} is not within its valid time range."),
+            )
+        })
+    }
+}
+
+/// A certificate's `client_assertion`: as Entra's "certificate credentials" page requires.
+fn check_certificate_assertion(
+    jwt: &Jwt<'_>,
+    client_id: &str,
+    registered: &Registered,
+    context: &RequestContext,
+) -> Result<(), Box<EntraFailure>> {
+    let invalid_claim = |description: String| failure(401, "invalid_client", 50012, description);
+    if jwt.claim("sub") != Some(client_id) {
+        return Err(invalid_claim(
+            "Client assertion sub claim does not match the client ID.".to_owned(),
+        ));
+    }
+    if let Some(endpoint) = &context.endpoint {
+        let aud = jwt.claim("aud").unwrap_or_default();
+        let called = aud
+            .strip_prefix("https://")
+            .or_else(|| aud.strip_prefix("http://"))
+            .unwrap_or(aud);
+        if called != endpoint {
+            return Err(invalid_claim(format!(
+                "Client assertion audience claim does not match the token endpoint '{endpoint}'."
+            )));
+        }
+    }
+    if let Some(expired) = jwt.time_failure("Client assertion") {
+        return Err(expired);
+    }
+    let unknown_key = |description: &str| {
+        failure(
+            401,
+            "invalid_client",
+            700027,
+            format!("Client assertion failed signature validation: {description}"),
+        )
+    };
+    let thumbprint = jwt
+        .header
+        .get("x5t#S256")
+        .and_then(serde_json::Value::as_str)
+        .ok_or_else(|| unknown_key("the header has no x5t#S256."))?;
+    let certificate = registered
+        .certificates
+        .iter()
+        .find(|der| {
+            URL_SAFE_NO_PAD.encode(ring::digest::digest(&ring::digest::SHA256, der)) == thumbprint
+        })
+        .ok_or_else(|| unknown_key("no certificate of the application has this x5t#S256."))?;
+    let algorithm: &dyn ring::signature::VerificationAlgorithm =
+        match jwt.header.get("alg").and_then(serde_json::Value::as_str) {
+            Some("PS256") => &ring::signature::RSA_PSS_2048_8192_SHA256,
+            Some("RS256") => &ring::signature::RSA_PKCS1_2048_8192_SHA256,
+            _ => return Err(unknown_key("the algorithm is not PS256 or RS256.")),
+        };
+    let (_, parsed) = x509_parser::parse_x509_certificate(certificate)
+        .map_err(|_| unknown_key("the registered certificate cannot be read."))?;
+    ring::signature::UnparsedPublicKey::new(algorithm, &parsed.public_key().subject_public_key.data)
+        .verify(jwt.signed.as_bytes(), &jwt.signature)
+        .map_err(|_| unknown_key("the signature does not verify."))
+}
+
+/// A federated token used as the `client_assertion`: one of the app's federated credentials
+/// must name its issuer, subject and audience.
+fn check_federated_token(jwt: &Jwt<'_>, registered: &Registered) -> Result<(), Box<EntraFailure>> {
+    let (issuer, subject) = (
+        jwt.claim("iss").unwrap_or_default(),
+        jwt.claim("sub").unwrap_or_default(),
+    );
+    let matched = registered.federated.iter().any(|credential| {
+        credential.issuer == issuer
+            && credential.subject == subject
+            && jwt.has_audience(&credential.audience)
+    });
+    if !matched {
+        let audience = jwt
+            .claims
+            .get("aud")
+            .map(ToString::to_string)
+            .unwrap_or_default();
+        return Err(failure(
+            400,
+            "invalid_request",
+            70021,
+            format!(
+                "No matching federated identity record found for presented assertion. Assertion Issuer: '{issuer}'. Assertion Subject: '{subject}'. Assertion Audience: '{audience}'."
+            ),
+        ));
+    }
+    match jwt.time_failure("The federated token") {
+        Some(expired) => Err(expired),
+        None => Ok(()),
     }
 }
 
@@ -687,7 +980,11 @@ mod tests {
         cert_app
             .fields
             .insert("client_assertion".into(), "a.b.c".into());
-        issued(entra(spec).exchange("contoso", &cert_app, now));
+        assert_eq!(
+            failed(entra(spec).exchange("contoso", &cert_app, now)),
+            (401, "invalid_client".into(), vec![50027]),
+            "a registered client's assertion is read, not only shaped"
+        );
     }
 
     #[test]
@@ -758,7 +1055,11 @@ mod tests {
             (503, "temporarily_unavailable".into(), vec![90033])
         );
         let token = issued(answer(&mut entra, "t", "user"));
-        assert_eq!(token.expires_in, 3600, "the scripted errors are used up");
+        assert!(
+            (3600..=5400).contains(&token.expires_in),
+            "the scripted errors are used up; Entra's 60 to 90 minutes: {}",
+            token.expires_in
+        );
 
         let short = issued(answer(&mut entra, "short", "user"));
         assert_eq!(short.expires_in, 0);
@@ -767,6 +1068,54 @@ mod tests {
             Ok(()),
             "not required here"
         );
+    }
+
+    #[test]
+    fn an_identical_request_repeated_too_fast_is_a_loop_entra_breaks() {
+        let now = Instant::now();
+        for (capable, expected) in [
+            (false, (400, "invalid_grant".to_owned(), vec![50196])),
+            (
+                true,
+                (429, "temporarily_unavailable".to_owned(), vec![50196]),
+            ),
+        ] {
+            let mut entra = entra("{}");
+            let context = RequestContext {
+                endpoint: None,
+                retry_after_capable: capable,
+            };
+            let form = TokenForm::parse(SECRET_FORM.as_bytes());
+            for _ in 0..LOOP_LIMIT {
+                issued(entra.exchange_in("t", &form, now, &context));
+            }
+            let looped = entra.exchange_in("t", &form, now, &context);
+            if capable {
+                let Outcome::Failed(ref failure) = looped.outcome else {
+                    panic!("a loop")
+                };
+                assert_eq!(failure.retry_after.as_deref(), Some("10"));
+            }
+            assert_eq!(failed(looped), expected);
+            let other = form_with("assertion", Some("another-user"));
+            issued(entra.exchange_in("t", &other, now, &context));
+            let later = now + LOOP_WINDOW;
+            issued(entra.exchange_in("t", &form, later, &context));
+        }
+    }
+
+    #[test]
+    fn tokens_live_from_60_to_90_minutes_unless_the_scenario_says() {
+        let mut entra = entra("{}");
+        let form = |i: usize| form_with("assertion", Some(&format!("user-{i}")));
+        let lifetimes: HashSet<u64> = (0..20)
+            .map(|i| issued(entra.exchange("t", &form(i), Instant::now())).expires_in)
+            .collect();
+        assert!(
+            lifetimes.iter().all(|s| (3600..=5400).contains(s)),
+            "{lifetimes:?}"
+        );
+        assert!(lifetimes.len() > 1, "varied: {lifetimes:?}");
     }
 
     #[test]

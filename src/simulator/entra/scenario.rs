@@ -7,11 +7,16 @@ use serde::{Deserialize, Deserializer, de::Error as _};
 
 use crate::simulator::scenario::{delay, http_status, retry_after};
 
-/// The lifetime of issued tokens when a scenario sets none: Entra's usual hour.
+/// The shortest lifetime of issued tokens when a scenario sets none: Entra's default access-token
+/// lifetime is "a random value ranging between 60-90 minutes".
 pub const DEFAULT_TOKEN_LIFETIME: Duration = Duration::from_secs(3600);
+/// The longest lifetime of issued tokens when a scenario sets none.
+pub const LONGEST_DEFAULT_TOKEN_LIFETIME: Duration = Duration::from_secs(5400);
+/// The audience of a federated credential's token, when a scenario names none.
+pub const TOKEN_EXCHANGE_AUDIENCE: &str = "api://AzureADTokenExchange";
 
 /// The simulated Entra token endpoint's settings in a scenario (`"entra": { … }`).
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct EntraSpec {
     /// The tenants (IDs or domain names, compared without case) the endpoint knows; every tenant
@@ -23,9 +28,9 @@ pub struct EntraSpec {
     #[serde(default)]
     pub clients: Vec<ClientSpec>,
     /// How long issued tokens live (`expires_in`): a number of seconds or a string such as
-    /// `"1h"`. An hour when absent.
-    #[serde(default = "default_lifetime", deserialize_with = "lifetime")]
-    pub token_lifetime: Duration,
+    /// `"1h"`. When absent, as Entra: a random lifetime from 60 to 90 minutes for each token.
+    #[serde(default, deserialize_with = "lifetime")]
+    pub token_lifetime: Option<Duration>,
     /// When true, the simulated Graph accepts only bearer tokens this endpoint issued and that
     /// have not expired, and answers 401 `InvalidAuthenticationToken` to any other.
     #[serde(default)]
@@ -37,16 +42,44 @@ pub struct EntraSpec {
 }
 
 /// An app registration the token endpoint knows.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct ClientSpec {
     /// Its application (client) ID.
     pub id: String,
-    /// Its client secret. When set, an exchange must prove the client with exactly this
-    /// `client_secret` or with a `client_assertion`; when absent, only a `client_assertion`
-    /// (certificate or federated) is accepted. Assertions are not verified cryptographically.
+    /// Its client secret. When set, an exchange may prove the client with exactly this
+    /// `client_secret`; without it, only a `client_assertion` is accepted.
     #[serde(default)]
     pub secret: Option<String>,
+    /// Its certificates, in PEM. A `client_assertion` whose `iss` is the client ID is checked as
+    /// Entra checks it: `aud` the token endpoint called, `iss` = `sub` = the client ID, `exp` and
+    /// `nbf`, an `x5t#S256` of one of these certificates, and a PS256 or RS256 signature by its
+    /// key.
+    #[serde(default)]
+    pub certificates: Vec<String>,
+    /// Its federated credentials. A `client_assertion` whose `iss` is not the client ID is a
+    /// federated token: its `iss` and `sub` must match one of these, its `aud` the credential's
+    /// audience, and it must not have expired. (Its signature is not checked: the simulator cannot
+    /// fetch the issuer's keys.)
+    #[serde(default)]
+    pub federated_credentials: Vec<FederatedCredentialSpec>,
+}
+
+/// A federated identity credential of an app registration.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct FederatedCredentialSpec {
+    /// The token's issuer, such as the cluster's OIDC issuer URL.
+    pub issuer: String,
+    /// The token's subject, such as `system:serviceaccount:<namespace>:<service account>`.
+    pub subject: String,
+    /// The token's audience; `api://AzureADTokenExchange` when absent.
+    #[serde(default = "token_exchange_audience")]
+    pub audience: String,
+}
+
+fn token_exchange_audience() -> String {
+    TOKEN_EXCHANGE_AUDIENCE.to_owned()
 }
 
 /// A scripted answer of the token endpoint.
@@ -100,32 +133,14 @@ pub struct EntraRule {
     pub times: Option<u64>,
 }
 
-// === impl EntraSpec ===
-
-impl Default for EntraSpec {
-    fn default() -> Self {
-        Self {
-            tenants: Vec::new(),
-            clients: Vec::new(),
-            token_lifetime: DEFAULT_TOKEN_LIFETIME,
-            require_issued_tokens: false,
-            rules: Vec::new(),
-        }
-    }
-}
-
-fn default_lifetime() -> Duration {
-    DEFAULT_TOKEN_LIFETIME
-}
-
-fn lifetime<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+fn lifetime<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Duration>, D::Error> {
     let lifetime = delay(deserializer)?.unwrap_or(DEFAULT_TOKEN_LIFETIME);
     if lifetime.as_secs() == 0 {
         return Err(D::Error::custom(
             "tokenLifetime must be at least one second",
         ));
     }
-    Ok(lifetime)
+    Ok(Some(lifetime))
 }
 
 /// An OAuth error code: `error` in RFC 6749 is printable ASCII without `"` and `\`.
