@@ -511,6 +511,50 @@ impl Metrics {
             "0 while the TLS files on disk do not load and an older certificate is in use, else 1",
             tls_last_reload_successful.clone(),
         );
+        // Series of small fixed label sets start at 0, as Prometheus' instrumentation guide asks:
+        // a counter that appears only when it first moves hides that first move from rate(), and
+        // leaves dashboards and alerts with no series to show until then.
+        for kind in [
+            GraphFailure::Unreachable,
+            GraphFailure::Transport,
+            GraphFailure::Timeout,
+        ] {
+            let _ = graph_failures.get_or_create(&FailureLabels { kind });
+        }
+        for reason in [
+            RetryReason::Throttled,
+            RetryReason::Unavailable,
+            RetryReason::GatewayTimeout,
+            RetryReason::Unreachable,
+        ] {
+            let _ = retries.get_or_create(&RetryLabels { reason });
+        }
+        for reason in [
+            ResendReason::GoAway,
+            ResendReason::Refused,
+            ResendReason::Closed,
+        ] {
+            let _ = graph_requests_resent.get_or_create(&ResendLabels { reason });
+        }
+        for outcome in [
+            JobReadOutcome::AlreadyCanceled,
+            JobReadOutcome::NotCancelable,
+            JobReadOutcome::Failed,
+            JobReadOutcome::Timeout,
+        ] {
+            let _ = job_reads.get_or_create(&JobReadLabels { outcome });
+        }
+        for listener in [Listener::Api, Listener::Admin] {
+            let _ = streams_refused.get_or_create(&ListenerLabels { listener });
+            let _ = connections_open.get_or_create(&ListenerLabels { listener });
+            for reason in [
+                ConnectionClosed::Limit,
+                ConnectionClosed::HandshakeTimeout,
+                ConnectionClosed::HandshakeFailed,
+            ] {
+                let _ = connections_closed.get_or_create(&ClosedLabels { listener, reason });
+            }
+        }
         Self {
             inner: Arc::new(Inner {
                 registry: root,
@@ -863,6 +907,22 @@ impl Collector for ProcessCollector {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn series_of_fixed_label_sets_start_at_zero() {
+        let text = Metrics::new().encode_prometheus_text();
+        for expected in [
+            r#"printjob_gateway_graph_failures_total{kind="unreachable"} 0"#,
+            r#"printjob_gateway_graph_retries_total{reason="throttled"} 0"#,
+            r#"printjob_gateway_graph_requests_resent_total{reason="goaway"} 0"#,
+            r#"printjob_gateway_job_reads_total{outcome="failed"} 0"#,
+            r#"printjob_gateway_service_streams_refused_total{listener="admin"} 0"#,
+            r#"printjob_gateway_connections_closed_total{listener="api",reason="limit"} 0"#,
+            r#"printjob_gateway_connections_open{listener="api"} 0"#,
+        ] {
+            assert!(text.contains(expected), "{expected} in\n{text}");
+        }
+    }
 
     #[test]
     fn names_follow_prometheus_conventions() {
