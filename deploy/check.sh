@@ -7,7 +7,11 @@
 #   4. checkov passes on the rendered manifests, and deploy/check-workload-identity.py checks that
 #      the workload identity overlays wire on-behalf-of as README "On-behalf-of" says;
 #   5. deploy/build-image.sh builds the image without a daemon, and deploy/check-image.sh runs its
-#      binary from the unpacked root filesystem and calls it with grpcurl.
+#      binary from the unpacked root filesystem and calls it with grpcurl;
+#   6. components/monitoring (PodMonitor, PrometheusRule) renders on top of the sidecar and shared
+#      overlays (steps 2 to 4 cover it), and deploy/observability/check.sh checks the alert rules
+#      (promtool), the CRD objects against their schemas, and runs the end-to-end check of the
+#      rules and the Grafana dashboard against a real Prometheus.
 # Tools come from PyPI, pinned in deploy/requirements.txt, into a virtualenv under target/; the
 # image tools (umoci) from Debian, installed by the scripts that need them.
 set -euo pipefail
@@ -56,6 +60,31 @@ for name in sidecar-workload-identity sidecar-workload-identity-no-webhook; do
     }
 done
 
+# components/monitoring, applied the way README "Monitoring" says: an overlay of your own with the
+# overlay in `resources:` and the component in `components:` (made here, under target/).
+for name in sidecar shared; do
+    overlay="$repo/target/deploy-monitoring/$name"
+    mkdir -p "$overlay"
+    printf '%s\n' \
+        'apiVersion: kustomize.config.k8s.io/v1beta1' \
+        'kind: Kustomization' \
+        'resources:' \
+        "  - ../../../deploy/k8s/overlays/$name" \
+        'components:' \
+        '  - ../../../deploy/k8s/components/monitoring' >"$overlay/kustomization.yaml"
+    kubectl kustomize "$overlay" >"$rendered/$name-monitoring.yaml"
+    printf '%-20s %s\n' "$name-monitoring" "$(grep -c '^kind:' "$rendered/$name-monitoring.yaml") objects: $(grep '^kind:' "$rendered/$name-monitoring.yaml" | sed 's/kind: //' | paste -sd ' ' -)"
+    for kind in PodMonitor PrometheusRule; do
+        grep -q "^kind: $kind\$" "$rendered/$name-monitoring.yaml" || {
+            echo "$name-monitoring: no $kind" >&2
+            exit 1
+        }
+    done
+done
+
+# kubernetes-validate knows only built-in kinds: it skips the PodMonitor and PrometheusRule with a
+# warning (shown here, not hidden); deploy/observability/check.sh validates them against the
+# Prometheus Operator's CRD schemas.
 for version in 1.29.0 1.37.0; do
     step "kubernetes-validate --strict, Kubernetes $version"
     kubernetes-validate --strict --quiet --kubernetes-version "$version" "$rendered"/*.yaml
@@ -72,6 +101,9 @@ checkov "${checkov_args[@]}" --framework kubernetes -d "$rendered" --skip-check 
 
 step "workload identity: on-behalf-of wiring in the rendered overlays"
 python deploy/check-workload-identity.py "$rendered"
+
+step "observability: alert rules, CRD objects, end to end with Prometheus"
+bash deploy/observability/check.sh "$rendered"
 
 step "build the image without a daemon (umoci)"
 bash deploy/build-image.sh
