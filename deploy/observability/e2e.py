@@ -201,6 +201,14 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def sample(scrape: str, series: str) -> float:
+    """The value of the sample `series` (name and labels) in a scrape, 0 when absent."""
+    for line in scrape.splitlines():
+        if line.startswith(series + " "):
+            return float(line.split()[-1])
+    return 0.0
+
+
 def http_get(url, accept=None, timeout=10.0):
     request = urllib.request.Request(url)
     if accept:
@@ -250,6 +258,8 @@ class Load:
     def run(self):
         while not self.stopped.wait(0.25):
             self.running = [p for p in self.running if p.poll() is None]
+            if self.mode is None:
+                continue
             # Bounded: never more than 8 of these calls at once, whatever the machine's speed.
             if len(self.running) < 8:
                 printer, job, token = self.MODES[self.mode]
@@ -260,6 +270,16 @@ class Load:
                         stderr=subprocess.DEVNULL,
                     )
                 )
+
+    def pause(self):
+        """Stops sending and waits for the calls sent to end: the faults that count calls or
+        connections in flight must not race with the load's own."""
+        self.mode = None
+        deadline = time.monotonic() + PATIENCE
+        while any(p.poll() is None for p in list(self.running)):
+            if time.monotonic() > deadline:
+                raise Failed("the load's calls did not end")
+            time.sleep(0.1)
 
     def held_calls(self, count):
         """`count` calls that the simulator holds, until they are killed."""
@@ -363,7 +383,15 @@ class Prometheus:
                 log(f"  {', '.join(names)}: {want}")
                 return
             time.sleep(0.5)
-        raise Failed(f"{names} not {want} within {PATIENCE} s: {self.alert_states()}")
+        seen = {
+            expr: [(r["metric"], r["value"][1]) for r in self.query(expr)]
+            for expr in [
+                "printjob_gateway_calls_in_flight",
+                "printjob_gateway_overload_rejections_total",
+                "sum by (code) (printjob_gateway_calls_total)",
+            ]
+        }
+        raise Failed(f"{names} not {want} within {PATIENCE} s: {self.alert_states()}; {seen}")
 
     def query(self, expr):
         return self.api("query", query=expr)["result"]
@@ -651,20 +679,45 @@ def run(args, work):
             )
 
             held = []
+
+            def hold_calls():
+                # The load pauses while the held calls take every place, so that none of them
+                # is the one refused; then it resumes, and its calls are refused.
+                load.pause()
+                held.extend(load.held_calls(MAX_IN_FLIGHT))
+                in_flight = "printjob_gateway_calls_in_flight"
+                deadline = time.monotonic() + PATIENCE
+                while sample(http_get(f"http://127.0.0.1:{admin_port}/metrics")[1], in_flight) < MAX_IN_FLIGHT:
+                    if time.monotonic() > deadline or any(p.poll() is not None for p in held):
+                        raise Failed(f"the held calls did not reach --max-in-flight ({MAX_IN_FLIGHT})")
+                    time.sleep(0.1)
+                load.mode = "ok"
+
             fault(
                 "calls held at --max-in-flight",
                 ["PrintJobGatewayNearInFlightLimit", "PrintJobGatewayShedding"],
-                lambda: held.extend(load.held_calls(MAX_IN_FLIGHT)),
+                hold_calls,
                 lambda: [p.kill() or p.wait() for p in held],
             )
 
             connections = []
+
+            def open_connections():
+                # 9 of 10; the load pauses, so that its own connections do not push the listener
+                # to its limit, where it would close the ones still in their handshake.
+                load.pause()
+                connections.extend(connect_h2(api_port) for _ in range(MAX_CONNECTIONS - 1))
+
+            def close_connections():
+                for connection in connections:
+                    connection.close()
+                load.mode = "ok"
+
             fault(
                 "connections near --max-connections",
                 ["PrintJobGatewayNearConnectionLimit"],
-                # 9 of 10, with the load's own connections at most one or two more.
-                lambda: connections.extend(connect_h2(api_port) for _ in range(MAX_CONNECTIONS - 1)),
-                lambda: [c.close() for c in connections],
+                open_connections,
+                close_connections,
             )
 
             fault(
@@ -701,9 +754,14 @@ def run(args, work):
         log("end to end: every check passed")
     except BaseException:
         for process in started:
-            print(f"\n--- {process.log_path.name} (last 30 lines) ---", file=sys.stderr)
-            lines = process.log_path.read_text(errors="replace").splitlines()
-            print("\n".join(lines[-30:]), file=sys.stderr)
+            # The gateway logs a line per call: the ones that are not a plain success say more.
+            lines = [
+                line
+                for line in process.log_path.read_text(errors="replace").splitlines()
+                if '"grpc_code":"OK"' not in line
+            ]
+            print(f"\n--- {process.log_path.name} (last 60 lines, successful calls left out) ---", file=sys.stderr)
+            print("\n".join(lines[-60:]), file=sys.stderr)
         raise
     finally:
         for process in reversed(started):
