@@ -36,6 +36,7 @@ failure, printing the logs of what it started.
 """
 
 import argparse
+import base64
 import datetime
 import hashlib
 import json
@@ -70,6 +71,17 @@ FOR = "2s"
 MAX_IN_FLIGHT = 4
 MAX_CONNECTIONS = 10
 
+def caller_token(user: str) -> str:
+    """An unsigned JWT for `user`: the gateway exchanges only tokens shaped as JWTs, and the
+    simulated Entra takes any."""
+    part = lambda value: base64.urlsafe_b64encode(json.dumps(value).encode()).rstrip(b"=").decode()
+    return f"{part({'alg': 'none', 'typ': 'JWT'})}.{part({'sub': user})}.e2e"
+
+
+USER = caller_token("e2e-user")
+# Entra answers 503 to the exchange of this caller's token.
+ENTRA_DOWN_USER = caller_token("entra-down-user")
+
 SCENARIO = {
     "printers": [
         {"id": "printer-1", "anyJob": True},
@@ -85,9 +97,9 @@ SCENARIO = {
         {"printer": "held-printer", "delay": "600s"},
     ],
     "entra": {
-        "tenants": ["contoso"],
+        "tenants": ["contoso.onmicrosoft.com"],
         "clients": [{"id": "my-api", "secret": "e2e-secret"}],
-        "rules": [{"assertion": "entra-down-user", "status": 503}],
+        "rules": [{"assertion": ENTRA_DOWN_USER, "status": 503}],
     },
 }
 
@@ -224,12 +236,12 @@ class Load:
     """Sends Cancel calls with grpcurl, a few a second, of the kind `mode` names, in the background."""
 
     MODES = {
-        "ok": ("printer-1", "1", "user-token"),
-        "throttled": ("throttled-printer", "1", "user-token"),
-        "unavailable": ("unavailable-printer", "1", "user-token"),
-        "exchange-failing": ("printer-1", "1", "entra-down-user"),
+        "ok": ("printer-1", "1", USER),
+        "throttled": ("throttled-printer", "1", USER),
+        "unavailable": ("unavailable-printer", "1", USER),
+        "exchange-failing": ("printer-1", "1", ENTRA_DOWN_USER),
         # A 409 and a read of the job: the job-reads panel has something to show.
-        "done": ("done-printer", "3", "user-token"),
+        "done": ("done-printer", "3", USER),
     }
 
     def __init__(self, grpcurl, api_port):
@@ -285,7 +297,7 @@ class Load:
         """`count` calls that the simulator holds, until they are killed."""
         return [
             subprocess.Popen(
-                self.command("held-printer", "1", "user-token", max_time=600),
+                self.command("held-printer", "1", USER, max_time=600),
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
             )
@@ -603,7 +615,7 @@ def run(args, work):
                     "--max-connections", str(MAX_CONNECTIONS),
                     "--token-exchange", "obo",
                     "--entra-authority", f"http://127.0.0.1:{sim_port}",
-                    "--tenant-id", "contoso",
+                    "--tenant-id", "contoso.onmicrosoft.com",
                     "--client-id", "my-api",
                     "--client-secret-file", str(secret),
                     "--log-format", "json",
