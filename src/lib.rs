@@ -26,6 +26,8 @@
 //! - [`simulator`]: a simulated Graph cancel endpoint with printers, job states and scripted
 //!   answers, for demos and for testing callers without Universal Print.
 //! - [`metrics`]: the Prometheus metrics handle.
+//! - [`files`]: reads of the operator's files (TLS, the client credential) off the runtime's
+//!   workers, bounded in time and size.
 //! - [`telemetry`]: the tracing subscriber, the one place that installs process-wide state.
 
 #![forbid(unsafe_code)]
@@ -37,6 +39,7 @@ pub mod config;
 pub mod credentials;
 pub mod entra;
 pub mod error;
+pub mod files;
 pub mod graph;
 pub mod metrics;
 pub mod proto;

@@ -2,7 +2,7 @@
 
 #![forbid(unsafe_code)]
 
-use std::{io::Write, process::ExitCode};
+use std::{io::Write, process::ExitCode, time::Duration};
 
 use printjob_gateway::{
     app,
@@ -22,7 +22,7 @@ fn main() -> ExitCode {
         Ok(runtime) => runtime,
         Err(error) => return fail(&error),
     };
-    runtime.block_on(async {
+    let exit = runtime.block_on(async {
         // Telemetry starts inside the runtime: the OTLP exporter's connection lives on it.
         let telemetry = match telemetry::init(&cli.telemetry.settings()) {
             Ok(telemetry) => telemetry,
@@ -38,7 +38,12 @@ fn main() -> ExitCode {
         } else {
             ExitCode::FAILURE
         }
-    })
+    });
+    // A file read that never returns (a hung volume, a FIFO nobody writes) holds a thread of the
+    // blocking pool; dropping the runtime would wait for it for ever. Everything worth waiting
+    // for is done by now.
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    exit
 }
 
 /// Reports a failure to start before logging is up: stderr is the only place left to say so.

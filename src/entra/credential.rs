@@ -3,9 +3,13 @@
 //! current token is the `client_assertion`. Secrets come from files only; none of them can be
 //! printed.
 
-use std::{fmt, path::PathBuf};
+use std::{
+    fmt,
+    path::{Path, PathBuf},
+};
 
 use super::assertion::{AssertionError, CertificateCredential};
+use crate::files::{FileReads, ReadError};
 
 /// The most bytes read from a secret or token file: far more than any secret or service-account
 /// token, and a guard against pointing the setting at the wrong file.
@@ -41,24 +45,13 @@ pub struct ClientAssertion(String);
 /// Why the client credential cannot be loaded, or a federated token read.
 #[derive(Debug, thiserror::Error)]
 pub enum CredentialError {
-    /// The file cannot be read.
-    #[error("cannot read {path}")]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// What the operating system said.
-        #[source]
-        source: std::io::Error,
-    },
+    /// The file cannot be read: the operating system refused, it is too large, or the read
+    /// did not finish in time (a hung volume, a FIFO nobody writes).
+    #[error(transparent)]
+    Read(#[from] ReadError),
     /// The file is empty (or holds only a newline).
     #[error("{path} is empty")]
     Empty {
-        /// The file.
-        path: PathBuf,
-    },
-    /// The file is larger than any secret or token.
-    #[error("{path} is larger than {MAX_FILE_LEN} bytes: is it the right file?")]
-    TooLarge {
         /// The file.
         path: PathBuf,
     },
@@ -81,7 +74,8 @@ pub enum CredentialError {
 pub(crate) enum ClientCredential {
     Secret(ClientSecret),
     Certificate(Box<CertificateCredential>),
-    FederatedTokenFile(PathBuf),
+    /// The file, and the reads of it: one at a time, so that a file that hangs holds one thread.
+    FederatedTokenFile(PathBuf, FileReads),
 }
 
 /// The credential fields of one token request.
@@ -139,14 +133,15 @@ impl ClientCredential {
         source: &CredentialSource,
         client_id: &str,
     ) -> Result<Self, CredentialError> {
+        let reads = FileReads::default();
         match source {
             CredentialSource::SecretFile(path) => {
-                let secret = read_secret_file(path).await?;
+                let secret = read_secret_file(&reads, path).await?;
                 Ok(Self::Secret(ClientSecret(secret)))
             }
             CredentialSource::Secret(secret) => Ok(Self::Secret(secret.clone())),
             CredentialSource::CertificateFile(path) => {
-                let pem = read_file(path).await?;
+                let pem = reads.read(path, MAX_FILE_LEN).await?;
                 CertificateCredential::from_pem(&pem, client_id)
                     .map(|certificate| Self::Certificate(Box::new(certificate)))
                     .map_err(|source| CredentialError::Certificate {
@@ -155,8 +150,8 @@ impl ClientCredential {
                     })
             }
             CredentialSource::FederatedTokenFile(path) => {
-                read_secret_file(path).await?;
-                Ok(Self::FederatedTokenFile(path.clone()))
+                read_secret_file(&reads, path).await?;
+                Ok(Self::FederatedTokenFile(path.clone(), reads))
             }
         }
     }
@@ -173,8 +168,8 @@ impl ClientCredential {
                 .assertion(audience)
                 .map(CredentialFields::Assertion)
                 .map_err(CredentialError::Signing),
-            Self::FederatedTokenFile(path) => {
-                let token = read_secret_file(path).await?;
+            Self::FederatedTokenFile(path, reads) => {
+                let token = read_secret_file(reads, path).await?;
                 Ok(CredentialFields::Assertion(ClientAssertion(token)))
             }
         }
@@ -185,7 +180,7 @@ impl ClientCredential {
         match self {
             Self::Secret(_) => "client secret",
             Self::Certificate(_) => "client certificate",
-            Self::FederatedTokenFile(_) => "federated token file",
+            Self::FederatedTokenFile(..) => "federated token file",
         }
     }
 }
@@ -207,28 +202,18 @@ impl CredentialFields<'_> {
     }
 }
 
-/// Reads a file holding one secret or token, without its trailing newline.
-async fn read_secret_file(path: &PathBuf) -> Result<String, CredentialError> {
-    let bytes = read_file(path).await?;
+/// Reads a file holding one secret or token, without its trailing newline: on the blocking pool,
+/// within a time limit, at most [`MAX_FILE_LEN`] bytes (`crate::files`).
+async fn read_secret_file(reads: &FileReads, path: &Path) -> Result<String, CredentialError> {
+    let bytes = reads.read(path, MAX_FILE_LEN).await?;
     let text = String::from_utf8_lossy(&bytes);
     let secret = text.trim_end_matches(['\n', '\r']);
     if secret.is_empty() {
-        return Err(CredentialError::Empty { path: path.clone() });
+        return Err(CredentialError::Empty {
+            path: path.to_path_buf(),
+        });
     }
     Ok(secret.to_owned())
-}
-
-/// Reads a whole file of at most [`MAX_FILE_LEN`] bytes.
-async fn read_file(path: &PathBuf) -> Result<Vec<u8>, CredentialError> {
-    let failed = |source| CredentialError::Read {
-        path: path.clone(),
-        source,
-    };
-    let metadata = tokio::fs::metadata(path).await.map_err(failed)?;
-    if metadata.len() > MAX_FILE_LEN {
-        return Err(CredentialError::TooLarge { path: path.clone() });
-    }
-    tokio::fs::read(path).await.map_err(failed)
 }
 
 #[cfg(test)]
@@ -247,12 +232,12 @@ mod tests {
         ] {
             let path = dir.path().join("secret");
             std::fs::write(&path, text).unwrap();
-            let secret = read_secret_file(&path).await.ok();
+            let secret = read_secret_file(&FileReads::default(), &path).await.ok();
             assert_eq!(secret.as_deref(), expected, "{text:?}");
         }
         assert!(matches!(
-            read_secret_file(&dir.path().join("missing")).await,
-            Err(CredentialError::Read { .. })
+            read_secret_file(&FileReads::default(), &dir.path().join("missing")).await,
+            Err(CredentialError::Read(ReadError::Io { .. }))
         ));
     }
 

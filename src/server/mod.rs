@@ -178,7 +178,27 @@ impl Listeners {
     }
 }
 
+/// Runs a step of start-up unless `shutdown` completes first (`None` then).
+async fn until_stopped<T>(
+    shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
+    step: impl Future<Output = T>,
+) -> Option<T> {
+    tokio::select! {
+        biased;
+        () = shutdown.as_mut() => None,
+        done = step => Some(done),
+    }
+}
+
+/// Says that a signal stopped the gateway before it served; the process then exits 0, as after
+/// a drain, without waiting for the start-up step it interrupted.
+fn stopped_during_start_up() -> Result<(), ServeError> {
+    tracing::info!("stopped during start-up, before serving");
+    Ok(())
+}
+
 /// Serves until `shutdown` completes, then drains within `settings.shutdown_grace` and returns.
+/// A `shutdown` that completes during start-up ends it at once.
 pub async fn serve(
     settings: Settings,
     listeners: Listeners,
@@ -191,13 +211,19 @@ pub async fn serve(
     metrics.set_limits(settings.calls.max_in_flight, settings.max_connections);
     let graph = GraphClient::new(&settings.graph, metrics.clone())?;
     let abort_calls = CancellationToken::new();
+    // Start-up answers SIGTERM and SIGINT at every step that may wait: reading a credential or a
+    // certificate from a hung volume, or a FIFO, must not make the process ignore them.
+    let mut shutdown = std::pin::pin!(shutdown);
     let credentials = GraphCredentials::new(
         &settings.token_exchange,
         &settings.graph,
         settings.calls.retry,
         &metrics,
-    )
-    .await?;
+    );
+    let credentials = match until_stopped(&mut shutdown, credentials).await {
+        Some(credentials) => credentials?,
+        None => return stopped_during_start_up(),
+    };
     let gateway = Arc::new(PrintJobGateway::new(
         graph,
         credentials,
@@ -219,11 +245,16 @@ pub async fn serve(
     // Stops the certificate reloader when `serve` returns, however it returns.
     let stop_reloading = CancellationToken::new();
     let _stop_reloading = stop_reloading.clone().drop_guard();
-    let tls = settings
-        .tls
-        .clone()
-        .map(|files| TlsConfig::load_and_watch(files, metrics.clone(), stop_reloading))
-        .transpose()?;
+    let tls = match settings.tls.clone() {
+        Some(files) => {
+            let loading = TlsConfig::load_and_watch(files, metrics.clone(), stop_reloading);
+            match until_stopped(&mut shutdown, loading).await {
+                Some(loaded) => Some(loaded?),
+                None => return stopped_during_start_up(),
+            }
+        }
+        None => None,
+    };
     let grpc_addr = listeners
         .grpc
         .local_addr()

@@ -28,12 +28,17 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
+    files::{FileReads, ReadError, read_to_limit},
     metrics::{Listener, Metrics},
     telemetry::ErrorChain,
 };
 
 /// How often the TLS files are checked for changes.
 pub const POLL_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The most bytes read from each TLS file: a certificate chain or a CA bundle (the public roots
+/// are about 220 KiB in PEM) fits many times over.
+pub const MAX_PEM_BYTES: u64 = 1024 * 1024;
 
 /// Where the TLS material is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,7 +54,10 @@ pub struct TlsFiles {
 /// Why TLS could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
-    /// A PEM file could not be read or holds nothing usable.
+    /// A file could not be read in time, or is too large.
+    #[error(transparent)]
+    Read(#[from] ReadError),
+    /// A PEM file holds nothing usable.
     #[error("cannot read {what} from {path}")]
     Pem {
         /// What was expected.
@@ -85,19 +93,23 @@ struct Fingerprint {
 // === impl TlsConfig ===
 
 impl TlsConfig {
-    /// Loads `files`, and keeps reloading them when they change until `stop` fires.
-    pub(crate) fn load_and_watch(
+    /// Loads `files`, and keeps reloading them when they change until `stop` fires. Every look
+    /// at the files (a `stat`, a read) runs on the blocking pool within
+    /// [`crate::files::READ_TIMEOUT`], one at a time: a hung volume or a FIFO never blocks a
+    /// runtime worker, and a look that never returns holds one thread.
+    pub(crate) async fn load_and_watch(
         files: TlsFiles,
         metrics: Metrics,
         stop: CancellationToken,
     ) -> Result<Self, TlsError> {
-        let seen = fingerprints(&files);
-        let (config, not_after) = server_config(&files)?;
+        let reads = FileReads::default();
+        let seen = look(&reads, &files, fingerprints).await?;
+        let (config, not_after) = look(&reads, &files, server_config).await??;
         certificate_loaded(&metrics, not_after);
         let (sender, receiver) = watch::channel(Arc::new(config));
         tokio::spawn(async move {
             tokio::select! {
-                () = watch_files(files, seen, sender, metrics) => {}
+                () = watch_files(files, reads, seen, sender, metrics) => {}
                 () = stop.cancelled() => {}
             }
         });
@@ -110,9 +122,20 @@ impl TlsConfig {
     }
 }
 
+/// Runs `work` over the TLS files on the blocking pool, through `reads`.
+async fn look<T: Send + 'static>(
+    reads: &FileReads,
+    files: &TlsFiles,
+    work: fn(&TlsFiles) -> T,
+) -> Result<T, ReadError> {
+    let owned = files.clone();
+    reads.run(&files.cert, move || work(&owned)).await
+}
+
 /// Polls `files` and sends a new configuration each time they change and load.
 async fn watch_files(
     files: TlsFiles,
+    reads: FileReads,
     mut seen: Vec<Option<Fingerprint>>,
     sender: watch::Sender<Arc<ServerConfig>>,
     metrics: Metrics,
@@ -121,14 +144,24 @@ async fn watch_files(
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         interval.tick().await;
-        let now = fingerprints(&files);
+        let now = match look(&reads, &files, fingerprints).await {
+            Ok(now) => now,
+            Err(error) => {
+                tracing::warn!(error = %ErrorChain(&error), "cannot check the TLS files for changes");
+                continue;
+            }
+        };
         if now == seen {
             continue;
         }
         // Remembered even when the load fails, so that a broken file is reported once, and
         // tried again when it changes again.
         seen = now;
-        match server_config(&files) {
+        match look(&reads, &files, server_config)
+            .await
+            .map_err(TlsError::from)
+            .and_then(|loaded| loaded)
+        {
             Ok((config, not_after)) => {
                 sender.send_replace(Arc::new(config));
                 metrics.tls_reloaded(Listener::Api, true);
@@ -186,13 +219,14 @@ fn not_after(leaf: &CertificateDer<'_>) -> Option<i64> {
     Some(cert.validity().not_after.timestamp())
 }
 
-/// Builds the TLS configuration: TLS 1.2 and 1.3 with ring, ALPN `h2` (gRPC needs HTTP/2), and
+/// Builds the TLS configuration (it reads the files: call it through [`look`]): TLS 1.2 and 1.3 with ring, ALPN `h2` (gRPC needs HTTP/2), and
 /// says when its certificate expires.
 fn server_config(files: &TlsFiles) -> Result<(ServerConfig, Option<i64>), TlsError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let certs = read_all::<CertificateDer<'static>>(&files.cert, "certificates")?;
     let expires = certs.first().and_then(not_after);
-    let key = PrivateKeyDer::from_pem_file(&files.key).map_err(|source| TlsError::Pem {
+    let key = read_to_limit(&files.key, MAX_PEM_BYTES)?;
+    let key = PrivateKeyDer::from_pem_slice(&key).map_err(|source| TlsError::Pem {
         what: "a private key",
         path: files.key.clone(),
         source,
@@ -216,14 +250,14 @@ fn server_config(files: &TlsFiles) -> Result<(ServerConfig, Option<i64>), TlsErr
     Ok((config, expires))
 }
 
-fn read_all<T: PemObject>(path: &PathBuf, what: &'static str) -> Result<Vec<T>, TlsError> {
+fn read_all<T: PemObject>(path: &Path, what: &'static str) -> Result<Vec<T>, TlsError> {
     let pem_error = |source| TlsError::Pem {
         what,
-        path: path.clone(),
+        path: path.to_path_buf(),
         source,
     };
-    let items = T::pem_file_iter(path)
-        .map_err(pem_error)?
+    let pem = read_to_limit(path, MAX_PEM_BYTES)?;
+    let items = T::pem_slice_iter(&pem)
         .collect::<Result<Vec<_>, _>>()
         .map_err(pem_error)?;
     if items.is_empty() {

@@ -9,6 +9,7 @@ mod support;
 mod architecture;
 mod auth;
 mod binary;
+mod blocking;
 mod bounded;
 mod cancel;
 mod deadlines;
