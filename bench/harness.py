@@ -14,6 +14,9 @@ In one run, side by side on this machine:
      (in flight / delay), and the TLS connections the gateway opened to it;
   6. RSS per call in flight with 10,000 calls in flight against the same stream-capped upstream,
      so that most of them wait in the gateway for a stream.
+With --baseline-binary (bench/run.sh --compare REV), it runs instead only the fast path as to Graph
+(reject and forward, over TLS h2 to nginx answering 204) of two builds side by side, their rounds
+interleaved (ABBA), and reports each round's figures and the spread (see `compare`).
 Every forwarded call is checked against nginx's stub_status request counter, and a sample call's
 grpc-status is read, because h2load counts gRPC errors (HTTP 200) as successes; in steps 5 and 6
 the gateway's own count of answers by gRPC code is read too.
@@ -1081,6 +1084,100 @@ def run(args) -> int:
     return 0
 
 
+# A JWT-shaped token (tid and appid claims, unsigned) for --baseline-binary runs: a build that reads
+# the token's claims to key its throttle gate would pay for it on every call with this one.
+JWT_AUTH_HEADER = ("authorization: Bearer eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0."
+                   "eyJ0aWQiOiI1ZTFmN2EzYy0wMDAwLTQwMDAtODAwMC0wMDAwMDAwMGQzZTAiLCJhcHBpZCI6IjBhMTFjZTAwLTAwMDAtNDAwMC04MDAwLTAwMDAwMDAwZDNlMCJ9.c2ln")
+
+
+def compare(args) -> int:
+    """The fast path as to Graph of two builds, side by side in one run: both gateways run at once
+    against the same nginx (TLS, h2, 204 at once); each round measures reject and forward on one
+    build, then on the other, the order alternating (ABBA) so that neither build always runs while
+    the machine is in the state the other left. On a shared machine absolute CPU per call drifts
+    between rounds; the per-round ratios, and their spread, are what compare."""
+    global AUTH_HEADER
+    AUTH_HEADER = JWT_AUTH_HEADER
+    out_dir = Path(args.work_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix="printjob-bench-compare-"))
+    calls = args.calls or 100_000
+    shape = Load(calls, args.connections, args.streams)
+    warmup = Load(max(500, calls // 10), args.connections, args.streams)
+    bench = Bench(args, tmp, out_dir)
+    loadavg_start = open("/proc/loadavg").read().split()[:3]
+    graph_like = start_graph_like(args.binary, tmp)
+    builds = [("baseline", args.baseline_binary, args.baseline_label), ("candidate", args.binary, args.gateway_label)]
+    gateways = {}
+    for name, binary, label in builds:
+        gateways[name] = start_gateway(binary, graph_like.url(graph_like.fast_port), tmp, f"gateway-{name}",
+                                       extra=["--graph-ca-file", str(graph_like.ca_file)], protocol=None)
+        bench.sample_calls(gateways[name], graph_like)
+        print(f"{name}: {label} ({binary})", flush=True)
+    print(f"-- warm-up: {warmup.calls} calls of each kind on each build", flush=True)
+    for name, *_ in builds:
+        for kind in ("reject", "forward"):
+            bench.run_load(kind, warmup, gateways[name], graph_like, None, label=f"{name} {kind}")
+    rounds = []
+    for r in range(args.rounds):
+        order = builds if r % 2 == 0 else builds[::-1]
+        row = {"order": [name for name, *_ in order]}
+        for name, *_ in order:
+            for kind in ("reject", "forward"):
+                res = bench.run_load(kind, shape, gateways[name], graph_like, f"compare-{name}-{kind}-{r}",
+                                     label=f"{name} {kind}")
+                row[f"{name}_{kind}_cpu_us"] = res["cpu_us_per_call"]
+                row[f"{name}_{kind}_rps"] = res["rps"]
+                row[f"{name}_{kind}_p50_ms"] = res["p50_ms"]
+        for name, *_ in builds:
+            row[f"{name}_ratio"] = row[f"{name}_forward_cpu_us"] / row[f"{name}_reject_cpu_us"]
+        row["forward_cpu_change"] = row["candidate_forward_cpu_us"] / row["baseline_forward_cpu_us"]
+        row["ratio_change"] = row["candidate_ratio"] / row["baseline_ratio"]
+        row["forward_rps_change"] = row["candidate_forward_rps"] / row["baseline_forward_rps"]
+        rounds.append(row)
+        print(f"   round {r + 1} ({' then '.join(row['order'])}): forward CPU {row['baseline_forward_cpu_us']:.1f} -> "
+              f"{row['candidate_forward_cpu_us']:.1f} µs/call ({row['forward_cpu_change']:.3f}); fast-path ratio "
+              f"{row['baseline_ratio']:.2f} -> {row['candidate_ratio']:.2f} ({row['ratio_change']:.3f})", flush=True)
+    PROCS.stop_all()
+    if bench.problems:
+        print("SANITY CHECKS FAILED (numbers not written):\n  " + "\n  ".join(bench.problems))
+        return 1
+    shutil.rmtree(tmp, ignore_errors=True)
+    m = machine()
+    med = lambda key: statistics.median(row[key] for row in rounds)
+    spread = lambda key: f"{min(row[key] for row in rounds):.3f} to {max(row[key] for row in rounds):.3f}"
+    lines = [
+        f"Command: `{args.command_line}`; {args.rounds} rounds of {calls:,} calls per path and build, h2load -c {args.connections} "
+        f"-m {args.streams}, each gateway's Graph nginx over TLS h2 answering 204 at once, a JWT-shaped bearer token. "
+        f"Baseline {builds[0][2]}, candidate {builds[1][2]}. Machine: {m['nproc']} CPUs, load average "
+        f"{' '.join(loadavg_start)} at the start and {' '.join(m['loadavg'])} at the end (shared with other builds).",
+        "",
+        "| Round | Order | Baseline reject / forward (µs per call) | Candidate reject / forward (µs per call) | "
+        "Fast-path ratio baseline → candidate | Candidate ÷ baseline: forward CPU | ratio | forward calls/s |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for i, row in enumerate(rounds):
+        lines.append(
+            f"| {i + 1} | {' then '.join(row['order'])} | {row['baseline_reject_cpu_us']:.1f} / {row['baseline_forward_cpu_us']:.1f} | "
+            f"{row['candidate_reject_cpu_us']:.1f} / {row['candidate_forward_cpu_us']:.1f} | "
+            f"{row['baseline_ratio']:.2f} → {row['candidate_ratio']:.2f} | {row['forward_cpu_change']:.3f} | "
+            f"{row['ratio_change']:.3f} | {row['forward_rps_change']:.3f} |")
+    lines += [
+        "",
+        f"Medians over the rounds: fast-path ratio {med('baseline_ratio'):.2f} (baseline) and {med('candidate_ratio'):.2f} "
+        f"(candidate); candidate ÷ baseline: forward CPU per call {med('forward_cpu_change'):.3f} (rounds {spread('forward_cpu_change')}), "
+        f"fast-path ratio {med('ratio_change'):.3f} (rounds {spread('ratio_change')}), forwarded calls/s "
+        f"{med('forward_rps_change'):.3f} (rounds {spread('forward_rps_change')}).",
+    ]
+    text = "\n".join(lines) + "\n"
+    (out_dir / "compare.json").write_text(json.dumps({"rounds": rounds, "builds": builds}, indent=2))
+    (out_dir / "compare.md").write_text(text)
+    print()
+    print(text)
+    print(f"written to {out_dir / 'compare.md'} (BENCHMARKS.md is not changed: copy what the comparison was for)")
+    return 0
+
+
 def median_of(runs: list[dict], key: str) -> float:
     return statistics.median(r[key] for r in runs)
 
@@ -1397,6 +1494,8 @@ def main() -> int:
     parser.add_argument("--streams", type=int, default=8)
     parser.add_argument("--command-line", default="bench/run.sh")
     parser.add_argument("--gateway-label", default="unknown", help="which build: git describe of the commit or work tree")
+    parser.add_argument("--baseline-binary", help="compare the fast path of this build with --binary's, side by side (bench/run.sh --compare REV)")
+    parser.add_argument("--baseline-label", default="unknown", help="which build --baseline-binary is")
     parser.add_argument("--graph-protocol", choices=["http1", "http2"], default="http2",
                         help="the HTTP version the gateway speaks to its upstream (default http2, as to Graph over TLS)")
     args = parser.parse_args()
@@ -1407,6 +1506,8 @@ def main() -> int:
 
     grpc_h2 = module
     try:
+        if args.baseline_binary:
+            return compare(args)
         return run(args)
     except HarnessError as e:
         print(f"BENCHMARK FAILED: {e}", file=sys.stderr)

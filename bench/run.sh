@@ -13,6 +13,10 @@
 #   bench/run.sh --rev REV      benchmark commit REV (git archive, built under target/bench-rev/)
 #                               instead of the work tree, e.g. to compare two builds or to leave
 #                               uncommitted changes out
+#   bench/run.sh --compare REV  only the fast path as to Graph (TLS h2, 204 at once), of commit REV
+#                               and of the work tree (or --rev's commit) side by side, rounds
+#                               interleaved; prints per-round figures and the spread, and writes
+#                               them to target/bench/compare.md (BENCHMARKS.md is not changed)
 #
 # Other options go to bench/harness.py (`bench/run.sh --help`), such as --calls, --rounds, --out.
 # Exit status: 0 done (full run: every target met), 1 the harness failed or a sanity check did not
@@ -29,10 +33,16 @@ cd "$repo"
 
 setup_only=false
 rev=""
+compare=""
 args=()
 while [ "$#" -gt 0 ]; do
     if [ "$1" = "--rev" ]; then
         rev="${2:?--rev needs a commit}"
+        shift 2
+        continue
+    fi
+    if [ "$1" = "--compare" ]; then
+        compare="${2:?--compare needs a commit}"
         shift 2
         continue
     fi
@@ -42,7 +52,7 @@ done
 set -- "${args[@]+"${args[@]}"}"
 for arg in "$@"; do
     if [ "$arg" = "-h" ] || [ "$arg" = "--help" ]; then
-        sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'
+        sed -n '2,28p' "$0" | sed 's/^# \{0,1\}//'
         exec python3 "$repo/bench/harness.py" --help
     fi
     if [ "$arg" = "--setup-only" ]; then
@@ -75,10 +85,12 @@ if [ ! -x "$venv/bin/python" ]; then
 fi
 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r "$repo/bench/requirements.txt"
 
-binary="$repo/target/release/printjob-gateway"
-label="$(git -C "$repo" describe --always --dirty 2>/dev/null || echo unknown)"
-if [ -n "$rev" ]; then
-    sha="$(git -C "$repo" rev-parse --verify "$rev^{commit}")"
+# Builds commit $1 from a git archive under target/bench-rev/ and sets built_binary (a copy per
+# commit, so that two builds can sit side by side; the dependencies are built once for all) and
+# built_label.
+build_rev() {
+    local sha tree
+    sha="$(git -C "$repo" rev-parse --verify "$1^{commit}")"
     tree="$repo/target/bench-rev/src-$sha"
     if [ ! -f "$tree/Cargo.toml" ]; then
         rm -rf "$tree"
@@ -87,8 +99,28 @@ if [ -n "$rev" ]; then
     fi
     step "cargo build --release --locked (commit $sha)"
     cargo build --release --locked --manifest-path "$tree/Cargo.toml" --target-dir "$repo/target/bench-rev/target"
-    binary="$repo/target/bench-rev/target/release/printjob-gateway"
-    label="$(git -C "$repo" describe --always "$sha")"
+    built_binary="$repo/target/bench-rev/printjob-gateway-$sha"
+    cp "$repo/target/bench-rev/target/release/printjob-gateway" "$built_binary"
+    built_label="$(git -C "$repo" describe --always "$sha")"
+}
+
+binary="$repo/target/release/printjob-gateway"
+label="$(git -C "$repo" describe --always --dirty 2>/dev/null || echo unknown)"
+baseline=()
+if [ -n "$compare" ]; then
+    build_rev "$compare"
+    baseline=(--baseline-binary "$built_binary" --baseline-label "$built_label")
+fi
+if [ -n "$rev" ]; then
+    build_rev "$rev"
+    binary="$built_binary"
+    label="$built_label"
+elif [ -n "$compare" ]; then
+    # The work tree beside the baseline, in the same target directory: its dependencies are built once.
+    step "cargo build --release --locked (work tree)"
+    cargo build --release --locked --target-dir "$repo/target/bench-rev/target"
+    binary="$repo/target/bench-rev/printjob-gateway-worktree"
+    cp "$repo/target/bench-rev/target/release/printjob-gateway" "$binary"
 else
     step "cargo build --release --locked"
     cargo build --release --locked
@@ -107,5 +139,6 @@ exec "$venv/bin/python" "$repo/bench/harness.py" \
     --gateway-label "$label" \
     --repo "$repo" \
     --work-dir "$repo/target/bench" \
-    --command-line "bench/run.sh${rev:+ --rev $label}${*:+ $*}" \
+    --command-line "bench/run.sh${compare:+ --compare $compare}${rev:+ --rev $label}${*:+ $*}" \
+    "${baseline[@]+"${baseline[@]}"}" \
     "$@"
