@@ -85,9 +85,21 @@ if [ ! -x "$venv/bin/python" ]; then
 fi
 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r "$repo/bench/requirements.txt"
 
+# Release builds of several source trees share one target directory, so that their dependencies are
+# built once. Cargo would take the gateway crate built from one tree as fresh for another (its
+# artifacts are named by package, not by path), so the crate is cleaned when the tree changes.
+shared_target="$repo/target/bench-rev/target"
+build_in_shared_target() {
+    local manifest="$1" stamp="$shared_target/.printjob-gateway-built-from"
+    if [ "$(cat "$stamp" 2>/dev/null)" != "$manifest" ]; then
+        cargo clean --release --quiet -p printjob-gateway --manifest-path "$manifest" --target-dir "$shared_target" 2>/dev/null || true
+    fi
+    cargo build --release --locked --manifest-path "$manifest" --target-dir "$shared_target"
+    echo "$manifest" > "$stamp"
+}
+
 # Builds commit $1 from a git archive under target/bench-rev/ and sets built_binary (a copy per
-# commit, so that two builds can sit side by side; the dependencies are built once for all) and
-# built_label.
+# commit, so that two builds can sit side by side) and built_label.
 build_rev() {
     local sha tree
     sha="$(git -C "$repo" rev-parse --verify "$1^{commit}")"
@@ -98,9 +110,9 @@ build_rev() {
         git -C "$repo" archive "$sha" | tar -x -C "$tree"
     fi
     step "cargo build --release --locked (commit $sha)"
-    cargo build --release --locked --manifest-path "$tree/Cargo.toml" --target-dir "$repo/target/bench-rev/target"
+    build_in_shared_target "$tree/Cargo.toml"
     built_binary="$repo/target/bench-rev/printjob-gateway-$sha"
-    cp "$repo/target/bench-rev/target/release/printjob-gateway" "$built_binary"
+    cp "$shared_target/release/printjob-gateway" "$built_binary"
     built_label="$(git -C "$repo" describe --always "$sha")"
 }
 
@@ -118,9 +130,9 @@ if [ -n "$rev" ]; then
 elif [ -n "$compare" ]; then
     # The work tree beside the baseline, in the same target directory: its dependencies are built once.
     step "cargo build --release --locked (work tree)"
-    cargo build --release --locked --target-dir "$repo/target/bench-rev/target"
+    build_in_shared_target "$repo/Cargo.toml"
     binary="$repo/target/bench-rev/printjob-gateway-worktree"
-    cp "$repo/target/bench-rev/target/release/printjob-gateway" "$binary"
+    cp "$shared_target/release/printjob-gateway" "$binary"
 else
     step "cargo build --release --locked"
     cargo build --release --locked
