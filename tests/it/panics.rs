@@ -5,7 +5,10 @@
 //!
 //! The input is one that made a call panic (a token endpoint answering `expires_in` = 2^63-1
 //! overflowed the clock), and stays hostile whatever the exchange makes of it now: the rule is
-//! that the caller gets a status either way, never a reset stream.
+//! that the caller gets a status either way, never a reset stream. Since no input makes the
+//! gateway panic any more, the panic hook is also shown in a process of its own (see
+//! `a_panic_anywhere_is_one_json_error_line_and_nothing_else`), and the catch around a call by a
+//! unit test in `service.rs`.
 
 use std::time::Duration;
 
@@ -156,4 +159,98 @@ async fn with_json_logs_every_line_stays_json_when_a_call_goes_wrong_inside() {
         assert!(panicked[0]["panic.location"].is_string(), "{logs}");
     }
     assert!(!logs.contains(TOKEN), "no token in the logs");
+}
+
+/// Set in the child process that [`a_panic_anywhere_is_one_json_error_line_and_nothing_else`]
+/// starts: the child sets logging up as the binary does, then panics.
+const PANICKING_CHILD: &str = "PRINTJOB_GATEWAY_TEST_PANICKING_CHILD";
+
+/// The panic hook, in a process of its own, since it is process-wide: no input makes the gateway
+/// panic now (the one that did is fixed), and the rule must hold for the next bug too. The child
+/// is this test binary, running only this test with `PANICKING_CHILD` set: it sets logging up
+/// with `telemetry::init` (JSON), as `main` does, and panics on a runtime worker inside a span.
+/// What it writes is what the gateway would write.
+#[test]
+fn a_panic_anywhere_is_one_json_error_line_and_nothing_else() {
+    if std::env::var_os(PANICKING_CHILD).is_some() {
+        return panic_as_the_gateway_would();
+    }
+    let output = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "panics::a_panic_anywhere_is_one_json_error_line_and_nothing_else",
+            "--nocapture",
+            "--test-threads",
+            "1",
+        ])
+        .env(PANICKING_CHILD, "1")
+        .env("RUST_BACKTRACE", "1")
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr),
+    );
+    assert!(output.status.success(), "{stdout}\n{stderr}");
+    // Rust's own hook writes its text to stderr, which log collectors read with stdout.
+    assert_eq!(stderr, "", "nothing but JSON lines");
+    // The test harness's own words on stdout ("running 1 test", "test … ok", the latter before
+    // the child's first log line on the same line) are not the gateway's.
+    let logged: Vec<serde_json::Value> = stdout
+        .lines()
+        .filter_map(|line| line.find(r#"{"timestamp""#).map(|start| &line[start..]))
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|_| panic!("not JSON: {line:?}")))
+        .collect();
+    let panicked: Vec<&serde_json::Value> = logged
+        .iter()
+        .filter(|line| line["message"] == "panicked")
+        .collect();
+    assert_eq!(panicked.len(), 1, "one line for the panic:\n{stdout}");
+    let line = panicked[0];
+    assert_eq!(line["level"], "ERROR");
+    assert_eq!(
+        line["panic.message"],
+        "index out of bounds: the len is 0 but the index is 0"
+    );
+    assert!(
+        line["panic.location"]
+            .as_str()
+            .unwrap()
+            .contains("panics.rs"),
+        "{line}"
+    );
+    assert!(
+        line["panic.backtrace"].is_string(),
+        "RUST_BACKTRACE asked for one: {line}"
+    );
+    assert_eq!(
+        line["span"]["client_request_id"], "panicking-call",
+        "{line}"
+    );
+}
+
+/// What the child does: logging as the binary sets it up, and a panic inside a call's span on a
+/// runtime worker.
+fn panic_as_the_gateway_would() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let telemetry = printjob_gateway::telemetry::init(&printjob_gateway::telemetry::Settings {
+            log_format: printjob_gateway::telemetry::LogFormat::Json,
+            ..Default::default()
+        })
+        .unwrap();
+        let span = tracing::info_span!("cancel", client_request_id = "panicking-call");
+        let work = tokio::spawn(tracing::Instrument::instrument(
+            async {
+                let attempts: Vec<u32> = std::hint::black_box(Vec::new());
+                attempts[0]
+            },
+            span,
+        ));
+        assert!(work.await.unwrap_err().is_panic());
+        telemetry.shutdown().await;
+    });
 }
