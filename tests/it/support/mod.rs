@@ -45,15 +45,23 @@ pub fn http_client() -> reqwest::Client {
     reqwest::Client::new()
 }
 
-/// Whether `addr` starts refusing connections within a second. A draining gateway closes its
-/// listener as soon as its accept loop sees the signal; this retries at once until it has.
+/// Whether `addr` starts refusing connections within 10 s. A draining gateway closes its listener
+/// within milliseconds of the signal; the margin is for a loaded machine, where the gateway (a
+/// separate process) may not run for a while.
+///
+/// The attempts are paced, not made back to back: a client that connects as fast as it can
+/// outruns the gateway's accept loop, fills the listener's accept queue (128 connections), and
+/// the kernel then drops its next SYN, which is sent again only after 1 s (and then refused, the
+/// listener being closed by then). A tight loop therefore measured the SYN retransmission timer,
+/// not the gateway, and failed at a bound of 1 s.
 pub async fn refuses_connections(addr: std::net::SocketAddr) -> bool {
+    const PACE: std::time::Duration = std::time::Duration::from_millis(5);
     let refused = async {
         while tokio::net::TcpStream::connect(addr).await.is_ok() {
-            tokio::task::yield_now().await;
+            tokio::time::sleep(PACE).await;
         }
     };
-    tokio::time::timeout(std::time::Duration::from_secs(1), refused)
+    tokio::time::timeout(std::time::Duration::from_secs(10), refused)
         .await
         .is_ok()
 }
