@@ -164,9 +164,10 @@ pub struct GatewayArgs {
     #[arg(long, env = "PRINTJOB_GATEWAY_SHUTDOWN_GRACE", default_value = "30s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
 
-    /// Most connections open at once on each listener (the gRPC API and the admin listener). At
-    /// the cap, a new connection takes the place of the oldest one still in its handshake, or is
-    /// closed at once when there is none (counted in printjob_gateway_connections_closed_total).
+    /// Most connections open at once on each listener (the gRPC API and the admin listener, each
+    /// its own budget). At the cap, a new connection takes the place of the oldest one still in
+    /// its handshake, else of the one idle (no open stream) the longest, or is closed at once when
+    /// every connection has a stream open (counted in printjob_gateway_connections_closed_total).
     #[arg(long, env = "PRINTJOB_GATEWAY_MAX_CONNECTIONS", default_value_t = 512, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub max_connections: u64,
 
@@ -174,6 +175,11 @@ pub struct GatewayArgs {
     /// (on the admin listener, or its first HTTP/1.1 request head) before it is closed.
     #[arg(long, env = "PRINTJOB_GATEWAY_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub handshake_timeout: Duration,
+
+    /// How long a connection may stay without an open stream (call, health Watch, HTTP request)
+    /// before the gateway closes it (GOAWAY), whether or not its client sends PINGs.
+    #[arg(long, env = "PRINTJOB_GATEWAY_IDLE_CONNECTION_TIMEOUT", default_value = "5m", value_parser = parse_duration)]
+    pub idle_connection_timeout: Duration,
 
     /// TLS certificate chain (PEM) of the gRPC API; with --tls-key, the API speaks only TLS.
     #[arg(long, env = "PRINTJOB_GATEWAY_TLS_CERT", requires = "tls_key")]
@@ -418,10 +424,11 @@ impl GatewayArgs {
         if self.default_timeout.is_zero()
             || self.connect_timeout.is_zero()
             || self.handshake_timeout.is_zero()
+            || self.idle_connection_timeout.is_zero()
         {
             return Err(Cli::command().error(
                 ErrorKind::InvalidValue,
-                "--default-timeout, --connect-timeout and --handshake-timeout must be longer than zero",
+                "--default-timeout, --connect-timeout, --handshake-timeout and --idle-connection-timeout must be longer than zero",
             ));
         }
         if self.demo
@@ -450,6 +457,8 @@ impl GatewayArgs {
             shutdown_grace: self.shutdown_grace,
             max_connections: usize::try_from(self.max_connections).unwrap_or(usize::MAX),
             handshake_timeout: self.handshake_timeout,
+            idle_connection_timeout: self.idle_connection_timeout,
+            message_wait: server::MESSAGE_WAIT,
             calls: CallPolicy {
                 deadlines: Deadlines {
                     default: self.default_timeout,

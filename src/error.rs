@@ -83,6 +83,13 @@ pub enum CancelError {
         /// What is left of the window.
         retry_delay: Duration,
     },
+    /// The request message did not arrive within the gateway's wait after the call's headers;
+    /// Graph was not called.
+    #[error("the request message did not arrive within {} of the call's headers", humantime::format_duration(*.waited))]
+    MessageLate {
+        /// How long the gateway waited.
+        waited: Duration,
+    },
     /// The gateway is shutting down and its grace period ended before Graph answered.
     #[error("the gateway shut down before Graph answered")]
     ShuttingDown,

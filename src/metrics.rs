@@ -95,16 +95,18 @@ pub enum Listener {
     Admin,
 }
 
-/// Why a connection was closed before it was served.
+/// Why the gateway closed a connection: before it was served, or because of a limit.
 #[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
 pub enum ConnectionClosed {
-    /// The listener was at `--max-connections`: the new connection, or an older one still in its
-    /// handshake that made room for it.
+    /// The listener was at `--max-connections`: the new connection, or an older one that made
+    /// room for it (still in its handshake, or idle the longest).
     Limit,
     /// TLS and the HTTP/2 preface did not complete within `--handshake-timeout`.
     HandshakeTimeout,
     /// TLS failed, or the client did not speak HTTP/2.
     HandshakeFailed,
+    /// A served connection had no stream open for `--idle-connection-timeout`.
+    IdleTimeout,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -290,6 +292,7 @@ impl EncodeLabelValue for ConnectionClosed {
             Self::Limit => "limit",
             Self::HandshakeTimeout => "handshake_timeout",
             Self::HandshakeFailed => "handshake_failed",
+            Self::IdleTimeout => "idle_timeout",
         })
     }
 }
@@ -434,13 +437,13 @@ impl Metrics {
         let connections_closed = Family::<ClosedLabels, Counter>::default();
         registry.register(
             "connections_closed",
-            "Connections closed before they were served, by listener and reason (limit: --max-connections; handshake_timeout, handshake_failed)",
+            "Connections the gateway closed, by listener and reason (limit: --max-connections, a new one or one that made room; handshake_timeout, handshake_failed; idle_timeout: --idle-connection-timeout)",
             connections_closed.clone(),
         );
         let streams_refused = Family::<ListenerLabels, Counter>::default();
         registry.register(
             "service_streams_refused",
-            "Health and reflection streams refused with RESOURCE_EXHAUSTED at the per-listener cap",
+            "Health and reflection streams refused with RESOURCE_EXHAUSTED at a cap (per listener or per connection)",
             streams_refused.clone(),
         );
         let token_exchanges = Family::<OutcomeLabels, Counter>::default();

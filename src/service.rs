@@ -105,6 +105,13 @@ pub struct Admission {
     _place: Arc<(OwnedSemaphorePermit, InFlight)>,
 }
 
+/// A call whose headers have arrived, before it has a place.
+struct Arrival {
+    started: Instant,
+    deadline: Instant,
+    client_request_id: ClientRequestId,
+}
+
 // === impl Admission ===
 
 impl Admission {
@@ -168,24 +175,58 @@ impl PrintJobGateway {
     /// Admits a call when its headers arrive: starts its deadline (the caller's `grpc-timeout`,
     /// else the default, capped) and takes its place under the limit of calls in flight. Beyond
     /// the limit the call is refused at once: the error is its answer, already logged and
-    /// counted.
+    /// counted. So is a call without a plausible `authorization`, which takes no place.
     pub fn admit(&self, metadata: &MetadataMap) -> Result<Admission, Status> {
+        let arrival = self.arrive(metadata)?;
+        // Fail fast beyond the limit: a queue of calls would only grow while Graph is slow.
+        match self.in_flight.clone().try_acquire_owned() {
+            Ok(permit) => Ok(self.admitted(arrival, permit)),
+            Err(_) => Err(self.overloaded(&arrival, metadata)),
+        }
+    }
+
+    /// Like [`PrintJobGateway::admit`], but when no place is free, waits for one until the
+    /// call's deadline. Places given back go to waiting calls first, in order.
+    pub async fn admit_waiting(&self, metadata: &MetadataMap) -> Result<Admission, Status> {
+        let arrival = self.arrive(metadata)?;
+        let place =
+            tokio::time::timeout_at(arrival.deadline, self.in_flight.clone().acquire_owned());
+        match place.await {
+            Ok(Ok(permit)) => Ok(self.admitted(arrival, permit)),
+            _ => Err(self.overloaded(&arrival, metadata)),
+        }
+    }
+
+    /// A call's headers have arrived: its deadline starts, and its credentials must be plausible
+    /// before it may take a place (a call without them could only fail).
+    fn arrive(&self, metadata: &MetadataMap) -> Result<Arrival, Status> {
         let started = Instant::now();
         let client_request_id = ClientRequestId::from_metadata(metadata);
-        // Fail fast beyond the limit: a queue of calls would only grow while Graph is slow.
-        let Ok(permit) = self.in_flight.clone().try_acquire_owned() else {
-            self.metrics.overloaded();
-            let limit = self.policy.max_in_flight;
-            let error = CancelError::Overloaded { limit };
-            return Err(self.answer_early(error, started, &client_request_id, metadata));
-        };
+        if let Err(error) = BearerToken::from_metadata(metadata) {
+            return Err(self.answer_early(error.into(), started, &client_request_id, metadata));
+        }
         let timeout = self.policy.deadlines.for_call(caller_timeout(metadata));
-        Ok(Admission {
+        Ok(Arrival {
             started,
             deadline: started + timeout,
             client_request_id,
-            _place: Arc::new((permit, self.metrics.in_flight())),
         })
+    }
+
+    fn admitted(&self, arrival: Arrival, permit: OwnedSemaphorePermit) -> Admission {
+        Admission {
+            started: arrival.started,
+            deadline: arrival.deadline,
+            client_request_id: arrival.client_request_id,
+            _place: Arc::new((permit, self.metrics.in_flight())),
+        }
+    }
+
+    fn overloaded(&self, arrival: &Arrival, metadata: &MetadataMap) -> Status {
+        self.metrics.overloaded();
+        let limit = self.policy.max_in_flight;
+        let error = CancelError::Overloaded { limit };
+        self.answer_early(error, arrival.started, &arrival.client_request_id, metadata)
     }
 
     /// Answers a call that ends before the handler has its message (refused at the limit, its
@@ -202,6 +243,12 @@ impl PrintJobGateway {
             span.in_scope(|| self.answer(Attempted::not_sent(error), started, client_request_id));
         // An error is always answered with its status.
         answer.err().unwrap_or_else(|| Status::unknown("no answer"))
+    }
+
+    /// Whether a place under the limit of calls in flight is free now (none is while calls wait
+    /// for one).
+    pub fn place_free(&self) -> bool {
+        self.in_flight.available_permits() > 0
     }
 
     /// Whether no call is in flight (admitted and not yet answered).

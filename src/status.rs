@@ -218,7 +218,7 @@ impl CancelError {
         match self {
             Self::Unauthenticated(_) => Code::Unauthenticated,
             Self::InvalidArgument(_) => Code::InvalidArgument,
-            Self::DeadlineExceeded { .. } => Code::DeadlineExceeded,
+            Self::DeadlineExceeded { .. } | Self::MessageLate { .. } => Code::DeadlineExceeded,
             Self::Graph {
                 source: GraphError::Rejected(rejection),
                 ..
@@ -299,6 +299,7 @@ impl CancelError {
             Self::TokenExchange(failure) => token_exchange_outcome(&failure.error).1,
             Self::Overloaded { .. } => "OVERLOADED",
             Self::MessageTooLarge { .. } => "MESSAGE_TOO_LARGE",
+            Self::MessageLate { .. } => "MESSAGE_LATE",
             Self::ShuttingDown => "SHUTTING_DOWN",
             Self::Internal => "INTERNAL_ERROR",
         };

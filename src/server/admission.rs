@@ -1,19 +1,35 @@
 //! Admission of Cancel calls from their headers, in front of the `PrintJobService` route.
 //!
 //! tonic calls the handler only once the request message has arrived, so a stream that sends
-//! its headers and nothing more would otherwise wait outside every limit. This layer starts the
-//! call's deadline and takes its place under `--max-in-flight` when the headers arrive, hands
-//! both to the handler through the request's extensions (so the handler takes no second permit),
-//! and bounds the request body: a message that has not arrived by the deadline ends the call
-//! with DEADLINE_EXCEEDED, and a message over the size limit ends it with RESOURCE_EXHAUSTED
-//! (tonic's own check says OUT_OF_RANGE, which gRPC reserves for other cases).
+//! its headers and nothing more would otherwise wait outside every limit. This layer refuses a
+//! call without a plausible `authorization` at its headers, without a place; starts the call's
+//! deadline and takes its place under `--max-in-flight` when the headers arrive; hands both to
+//! the handler through the request's extensions (so the handler takes no second permit); and
+//! bounds the request body: a message that has not arrived [`MESSAGE_WAIT`] after the headers
+//! ends the call with DEADLINE_EXCEEDED (`MESSAGE_LATE`), a stream that does not end by the
+//! deadline ends it with DEADLINE_EXCEEDED, and a message over the size limit ends it with
+//! RESOURCE_EXHAUSTED (tonic's own check says OUT_OF_RANGE, which gRPC reserves for other cases).
+//!
+//! Places are shared fairly between connections. A connection's share is the limit divided by
+//! the connections that hold or wait for a place. A call on a connection under its share that
+//! finds no place free while another connection holds more than its share waits for a place
+//! (until its deadline), and places given back go to waiting calls first; any other call gets a
+//! place only if one is free, and none is while calls wait. So one client alone (a sidecar's
+//! app, on one connection) may use every place, but when callers on other connections wait, a
+//! connection over its share gets no new place until it is back under it. When no connection is
+//! over its share, a call beyond the limit is refused at once, as a queue would only grow while
+//! Graph is slow.
+//!
+//! [`MESSAGE_WAIT`]: super::MESSAGE_WAIT
 
 use std::{
+    collections::BTreeMap,
     convert::Infallible,
     future::Future,
     pin::Pin,
-    sync::Arc,
+    sync::{Arc, Mutex, atomic::Ordering},
     task::{Context, Poll, ready},
+    time::Duration,
 };
 
 use bytes::{Buf, Bytes};
@@ -22,6 +38,7 @@ use tokio::time::{Instant, Sleep};
 use tonic::{Status, body::Body, metadata::MetadataMap, server::NamedService};
 use tower::Service;
 
+use super::{conn::ConnectionLoad, streams::HoldingBody};
 use crate::{error::CancelError, service::PrintJobGateway};
 
 /// The length of the prefix of every gRPC message: a compression flag and a 4-byte length.
@@ -33,12 +50,38 @@ pub(crate) struct Admitted<S> {
     inner: S,
     gateway: Arc<PrintJobGateway>,
     max_message_bytes: usize,
+    message_wait: Duration,
+    shares: Shares,
 }
 
-/// A response ready at once (the call was refused), or the inner service's.
+/// How places under `--max-in-flight` are shared between the listener's connections.
+#[derive(Debug, Clone)]
+struct Shares {
+    max_in_flight: usize,
+    census: Arc<Mutex<Census>>,
+}
+
+/// How many calls each connection with calls holds or waits for.
+#[derive(Debug, Default)]
+struct Census {
+    /// How many connections hold (or wait for) so many calls, by that number.
+    by_calls: BTreeMap<usize, usize>,
+    /// How many connections hold or wait for a call.
+    connections: usize,
+}
+
+/// A call counted in its connection's calls until dropped, when the call's response has ended.
+pub(crate) struct CallCount {
+    load: Arc<ConnectionLoad>,
+    census: Arc<Mutex<Census>>,
+}
+
+/// A response ready at once (the call was refused), the inner service's, or a call waiting for
+/// a place.
 pub(crate) enum AdmittedFuture<F> {
     Refused(Option<http::Response<Body>>),
-    Admitted(F),
+    Admitted(F, Option<CallCount>),
+    Waiting(Pin<Box<dyn Future<Output = http::Response<Body>> + Send>>),
 }
 
 /// The request body of an admitted call: ends with an error when the message is late or too
@@ -46,9 +89,11 @@ pub(crate) enum AdmittedFuture<F> {
 struct BoundedBody {
     inner: Body,
     deadline: Instant,
+    /// When the first message must have arrived.
+    message_due: Instant,
     /// Started only when the body first has to wait, so a message that arrives with its headers
-    /// costs no timer.
-    timer: Option<Pin<Box<Sleep>>>,
+    /// costs no timer; with the instant it was set for.
+    timer: Option<(Pin<Box<Sleep>>, Instant)>,
     framing: Framing,
     max_message_bytes: usize,
     early: EarlyEnd,
@@ -68,20 +113,118 @@ struct Framing {
     prefix: [u8; GRPC_PREFIX_LEN],
     prefix_filled: usize,
     payload_left: u64,
+    /// Whether a whole message has arrived.
+    message_arrived: bool,
 }
 
 // === impl Admitted ===
 
 impl<S> Admitted<S> {
-    /// Puts `inner` behind admission by `gateway`.
-    pub(crate) fn new(inner: S, gateway: Arc<PrintJobGateway>, max_message_bytes: usize) -> Self {
+    /// Puts `inner` behind admission by `gateway`, which allows `max_in_flight` calls at once.
+    pub(crate) fn new(
+        inner: S,
+        gateway: Arc<PrintJobGateway>,
+        max_in_flight: usize,
+        max_message_bytes: usize,
+        message_wait: Duration,
+    ) -> Self {
         Self {
             inner,
             gateway,
             max_message_bytes,
+            message_wait,
+            shares: Shares {
+                max_in_flight,
+                census: Arc::default(),
+            },
+        }
+    }
+
+    /// The request's body, bounded, and its admission in its extensions.
+    fn bounded(
+        &self,
+        mut parts: http::request::Parts,
+        body: Body,
+        admission: crate::service::Admission,
+    ) -> http::Request<Body> {
+        let body = BoundedBody {
+            inner: body,
+            deadline: admission.deadline(),
+            message_due: (admission.started() + self.message_wait).min(admission.deadline()),
+            timer: None,
+            framing: Framing::default(),
+            max_message_bytes: self.max_message_bytes,
+            early: EarlyEnd {
+                gateway: self.gateway.clone(),
+                started: admission.started(),
+                client_request_id: admission.client_request_id().clone(),
+            },
+        };
+        parts.extensions.insert(admission);
+        http::Request::from_parts(parts, Body::new(body))
+    }
+}
+
+// === impl Shares ===
+
+impl Shares {
+    /// Counts a call on the connection of `load`, and tells whether it may wait for a place:
+    /// whether its connection was under its share before it while another is over its own.
+    fn count(&self, load: Arc<ConnectionLoad>) -> (CallCount, bool) {
+        let mut census = lock(&self.census);
+        let held = load.calls.fetch_add(1, Ordering::AcqRel);
+        census.moved(held, held + 1);
+        let share = self.max_in_flight.div_ceil(census.connections.max(1));
+        // This connection holds at most its share now: a connection over it is another.
+        let other_over = census
+            .by_calls
+            .last_key_value()
+            .is_some_and(|(&calls, _)| calls > share);
+        let count = CallCount {
+            load,
+            census: self.census.clone(),
+        };
+        (count, held < share && other_over)
+    }
+}
+
+// === impl Census ===
+
+impl Census {
+    /// A connection that held `from` calls now holds `to`.
+    fn moved(&mut self, from: usize, to: usize) {
+        if from == 0 {
+            self.connections += 1;
+        } else if let Some(count) = self.by_calls.get_mut(&from) {
+            *count -= 1;
+            if *count == 0 {
+                self.by_calls.remove(&from);
+            }
+        }
+        if to == 0 {
+            self.connections = self.connections.saturating_sub(1);
+        } else {
+            *self.by_calls.entry(to).or_default() += 1;
         }
     }
 }
+
+fn lock(census: &Mutex<Census>) -> std::sync::MutexGuard<'_, Census> {
+    // Every change to the census is made whole before anything could panic.
+    census
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Drop for CallCount {
+    fn drop(&mut self) {
+        let mut census = lock(&self.census);
+        let held = self.load.calls.fetch_sub(1, Ordering::AcqRel);
+        census.moved(held, held.saturating_sub(1));
+    }
+}
+
+// === impl Admitted ===
 
 impl<S: NamedService> NamedService for Admitted<S> {
     const NAME: &'static str = S::NAME;
@@ -89,8 +232,11 @@ impl<S: NamedService> NamedService for Admitted<S> {
 
 impl<S> Service<http::Request<Body>> for Admitted<S>
 where
-    S: Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>,
-    S::Future: Unpin,
+    S: Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Unpin + Send,
 {
     type Response = http::Response<Body>;
     type Error = Infallible;
@@ -102,30 +248,39 @@ where
 
     fn call(&mut self, request: http::Request<Body>) -> Self::Future {
         let (mut parts, body) = request.into_parts();
+        let counted = parts
+            .extensions
+            .get::<Arc<ConnectionLoad>>()
+            .map(|load| self.shares.count(load.clone()));
         let metadata = MetadataMap::from_headers(std::mem::take(&mut parts.headers));
+        let waits = matches!(counted, Some((_, true))) && !self.gateway.place_free();
+        if waits && let Some((count, _)) = counted {
+            // Under its share and no place free: waits for one.
+            let this = self.clone();
+            return AdmittedFuture::Waiting(Box::pin(async move {
+                let admitted = this.gateway.admit_waiting(&metadata).await;
+                parts.headers = metadata.into_headers();
+                let response = match admitted {
+                    Err(status) => status.into_http(),
+                    Ok(admission) => {
+                        let request = this.bounded(parts, body, admission);
+                        let mut inner = this.inner;
+                        let Ok(response) = inner.call(request).await;
+                        response
+                    }
+                };
+                response.map(|inner| Body::new(HoldingBody::new(inner, count)))
+            }));
+        }
         let admitted = self.gateway.admit(&metadata);
         parts.headers = metadata.into_headers();
-        let admission = match admitted {
-            Ok(admission) => admission,
-            Err(status) => return AdmittedFuture::Refused(Some(status.into_http())),
-        };
-        let body = BoundedBody {
-            inner: body,
-            deadline: admission.deadline(),
-            timer: None,
-            framing: Framing::default(),
-            max_message_bytes: self.max_message_bytes,
-            early: EarlyEnd {
-                gateway: self.gateway.clone(),
-                started: admission.started(),
-                client_request_id: admission.client_request_id().clone(),
-            },
-        };
-        parts.extensions.insert(admission);
-        AdmittedFuture::Admitted(
-            self.inner
-                .call(http::Request::from_parts(parts, Body::new(body))),
-        )
+        match admitted {
+            Ok(admission) => {
+                let request = self.bounded(parts, body, admission);
+                AdmittedFuture::Admitted(self.inner.call(request), counted.map(|(count, _)| count))
+            }
+            Err(status) => AdmittedFuture::Refused(Some(status.into_http())),
+        }
     }
 }
 
@@ -142,7 +297,14 @@ where
             Self::Refused(response) => Poll::Ready(Ok(response
                 .take()
                 .expect("a refused call's future is not polled after it completed"))),
-            Self::Admitted(future) => Pin::new(future).poll(cx),
+            Self::Admitted(future, count) => {
+                let Ok(response) = ready!(Pin::new(future).poll(cx));
+                Poll::Ready(Ok(match count.take() {
+                    Some(count) => response.map(|inner| Body::new(HoldingBody::new(inner, count))),
+                    None => response,
+                }))
+            }
+            Self::Waiting(waiting) => waiting.as_mut().poll(cx).map(Ok),
         }
     }
 }
@@ -173,13 +335,32 @@ impl HttpBody for BoundedBody {
             }
             Poll::Ready(other) => Poll::Ready(other),
             Poll::Pending => {
-                let deadline = this.deadline;
-                let timer = this
-                    .timer
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
-                ready!(timer.as_mut().poll(cx));
-                let error = CancelError::DeadlineExceeded {
-                    graph_called: false,
+                // Until the message has arrived, it must do so by `message_due`; then the
+                // stream must end by the deadline.
+                let due = if this.framing.message_arrived {
+                    this.deadline
+                } else {
+                    this.message_due
+                };
+                match &mut this.timer {
+                    Some((timer, set_for)) if *set_for != due => {
+                        timer.as_mut().reset(due);
+                        *set_for = due;
+                    }
+                    Some(_) => {}
+                    None => this.timer = Some((Box::pin(tokio::time::sleep_until(due)), due)),
+                }
+                if let Some((timer, _)) = &mut this.timer {
+                    ready!(timer.as_mut().poll(cx));
+                }
+                let error = if due < this.deadline {
+                    CancelError::MessageLate {
+                        waited: due.saturating_duration_since(this.early.started),
+                    }
+                } else {
+                    CancelError::DeadlineExceeded {
+                        graph_called: false,
+                    }
                 };
                 Poll::Ready(Some(Err(this.early.end(error))))
             }
@@ -222,6 +403,9 @@ impl Framing {
                 let skipped = self.payload_left.min(data.remaining() as u64);
                 data.advance(skipped as usize);
                 self.payload_left -= skipped;
+                if self.payload_left == 0 {
+                    self.message_arrived = true;
+                }
                 continue;
             }
             let wanted = GRPC_PREFIX_LEN - self.prefix_filled;
@@ -240,6 +424,9 @@ impl Framing {
                     return Some(size);
                 }
                 self.payload_left = size;
+                if size == 0 {
+                    self.message_arrived = true;
+                }
             }
         }
         None
@@ -255,6 +442,39 @@ mod tests {
         bytes.extend_from_slice(&size.to_be_bytes());
         bytes.resize(GRPC_PREFIX_LEN + size as usize, b'x');
         bytes
+    }
+
+    #[test]
+    fn a_call_may_wait_only_under_its_share_while_another_connection_is_over_its_own() {
+        let shares = Shares {
+            max_in_flight: 4,
+            census: Arc::default(),
+        };
+        let hog = Arc::new(ConnectionLoad::default());
+        let hog_calls: Vec<_> = (0..4)
+            .map(|_| {
+                let (count, may_wait) = shares.count(hog.clone());
+                assert!(!may_wait, "alone, no connection is over its share");
+                count
+            })
+            .collect();
+        let caller = Arc::new(ConnectionLoad::default());
+        // Two connections: a share of 2 each, and the hog holds 4.
+        let (first, may_wait) = shares.count(caller.clone());
+        assert!(may_wait);
+        let (second, may_wait) = shares.count(caller.clone());
+        assert!(may_wait);
+        let (third, may_wait) = shares.count(caller.clone());
+        assert!(!may_wait, "at its share, the caller waits no more");
+        drop((first, second, third));
+        drop(hog_calls);
+        assert_eq!(lock(&shares.census).connections, 0);
+        assert!(lock(&shares.census).by_calls.is_empty());
+
+        // Nobody over its share: the limit refuses at once.
+        let (_one, _) = shares.count(hog.clone());
+        let (_two, may_wait) = shares.count(caller.clone());
+        assert!(!may_wait);
     }
 
     #[test]

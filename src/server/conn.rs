@@ -7,19 +7,30 @@
 //! caller's deadline is enforced in the handler instead, where it ends with DEADLINE_EXCEEDED and
 //! the details a caller needs.
 
-use std::time::Duration;
+use std::{
+    convert::Infallible,
+    future::Future,
+    pin::Pin,
+    sync::{Arc, atomic::AtomicUsize},
+    task::{Context, Poll},
+    time::Duration,
+};
 
+use bytes::Bytes;
+use http_body::{Body as HttpBody, Frame, SizeHint};
 use hyper_util::{
     rt::{TokioExecutor, TokioIo, TokioTimer},
-    server::{conn::auto, graceful::GracefulShutdown},
+    server::conn::auto,
     service::TowerToHyperService,
 };
+use tokio::sync::mpsc;
 use tokio_util::sync::{CancellationToken, DropGuard};
+use tower::Service;
 
 use super::{
     handshake::{self, Protocols},
     listen::ApiListener,
-    slots::{Admitted, ConnectionSlots},
+    slots::{Admitted, ConnectionSlots, OpenStream, Slot},
     tls::TlsConfig,
 };
 use crate::{
@@ -55,6 +66,10 @@ const _: () =
 /// connections of vanished callers are closed.
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a connection told to go (displaced at the cap, or idle too long) may take to read
+/// the GOAWAY and close before it is closed anyway. It had no stream open; a client answers
+/// within a round trip.
+const GOODBYE_WAIT: Duration = Duration::from_secs(1);
 /// How long to wait after a failed `accept` (such as running out of file descriptors) before
 /// trying again, so that the loop does not spin.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
@@ -72,8 +87,41 @@ pub(crate) struct Serving {
     pub max_connections: usize,
     /// How long TLS and the HTTP/2 preface may take.
     pub handshake_timeout: Duration,
+    /// How long a served connection may stay without an open stream before it is closed.
+    pub idle_timeout: Duration,
     /// The gateway's metrics.
     pub metrics: Metrics,
+}
+
+/// What the streams of one connection hold, for the per-connection caps on health and
+/// reflection streams (`streams.rs`) and the fair share of calls in flight (`admission.rs`).
+/// Every request carries its connection's in its extensions.
+#[derive(Debug, Default)]
+pub(crate) struct ConnectionLoad {
+    /// Cancel calls holding or waiting for a place under `--max-in-flight`.
+    pub calls: AtomicUsize,
+    /// Health `Watch` streams.
+    pub watches: AtomicUsize,
+    /// Server reflection streams.
+    pub reflections: AtomicUsize,
+    /// Health `Check` calls.
+    pub checks: AtomicUsize,
+}
+
+/// The router of one served connection: each request carries the connection's
+/// [`ConnectionLoad`] and counts as an open stream (the connection is not idle) until its
+/// response has ended.
+#[derive(Debug, Clone)]
+struct PerConnection {
+    router: axum::Router,
+    slot: Slot,
+    load: Arc<ConnectionLoad>,
+}
+
+/// A response body that keeps its stream counted as open until it ends.
+struct CountedBody {
+    inner: axum::body::Body,
+    _open: OpenStream,
 }
 
 /// When a listener's connections stop.
@@ -100,7 +148,8 @@ pub(crate) async fn serve_connections(
 ) {
     let builder = connection_builder(serving.protocols, serving.handshake_timeout);
     let slots = ConnectionSlots::new(serving.max_connections);
-    let graceful = GracefulShutdown::new();
+    // Every connection's task holds a clone: the channel closes when the last one has ended.
+    let (alive, mut all_ended) = mpsc::channel::<()>(1);
     loop {
         let connection = tokio::select! {
             () = stops.drain.cancelled() => break,
@@ -121,11 +170,12 @@ pub(crate) async fn serve_connections(
             continue;
         };
         let builder = builder.clone();
-        let service = TowerToHyperService::new(router.clone());
-        let watcher = graceful.watcher();
+        let router = router.clone();
         let serving = serving.clone();
         let stops = stops.clone();
+        let alive = alive.clone();
         tokio::spawn(async move {
+            let _alive = alive;
             let _open = serving.metrics.connection_open(serving.listener);
             let handshake = tokio::time::timeout(
                 serving.handshake_timeout,
@@ -150,21 +200,60 @@ pub(crate) async fn serve_connections(
                 },
             };
             slot.handshake_done();
+            let service = TowerToHyperService::new(PerConnection {
+                router,
+                slot: slot.clone(),
+                load: Arc::default(),
+            });
             let connection = builder.serve_connection(TokioIo::new(connection), service);
-            tokio::select! {
-                served = watcher.watch(connection.into_owned()) => {
-                    if let Err(error) = served {
-                        tracing::debug!(%error, "connection ended with an error");
+            tokio::pin!(connection);
+            // Once the connection has been asked to go (GOAWAY): whether it must be gone by a
+            // given time.
+            let mut going = false;
+            let mut gone_by = None;
+            loop {
+                tokio::select! {
+                    served = connection.as_mut() => {
+                        if let Err(error) = served {
+                            tracing::debug!(%error, "connection ended with an error");
+                        }
+                        break;
                     }
+                    () = stops.close.cancelled() => break,
+                    () = stops.drain.cancelled(), if !going => {
+                        connection.as_mut().graceful_shutdown();
+                        going = true;
+                    }
+                    () = slot.displaced(), if !going => {
+                        closed(ConnectionClosed::Limit);
+                        connection.as_mut().graceful_shutdown();
+                        going = true;
+                        gone_by = Some(tokio::time::Instant::now() + GOODBYE_WAIT);
+                    }
+                    () = slot.idle_for(serving.idle_timeout), if !going => {
+                        closed(ConnectionClosed::IdleTimeout);
+                        connection.as_mut().graceful_shutdown();
+                        going = true;
+                        gone_by = Some(tokio::time::Instant::now() + GOODBYE_WAIT);
+                    }
+                    () = sleep_until_some(gone_by) => break,
                 }
-                () = stops.close.cancelled() => {}
             }
         });
     }
     drop(listener);
+    drop(alive);
     tokio::select! {
-        () = graceful.shutdown() => {}
+        _ = all_ended.recv() => {}
         () = stops.close.cancelled() => {}
+    }
+}
+
+/// Sleeps until `when`; for ever when it is `None`.
+async fn sleep_until_some(when: Option<tokio::time::Instant>) {
+    match when {
+        Some(when) => tokio::time::sleep_until(when).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -190,4 +279,52 @@ fn connection_builder(
         .keep_alive_interval(KEEPALIVE_INTERVAL)
         .keep_alive_timeout(KEEPALIVE_TIMEOUT);
     builder
+}
+
+// === impl PerConnection ===
+
+impl<B> Service<http::Request<B>> for PerConnection
+where
+    B: HttpBody<Data = Bytes> + Send + 'static,
+    B::Error: Into<axum::BoxError>,
+{
+    type Response = http::Response<axum::body::Body>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Service::<http::Request<B>>::poll_ready(&mut self.router, cx)
+    }
+
+    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
+        let open = self.slot.stream_opened();
+        request.extensions_mut().insert(self.load.clone());
+        let response = self.router.call(request);
+        Box::pin(async move {
+            let Ok(response) = response.await;
+            Ok(response.map(|inner| axum::body::Body::new(CountedBody { inner, _open: open })))
+        })
+    }
+}
+
+// === impl CountedBody ===
+
+impl HttpBody for CountedBody {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
 }

@@ -46,6 +46,16 @@ use crate::{
 /// The largest request message accepted, in bytes. A CancelRequest with two IDs of the longest
 /// allowed length is well under 1 KiB; anything far larger is not a CancelRequest.
 pub const MAX_REQUEST_BYTES: usize = 4 * 1024;
+/// The default of `--idle-connection-timeout`: far above the gaps between a working client's
+/// calls, so that only connections nobody uses are closed. A caller that calls less often pays
+/// one handshake (a round trip, and TLS when on) on its next call; gRPC clients reconnect on
+/// their own after a GOAWAY.
+pub const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(5 * 60);
+/// How long a Cancel call's request message may take to arrive after its headers. Every client
+/// sends the message (about 100 bytes) right behind the headers, within a round trip; a stream
+/// that sends only headers would otherwise hold a place under `--max-in-flight` for its whole
+/// deadline.
+pub const MESSAGE_WAIT: Duration = Duration::from_secs(2);
 /// After the grace period has ended the calls still in flight, how long their answers may take
 /// to be written before the process exits anyway.
 const FLUSH_AFTER_ABORT: Duration = Duration::from_secs(1);
@@ -69,6 +79,11 @@ pub struct Settings {
     pub max_connections: usize,
     /// How long a new connection may take to finish TLS and send the HTTP/2 preface.
     pub handshake_timeout: Duration,
+    /// How long a connection may stay without an open stream before it is closed, whether or
+    /// not its client sends PINGs.
+    pub idle_connection_timeout: Duration,
+    /// How long a Cancel call's request message may take to arrive after its headers.
+    pub message_wait: Duration,
     /// How calls are bounded: deadlines, retries and calls in flight.
     pub calls: CallPolicy,
     /// How Graph is reached.
@@ -88,6 +103,8 @@ impl Default for Settings {
             shutdown_grace: Duration::from_secs(30),
             max_connections: 512,
             handshake_timeout: Duration::from_secs(10),
+            idle_connection_timeout: IDLE_CONNECTION_TIMEOUT,
+            message_wait: MESSAGE_WAIT,
             calls: CallPolicy::default(),
             graph: graph::Settings::default(),
             token_exchange: entra::Settings::default(),
@@ -271,7 +288,9 @@ pub async fn serve(
             PrintJobServiceServer::from_arc(gateway.clone())
                 .max_decoding_message_size(MAX_REQUEST_BYTES),
             gateway.clone(),
+            settings.calls.max_in_flight,
             MAX_REQUEST_BYTES,
+            settings.message_wait,
         ));
     let admin_streams = StreamCap::new(metrics.clone(), Listener::Admin);
     let admin_routes = Routes::new(admin_streams.wrap(health_service))
@@ -285,6 +304,7 @@ pub async fn serve(
         tls,
         max_connections: settings.max_connections,
         handshake_timeout: settings.handshake_timeout,
+        idle_timeout: settings.idle_connection_timeout,
         metrics: metrics.clone(),
     };
     let (api_stops, api_done) = (Stops::default(), CancellationToken::new());

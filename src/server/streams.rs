@@ -1,16 +1,21 @@
-//! The cap on the streams of the services beside PrintJobService (gRPC health and server
-//! reflection), per listener. A health `Watch` or a reflection stream may stay open as long as
-//! its client likes, and any stream may send its headers and never its message: without a cap, a
-//! client could hold any number of them. Each stream takes a permit when its headers arrive and
-//! gives it back when its response ends; beyond the cap, a stream is answered RESOURCE_EXHAUSTED
-//! at once. A request message (or the end of a client stream) must also arrive within
-//! [`REQUEST_WAIT`].
+//! The caps on the streams of the services beside PrintJobService (gRPC health and server
+//! reflection). A health `Watch` or a reflection stream may stay open as long as its client
+//! likes, and any stream may send its headers and never its message: without a cap, a client
+//! could hold any number of them. So `Watch` streams and reflection streams each have a cap per
+//! listener ([`MAX_SERVICE_STREAMS`]) and per connection ([`PER_CONNECTION`]); a unary health
+//! `Check`, which probes depend on, has only a cap per connection, so that no other client's
+//! streams can take its place. Each stream is counted when its headers arrive until its response
+//! ends; beyond a cap, a stream is answered RESOURCE_EXHAUSTED at once. A request message (or the
+//! end of a client stream) must also arrive within [`REQUEST_WAIT`].
 
 use std::{
     convert::Infallible,
     future::Future,
     pin::Pin,
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
     task::{Context, Poll, ready},
     time::Duration,
 };
@@ -24,11 +29,16 @@ use tokio::{
 use tonic::{Status, body::Body, server::NamedService};
 use tower::Service;
 
+use super::conn::ConnectionLoad;
 use crate::metrics::{Listener, Metrics};
 
-/// How many health and reflection streams one listener serves at once. Kubernetes probes and
-/// load balancers use a few; grpcurl one at a time.
+/// How many health `Watch` streams, and how many reflection streams, one listener serves at
+/// once. Clients that watch health hold one per connection; grpcurl uses reflection one stream
+/// at a time.
 pub const MAX_SERVICE_STREAMS: usize = 64;
+/// How many streams of each kind (`Watch`, reflection, `Check`) one connection may have open at
+/// once. Bounds what header-only `Check` streams hold: a few per connection.
+pub const PER_CONNECTION: usize = 4;
 /// How long a health or reflection stream may take to send its request (a message, and for a
 /// client stream its end): they are sent with the headers by every real client.
 const REQUEST_WAIT: Duration = Duration::from_secs(10);
@@ -36,9 +46,33 @@ const REQUEST_WAIT: Duration = Duration::from_secs(10);
 /// The permits of one listener's service streams. Cheap to clone.
 #[derive(Debug, Clone)]
 pub(crate) struct StreamCap {
-    permits: Arc<Semaphore>,
+    watches: Arc<Semaphore>,
+    reflections: Arc<Semaphore>,
     metrics: Metrics,
     listener: Listener,
+}
+
+/// The kinds of service streams, each capped on its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// A unary health `Check`.
+    Check,
+    /// A health `Watch`, which may stay open for ever.
+    Watch,
+    /// A server reflection stream.
+    Reflection,
+}
+
+/// A stream counted in its connection's streams of its kind until dropped.
+struct ConnectionCount {
+    load: Arc<ConnectionLoad>,
+    kind: Kind,
+}
+
+/// What a service stream holds while it is open.
+pub(crate) struct Held {
+    _listener: Option<OwnedSemaphorePermit>,
+    _connection: Option<ConnectionCount>,
 }
 
 /// A service behind a [`StreamCap`].
@@ -51,7 +85,7 @@ pub(crate) struct Capped<S> {
 /// The response of a capped stream: ready at once when refused.
 pub(crate) enum CappedFuture<F> {
     Refused(Option<http::Response<Body>>),
-    Admitted(F, Option<OwnedSemaphorePermit>),
+    Admitted(F, Option<Held>),
 }
 
 /// A request body that must end by a deadline.
@@ -61,22 +95,64 @@ struct DeadlineBody {
     timer: Option<Pin<Box<Sleep>>>,
 }
 
-/// A response body that holds its stream's permit until it ends.
-struct PermitBody {
+/// A response body that holds something (its stream's permits, its call's count) until it
+/// ends.
+pub(crate) struct HoldingBody<T> {
     inner: Body,
-    _permit: OwnedSemaphorePermit,
+    _held: T,
 }
 
 // === impl StreamCap ===
 
 impl StreamCap {
-    /// Room for [`MAX_SERVICE_STREAMS`] streams on `listener`.
+    /// Room for [`MAX_SERVICE_STREAMS`] `Watch` and as many reflection streams on `listener`.
     pub(crate) fn new(metrics: Metrics, listener: Listener) -> Self {
         Self {
-            permits: Arc::new(Semaphore::new(MAX_SERVICE_STREAMS)),
+            watches: Arc::new(Semaphore::new(MAX_SERVICE_STREAMS)),
+            reflections: Arc::new(Semaphore::new(MAX_SERVICE_STREAMS)),
             metrics,
             listener,
         }
+    }
+
+    /// Counts a stream of `kind` on the listener and on its connection, or says which cap it is
+    /// over.
+    fn hold(&self, kind: Kind, load: Option<&Arc<ConnectionLoad>>) -> Result<Held, String> {
+        let connection = match load {
+            Some(load) => {
+                let count = ConnectionCount {
+                    load: load.clone(),
+                    kind,
+                };
+                if count.counter().fetch_add(1, Ordering::AcqRel) >= PER_CONNECTION {
+                    return Err(format!(
+                        "a connection may have at most {PER_CONNECTION} {} streams open at once",
+                        kind.name()
+                    ));
+                }
+                Some(count)
+            }
+            None => None,
+        };
+        let listener = match kind {
+            Kind::Check => None,
+            Kind::Watch => Some(&self.watches),
+            Kind::Reflection => Some(&self.reflections),
+        };
+        let listener = match listener.map(|permits| permits.clone().try_acquire_owned()) {
+            None => None,
+            Some(Ok(permit)) => Some(permit),
+            Some(Err(_)) => {
+                return Err(format!(
+                    "this listener serves at most {MAX_SERVICE_STREAMS} {} streams at once",
+                    kind.name()
+                ));
+            }
+        };
+        Ok(Held {
+            _listener: listener,
+            _connection: connection,
+        })
     }
 
     /// Puts `inner` behind this cap.
@@ -108,12 +184,16 @@ where
     }
 
     fn call(&mut self, request: http::Request<Body>) -> Self::Future {
-        let Ok(permit) = self.cap.permits.clone().try_acquire_owned() else {
-            self.cap.metrics.stream_refused(self.cap.listener);
-            let status = Status::resource_exhausted(format!(
-                "this listener serves at most {MAX_SERVICE_STREAMS} health and reflection streams at once"
-            ));
-            return CappedFuture::Refused(Some(status.into_http()));
+        let kind = Kind::of(request.uri().path());
+        let load = request.extensions().get::<Arc<ConnectionLoad>>();
+        let held = match self.cap.hold(kind, load) {
+            Ok(held) => held,
+            Err(message) => {
+                self.cap.metrics.stream_refused(self.cap.listener);
+                return CappedFuture::Refused(Some(
+                    Status::resource_exhausted(message).into_http(),
+                ));
+            }
         };
         let request = request.map(|body| {
             Body::new(DeadlineBody {
@@ -122,7 +202,46 @@ where
                 timer: None,
             })
         });
-        CappedFuture::Admitted(self.inner.call(request), Some(permit))
+        CappedFuture::Admitted(self.inner.call(request), Some(held))
+    }
+}
+
+// === impl Kind ===
+
+impl Kind {
+    /// The kind of the stream to `path`, on a service this cap is in front of.
+    fn of(path: &str) -> Self {
+        match path {
+            "/grpc.health.v1.Health/Check" => Self::Check,
+            "/grpc.health.v1.Health/Watch" => Self::Watch,
+            _ => Self::Reflection,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::Check => "health Check",
+            Self::Watch => "health Watch",
+            Self::Reflection => "reflection",
+        }
+    }
+}
+
+// === impl ConnectionCount ===
+
+impl ConnectionCount {
+    fn counter(&self) -> &AtomicUsize {
+        match self.kind {
+            Kind::Check => &self.load.checks,
+            Kind::Watch => &self.load.watches,
+            Kind::Reflection => &self.load.reflections,
+        }
+    }
+}
+
+impl Drop for ConnectionCount {
+    fn drop(&mut self) {
+        self.counter().fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -139,17 +258,14 @@ where
             Self::Refused(response) => Poll::Ready(Ok(response
                 .take()
                 .expect("a refused stream's future is not polled after it completed"))),
-            Self::Admitted(future, permit) => {
+            Self::Admitted(future, held) => {
                 let Ok(response) = ready!(Pin::new(future).poll(cx));
-                let permit = permit
+                let held = held
                     .take()
                     .expect("an admitted stream's future is not polled after it completed");
-                Poll::Ready(Ok(response.map(|body| {
-                    Body::new(PermitBody {
-                        inner: body,
-                        _permit: permit,
-                    })
-                })))
+                Poll::Ready(Ok(
+                    response.map(|body| Body::new(HoldingBody::new(body, held)))
+                ))
             }
         }
     }
@@ -190,9 +306,16 @@ impl HttpBody for DeadlineBody {
     }
 }
 
-// === impl PermitBody ===
+// === impl HoldingBody ===
 
-impl HttpBody for PermitBody {
+impl<T> HoldingBody<T> {
+    /// `inner`, holding `held` until it ends.
+    pub(crate) fn new(inner: Body, held: T) -> Self {
+        Self { inner, _held: held }
+    }
+}
+
+impl<T: Unpin> HttpBody for HoldingBody<T> {
     type Data = Bytes;
     type Error = Status;
 

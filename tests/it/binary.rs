@@ -52,6 +52,11 @@ const SETTINGS: &[(&str, &str, &str)] = &[
         "PRINTJOB_GATEWAY_HANDSHAKE_TIMEOUT",
         "10s",
     ),
+    (
+        "--idle-connection-timeout",
+        "PRINTJOB_GATEWAY_IDLE_CONNECTION_TIMEOUT",
+        "5m",
+    ),
     // No default shown: the CPUs available when unset.
     ("--worker-threads", "PRINTJOB_GATEWAY_WORKER_THREADS", ""),
     // A flag: off unless given, so clap shows no default.

@@ -299,9 +299,18 @@ async fn silent_connections_and_header_only_streams_leave_memory_bounded_and_cal
     )
     .await;
 
-    // At --max-in-flight (1,000 by default) a call is refused at once rather than queued.
-    let shed = Call::to(gateway.grpc_addr).send().await.unwrap_err();
-    assert_eq!(shed.code(), Code::ResourceExhausted, "{shed:?}");
+    // At --max-in-flight (1,000 by default) a further stream on a connection at its share is
+    // refused at once rather than queued.
+    let (code, message) = connections[0].cancel(Some("6S"), stalling_body(&[])).await;
+    assert_eq!(code, Code::ResourceExhausted as i32, "{message}");
+    // A caller on a connection of its own is under its share while the others are over theirs:
+    // it waits for the first place given back, when the header-only streams end at the message
+    // wait (2 s), and is served.
+    Call::to(gateway.grpc_addr)
+        .timeout(Duration::from_secs(30))
+        .send()
+        .await
+        .expect("a normal call is served once a header-only stream has ended");
     let peak = gateway.peak_rss_kib();
     assert!(peak < PEAK_RSS_LIMIT_KIB, "peak RSS {peak} KiB under load");
 
@@ -309,10 +318,6 @@ async fn silent_connections_and_header_only_streams_leave_memory_bounded_and_cal
         let (code, message) = stream.await.unwrap();
         assert_eq!(code, Code::DeadlineExceeded as i32, "{message}");
     }
-    Call::to(gateway.grpc_addr)
-        .send()
-        .await
-        .expect("a normal call is served once the streams have ended");
     let text = metrics(gateway.admin_addr).await;
     assert!(
         sample(

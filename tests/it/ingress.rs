@@ -17,7 +17,8 @@ use tonic::{
     transport::{Certificate, ClientTlsConfig, Endpoint, Identity},
 };
 use tonic_health::pb::{
-    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+    HealthCheckRequest, HealthCheckResponse, health_check_response::ServingStatus,
+    health_client::HealthClient,
 };
 
 use crate::support::{
@@ -28,7 +29,10 @@ use crate::support::{
     metrics::{metrics, sample, wait_for_sample},
     pki::make_pki,
     process::GatewayProcess,
-    raw::{RawH2, closed_within, grpc_frame, silent_connections, stalling_body},
+    raw::{
+        RawH2, closed_within, grpc_frame, idle_connections, silent_connections, stalling_body,
+        whole_body,
+    },
 };
 
 /// Long enough for anything on a busy machine to happen, short enough to fail a test quickly when
@@ -44,25 +48,32 @@ fn cancel_request() -> Vec<u8> {
     .encode_to_vec()
 }
 
+/// A health `Watch` stream open on `channel`, once its first answer has arrived.
+async fn open_watch(channel: tonic::transport::Channel) -> tonic::Streaming<HealthCheckResponse> {
+    let mut watch = HealthClient::new(channel)
+        .watch(HealthCheckRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    watch.message().await.unwrap().expect("a first status");
+    watch
+}
+
 #[tokio::test]
-async fn beyond_the_cap_a_new_connection_is_closed_at_once_and_counted_on_both_listeners() {
+async fn beyond_the_cap_a_new_connection_is_closed_at_once_when_every_connection_has_a_stream() {
     let graph = FakeGraph::start().await;
     let gateway = TestGateway::start_with(&graph.url(), |settings| {
         settings.max_connections = 2;
     })
     .await;
     for (addr, listener) in [(gateway.grpc_addr, "api"), (gateway.admin_addr, "admin")] {
-        // Two connections that finished their handshake fill the cap.
+        // Two connections with a stream open (a health Watch each) fill the cap: neither is idle.
         let first = connect(addr).await;
         let second = connect(addr).await;
-        HealthClient::new(first.clone())
-            .check(HealthCheckRequest::default())
-            .await
-            .unwrap();
-        HealthClient::new(second.clone())
-            .check(HealthCheckRequest::default())
-            .await
-            .unwrap();
+        let watches = [
+            open_watch(first.clone()).await,
+            open_watch(second.clone()).await,
+        ];
 
         let mut third = tokio::net::TcpStream::connect(addr).await.unwrap();
         assert!(
@@ -73,6 +84,7 @@ async fn beyond_the_cap_a_new_connection_is_closed_at_once_and_counted_on_both_l
             .check(HealthCheckRequest::default())
             .await
             .expect("connections under the cap are served on");
+        drop(watches);
         drop(second);
     }
     // The admin connections are closed: the metrics need a connection of their own.
@@ -97,6 +109,173 @@ async fn beyond_the_cap_a_new_connection_is_closed_at_once_and_counted_on_both_l
             "{text}"
         );
     }
+}
+
+#[tokio::test]
+async fn at_the_cap_a_new_connection_displaces_the_one_idle_the_longest_on_both_listeners() {
+    let graph = FakeGraph::start().await;
+    let gateway = TestGateway::start_with(&graph.url(), |settings| {
+        settings.max_connections = 3;
+    })
+    .await;
+
+    // The API: three served connections without a stream fill the cap; a caller still gets in.
+    let mut idle = idle_connections(gateway.grpc_addr, 3).await;
+    gateway
+        .call()
+        .send()
+        .await
+        .expect("a caller gets in although idle connections fill the cap");
+    assert!(
+        closed_within(&mut idle[0], PATIENCE).await,
+        "the connection idle the longest made room"
+    );
+
+    // The admin listener, its own budget: /healthz and the gRPC health check get in the same way.
+    let mut idle = idle_connections(gateway.admin_addr, 3).await;
+    // Kept, so that its connection stays open (idle, after the answer) and the Check below has to
+    // displace another.
+    let client = http_client();
+    let healthz = client
+        .get(format!("http://{}/healthz", gateway.admin_addr))
+        .send()
+        .await
+        .expect("/healthz gets in although idle connections fill the cap");
+    assert!(healthz.status().is_success());
+    assert!(closed_within(&mut idle[0], PATIENCE).await);
+    let check = HealthClient::new(gateway.admin_channel().await)
+        .check(HealthCheckRequest::default())
+        .await
+        .expect("the health check gets in");
+    assert_eq!(check.into_inner().status(), ServingStatus::Serving);
+    assert!(closed_within(&mut idle[1], PATIENCE).await);
+
+    let text = metrics(gateway.admin_addr).await;
+    for listener in ["api", "admin"] {
+        assert!(
+            sample(
+                &text,
+                &format!(
+                    r#"printjob_gateway_connections_closed_total{{listener="{listener}",reason="limit"}}"#
+                )
+            ) >= 1.0,
+            "{text}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_admin_listener_has_its_own_connection_budget() {
+    let graph = FakeGraph::start().await;
+    let gateway = TestGateway::start_with(&graph.url(), |settings| {
+        settings.max_connections = 2;
+    })
+    .await;
+    // The API's budget is full of connections that cannot be displaced (each has a stream open,
+    // opened before the next connection, which would otherwise displace it while it is idle).
+    let mut api_watches = Vec::new();
+    for _ in 0..2 {
+        api_watches.push(open_watch(connect(gateway.grpc_addr).await).await);
+    }
+    let mut refused = tokio::net::TcpStream::connect(gateway.grpc_addr)
+        .await
+        .unwrap();
+    assert!(
+        closed_within(&mut refused, PATIENCE).await,
+        "the API is full"
+    );
+
+    let healthz = http_client()
+        .get(format!("http://{}/healthz", gateway.admin_addr))
+        .send()
+        .await
+        .expect("the admin listener takes connections of its own");
+    assert!(healthz.status().is_success());
+    let check = HealthClient::new(gateway.admin_channel().await)
+        .check(HealthCheckRequest::default())
+        .await
+        .unwrap();
+    assert_eq!(check.into_inner().status(), ServingStatus::Serving);
+
+    // And the other way round.
+    let mut admin_watches = Vec::new();
+    for _ in 0..2 {
+        admin_watches.push(open_watch(connect(gateway.admin_addr).await).await);
+    }
+    let mut refused = tokio::net::TcpStream::connect(gateway.admin_addr)
+        .await
+        .unwrap();
+    assert!(
+        closed_within(&mut refused, PATIENCE).await,
+        "the admin listener is full"
+    );
+    drop(api_watches);
+    gateway
+        .call()
+        .send()
+        .await
+        .expect("a full admin listener does not stop a caller");
+}
+
+#[tokio::test]
+async fn a_connection_without_a_stream_is_closed_after_the_idle_timeout_pings_notwithstanding() {
+    const IDLE_TIMEOUT: Duration = Duration::from_millis(500);
+    let graph = FakeGraph::start().await;
+    let gateway = TestGateway::start_with(&graph.url(), |settings| {
+        settings.idle_connection_timeout = IDLE_TIMEOUT;
+    })
+    .await;
+    // Both connections ping every 50 ms, ten times within the timeout; one keeps a Watch open.
+    let ping = Duration::from_millis(50);
+    let mut watching = RawH2::connect_pinging(gateway.grpc_addr, ping).await;
+    let watch = watching
+        .open(
+            "/grpc.health.v1.Health/Watch",
+            whole_body(&grpc_frame(&HealthCheckRequest::default().encode_to_vec())),
+        )
+        .await;
+    assert_eq!(watch.status(), 200);
+    let mut idle = RawH2::connect_pinging(gateway.grpc_addr, ping).await;
+    // Taken before the call: the connection went idle after this, whenever the client saw it.
+    let before_last_stream = std::time::Instant::now();
+    let (code, message) = idle
+        .cancel(None, whole_body(&grpc_frame(&cancel_request())))
+        .await;
+    assert_eq!(code, 0, "{message}");
+
+    tokio::time::timeout(PATIENCE, idle.closed())
+        .await
+        .expect("the idle connection is closed");
+    assert!(
+        before_last_stream.elapsed() >= IDLE_TIMEOUT,
+        "closed {:?} after the last stream began",
+        before_last_stream.elapsed()
+    );
+    // It was opened after the watching one, so a timer that ignored streams would have closed
+    // that one first.
+    assert!(
+        !watching.is_closed(),
+        "a connection with a stream open stays"
+    );
+    let (code, message) = watching
+        .stream(
+            "/grpc.health.v1.Health/Check",
+            None,
+            None,
+            whole_body(&grpc_frame(&HealthCheckRequest::default().encode_to_vec())),
+        )
+        .await;
+    assert_eq!(code, 0, "{message}");
+    drop(watch);
+
+    let text = metrics(gateway.admin_addr).await;
+    assert!(
+        sample(
+            &text,
+            r#"printjob_gateway_connections_closed_total{listener="api",reason="idle_timeout"}"#
+        ) >= 1.0,
+        "{text}"
+    );
 }
 
 #[tokio::test]
@@ -233,27 +412,124 @@ async fn a_burst_that_fills_a_connection_while_the_gateway_is_busy_is_served_not
 }
 
 #[tokio::test]
-async fn a_stream_whose_message_never_comes_holds_its_permit_and_ends_deadline_exceeded() {
+async fn a_stream_whose_message_never_comes_ends_at_the_message_wait_not_its_deadline() {
     let graph = FakeGraph::start().await;
     let gateway = TestGateway::start_with(&graph.url(), |settings| {
         settings.calls.max_in_flight = 1;
+        settings.message_wait = Duration::from_millis(300);
     })
     .await;
     let mut raw = RawH2::connect(gateway.grpc_addr).await;
 
-    let header_only = tokio::spawn(raw.cancel(Some("2S"), stalling_body(&[])));
-    wait_for_sample(gateway.admin_addr, "printjob_gateway_calls_in_flight", 1.0).await;
-    let status = gateway.call().send().await.unwrap_err();
-    assert_eq!(
-        status.code(),
-        Code::ResourceExhausted,
-        "the header-only stream holds the only permit: {status:?}"
-    );
-
-    let (code, message) = header_only.await.unwrap();
+    // A 60 s deadline: only the message wait can end it within PATIENCE.
+    let started = std::time::Instant::now();
+    let header_only = tokio::spawn(raw.cancel(Some("60S"), stalling_body(&[])));
+    let (code, message) = tokio::time::timeout(PATIENCE, header_only)
+        .await
+        .expect("the stream ends long before its deadline")
+        .unwrap();
     assert_eq!(code, Code::DeadlineExceeded as i32, "{message}");
+    assert!(message.contains("did not arrive within 300ms"), "{message}");
+    assert!(started.elapsed() >= Duration::from_millis(300));
     assert!(graph.requests().is_empty(), "Graph was never called");
-    gateway.call().send().await.expect("the permit is back");
+    gateway.call().send().await.expect("the place is back");
+}
+
+#[tokio::test]
+async fn a_stream_without_a_plausible_token_is_refused_at_its_headers_without_a_place() {
+    let graph = FakeGraph::start().await;
+    let gateway = TestGateway::start_with(&graph.url(), |settings| {
+        settings.calls.max_in_flight = 1;
+        // Far longer than PATIENCE: a refused stream must not be waiting for its message.
+        settings.message_wait = Duration::from_secs(60);
+    })
+    .await;
+    let mut raw = RawH2::connect(gateway.grpc_addr).await;
+    let cancel = "/graph.print.v1.PrintJobService/Cancel";
+    for authorization in [None, Some("Basic abc"), Some("Bearer"), Some("Bearer a b")] {
+        // Headers only, and a 60 s deadline: answered at once, or this times out.
+        let refused = raw.stream(cancel, authorization, Some("60S"), stalling_body(&[]));
+        let (code, message) = tokio::time::timeout(PATIENCE, refused)
+            .await
+            .expect("refused at its headers");
+        assert_eq!(
+            code,
+            Code::Unauthenticated as i32,
+            "{authorization:?}: {message}"
+        );
+    }
+    // Many of them at once, and the only place is still free for a caller with a token.
+    let mut refused = Vec::new();
+    for _ in 0..100 {
+        refused.push(tokio::spawn(raw.stream(
+            cancel,
+            None,
+            Some("60S"),
+            stalling_body(&[]),
+        )));
+    }
+    gateway
+        .call()
+        .send()
+        .await
+        .expect("the caller gets the place");
+    for stream in refused {
+        assert_eq!(stream.await.unwrap().0, Code::Unauthenticated as i32);
+    }
+    assert_eq!(
+        sample(
+            &metrics(gateway.admin_addr).await,
+            "printjob_gateway_overload_rejections_total"
+        ),
+        0.0
+    );
+}
+
+#[tokio::test]
+async fn one_connection_may_use_every_place_until_a_caller_on_another_connection_waits() {
+    const PLACES: usize = 4;
+    let graph = FakeGraph::start().await;
+    let gateway = TestGateway::start_with(&graph.url(), |settings| {
+        settings.calls.max_in_flight = PLACES;
+        settings.message_wait = Duration::from_secs(1);
+    })
+    .await;
+    // One connection takes every place, with streams that send their headers and nothing more.
+    let mut hog = RawH2::connect(gateway.grpc_addr).await;
+    let mut held = Vec::new();
+    for _ in 0..PLACES {
+        held.push(tokio::spawn(hog.cancel(Some("60S"), stalling_body(&[]))));
+    }
+    wait_for_sample(
+        gateway.admin_addr,
+        "printjob_gateway_calls_in_flight",
+        PLACES as f64,
+    )
+    .await;
+    // It is alone: it may use every place, and a further stream of its own is refused at once.
+    let (code, _) = hog.cancel(Some("60S"), stalling_body(&[])).await;
+    assert_eq!(code, Code::ResourceExhausted as i32);
+
+    // A caller on another connection, under its share, waits for the first place given back
+    // (the hog's streams end at the message wait) instead of being turned away.
+    let caller = tokio::spawn(gateway.call().timeout(Duration::from_secs(30)).send());
+    // Meanwhile the hog, over its share, keeps trying to renew its places (every 5 ms while it
+    // is refused): the places it gives back go to the waiting caller first all the same.
+    let renewing = tokio::spawn(async move {
+        loop {
+            hog.cancel(Some("60S"), stalling_body(&[])).await;
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    });
+    caller
+        .await
+        .unwrap()
+        .expect("the caller on another connection is served");
+    for stream in held {
+        let (code, message) = stream.await.unwrap();
+        assert_eq!(code, Code::DeadlineExceeded as i32, "{message}");
+    }
+    renewing.abort();
 }
 
 #[tokio::test]
@@ -293,51 +569,146 @@ async fn a_message_over_the_size_limit_is_resource_exhausted_and_says_the_limit(
 }
 
 #[tokio::test]
-async fn health_and_reflection_streams_are_capped_per_listener() {
+async fn watch_streams_are_capped_per_connection_and_per_listener_and_never_stop_a_check() {
+    use printjob_gateway::server::MAX_SERVICE_STREAMS;
+    const PER_CONNECTION: usize = 4;
     let graph = FakeGraph::start().await;
     let gateway = TestGateway::start(&graph.url()).await;
+    let check = |channel: tonic::transport::Channel| async move {
+        HealthClient::new(channel)
+            .check(HealthCheckRequest::default())
+            .await
+            .map(|answer| answer.into_inner().status())
+    };
+
+    // Per connection: the fifth Watch on one connection is refused, and a Check on it answered.
     let channel = gateway.admin_channel().await;
     let mut watches = Vec::new();
+    for _ in 0..PER_CONNECTION {
+        watches.push(open_watch(channel.clone()).await);
+    }
+    let refused = HealthClient::new(channel.clone())
+        .watch(HealthCheckRequest::default())
+        .await
+        .expect_err("a connection's Watch streams are capped");
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    assert_eq!(
+        check(channel.clone()).await.unwrap(),
+        ServingStatus::Serving
+    );
+
+    // Per listener: Watch streams spread over connections stop at the cap.
     let mut refused = None;
-    for _ in 0..200 {
-        match HealthClient::new(channel.clone())
-            .watch(HealthCheckRequest::default())
-            .await
-        {
-            Ok(watch) => watches.push(watch.into_inner()),
-            Err(status) => {
-                refused = Some(status);
-                break;
+    'fill: for _ in 0..(2 * MAX_SERVICE_STREAMS / PER_CONNECTION) {
+        let channel = gateway.admin_channel().await;
+        for _ in 0..PER_CONNECTION {
+            match HealthClient::new(channel.clone())
+                .watch(HealthCheckRequest::default())
+                .await
+            {
+                Ok(watch) => watches.push(watch.into_inner()),
+                Err(status) => {
+                    refused = Some(status);
+                    break 'fill;
+                }
             }
         }
     }
-    let refused = refused.expect("Watch streams are capped");
+    let refused = refused.expect("Watch streams are capped per listener");
     assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
-    assert!(watches.len() >= 16, "{} watches", watches.len());
+    assert_eq!(watches.len(), MAX_SERVICE_STREAMS);
 
-    // The API listener has its own cap, and Cancel calls are not counted against either.
-    gateway.call().send().await.expect("Cancel is served");
-    let api = HealthClient::new(gateway.channel().await)
-        .check(HealthCheckRequest::default())
+    // A full Watch cap stops no probe: a Check on any connection, /healthz, and the API listener,
+    // which has caps of its own; reflection has its own cap too.
+    assert_eq!(
+        check(channel.clone()).await.unwrap(),
+        ServingStatus::Serving
+    );
+    assert_eq!(
+        check(gateway.admin_channel().await).await.unwrap(),
+        ServingStatus::Serving
+    );
+    let healthz = http_client()
+        .get(format!("http://{}/healthz", gateway.admin_addr))
+        .send()
         .await
         .unwrap();
-    assert_eq!(api.into_inner().status(), ServingStatus::Serving);
+    assert!(healthz.status().is_success());
+    assert_eq!(
+        check(gateway.channel().await).await.unwrap(),
+        ServingStatus::Serving
+    );
+    gateway.call().send().await.expect("Cancel is served");
+    let mut reflection =
+        tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient::new(
+            gateway.admin_channel().await,
+        );
+    let request = tonic_reflection::pb::v1::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(
+            tonic_reflection::pb::v1::server_reflection_request::MessageRequest::ListServices(
+                String::new(),
+            ),
+        ),
+    };
+    let mut listed = reflection
+        .server_reflection_info(tokio_stream::once(request))
+        .await
+        .expect("reflection is not capped by Watch streams")
+        .into_inner();
+    assert!(listed.message().await.unwrap().is_some());
 
+    // A closed Watch gives its place back (asked for on a connection under its own cap).
     watches.pop();
-    let check = async {
+    let fresh = gateway.admin_channel().await;
+    let watch = async {
         loop {
-            if let Ok(answer) = HealthClient::new(channel.clone())
-                .check(HealthCheckRequest::default())
+            if let Ok(watch) = HealthClient::new(fresh.clone())
+                .watch(HealthCheckRequest::default())
                 .await
             {
-                return answer;
+                return watch;
             }
             tokio::task::yield_now().await;
         }
     };
-    tokio::time::timeout(PATIENCE, check)
+    tokio::time::timeout(PATIENCE, watch)
         .await
         .expect("a closed Watch gives its place back");
+}
+
+#[tokio::test]
+async fn header_only_checks_are_capped_per_connection_and_stop_no_other_check() {
+    const PER_CONNECTION: usize = 4;
+    let graph = FakeGraph::start().await;
+    let gateway = TestGateway::start(&graph.url()).await;
+    let mut raw = RawH2::connect(gateway.admin_addr).await;
+    let path = "/grpc.health.v1.Health/Check";
+    let mut header_only = Vec::new();
+    for _ in 0..PER_CONNECTION {
+        header_only.push(tokio::spawn(raw.stream(
+            path,
+            None,
+            None,
+            stalling_body(&[]),
+        )));
+    }
+    // The next one on that connection is refused at once; the streams before it are held (a
+    // refusal is answered in order, after their headers were seen).
+    let (code, message) = raw.stream(path, None, None, stalling_body(&[])).await;
+    assert_eq!(code, Code::ResourceExhausted as i32, "{message}");
+    assert!(
+        message.contains("at most 4 health Check streams"),
+        "{message}"
+    );
+    for _ in 0..10 {
+        let check = HealthClient::new(gateway.admin_channel().await)
+            .check(HealthCheckRequest::default())
+            .await
+            .expect("a Check on another connection is answered");
+        assert_eq!(check.into_inner().status(), ServingStatus::Serving);
+    }
+    drop(header_only);
 }
 
 // === Certificates rotate ===

@@ -178,6 +178,29 @@ pub async fn closed_within(stream: &mut TcpStream, within: Duration) -> bool {
     tokio::time::timeout(within, closed).await.is_ok()
 }
 
+/// Opens `count` HTTP/2 connections to `addr` that send the client preface and an empty SETTINGS
+/// frame, read the server's SETTINGS (so the gateway has finished their handshake), and then
+/// nothing: served connections with no stream open, idle. In the order opened.
+pub async fn idle_connections(addr: SocketAddr, count: usize) -> Vec<TcpStream> {
+    let mut connections = Vec::with_capacity(count);
+    for _ in 0..count {
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        stream
+            .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+            .await
+            .unwrap();
+        let mut header = [0u8; 9];
+        stream.read_exact(&mut header).await.unwrap();
+        assert_eq!(header[3], 0x4, "the server's first frame is SETTINGS");
+        let length =
+            usize::from(header[0]) << 16 | usize::from(header[1]) << 8 | usize::from(header[2]);
+        let mut payload = vec![0u8; length];
+        stream.read_exact(&mut payload).await.unwrap();
+        connections.push(stream);
+    }
+    connections
+}
+
 /// A request body: these bytes (if any), then nothing, ever, and no end of stream.
 pub type StallingBody = http_body_util::combinators::BoxBody<Bytes, std::convert::Infallible>;
 
@@ -191,6 +214,14 @@ pub fn stalling_body(bytes: &[u8]) -> StallingBody {
     http_body_util::StreamBody::new(frames).boxed()
 }
 
+/// A request body of these bytes, then the end of the stream.
+pub fn whole_body(bytes: &[u8]) -> StallingBody {
+    use http_body_util::BodyExt;
+    http_body_util::Full::new(Bytes::copy_from_slice(bytes))
+        .map_err(|never| match never {})
+        .boxed()
+}
+
 /// A raw HTTP/2 connection for streams no well-behaved gRPC client would send.
 pub struct RawH2 {
     addr: SocketAddr,
@@ -201,12 +232,30 @@ pub struct RawH2 {
 impl RawH2 {
     /// Opens an HTTP/2 connection (prior knowledge) to `addr`.
     pub async fn connect(addr: SocketAddr) -> Self {
+        Self::connect_with(addr, None).await
+    }
+
+    /// Opens an HTTP/2 connection that sends a PING every `interval`, with or without streams
+    /// (and answers the gateway's, as every connection does).
+    pub async fn connect_pinging(addr: SocketAddr, interval: Duration) -> Self {
+        Self::connect_with(addr, Some(interval)).await
+    }
+
+    async fn connect_with(addr: SocketAddr, ping_interval: Option<Duration>) -> Self {
         let tcp = TcpStream::connect(addr).await.unwrap();
-        let (send, connection) =
-            hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
-                .handshake(hyper_util::rt::TokioIo::new(tcp))
-                .await
-                .unwrap();
+        let mut builder =
+            hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new());
+        if let Some(interval) = ping_interval {
+            builder
+                .timer(hyper_util::rt::TokioTimer::new())
+                .keep_alive_interval(interval)
+                .keep_alive_timeout(Duration::from_secs(20))
+                .keep_alive_while_idle(true);
+        }
+        let (send, connection) = builder
+            .handshake(hyper_util::rt::TokioIo::new(tcp))
+            .await
+            .unwrap();
         let task = tokio::spawn(async move {
             let _ = connection.await;
         });
@@ -219,20 +268,65 @@ impl RawH2 {
         &mut self,
         grpc_timeout: Option<&str>,
         body: StallingBody,
-    ) -> impl std::future::Future<Output = (i32, String)> + Send + 'static {
-        let mut request = http::Request::post(format!(
-            "http://{}/graph.print.v1.PrintJobService/Cancel",
-            self.addr
-        ))
-        .header("content-type", "application/grpc")
-        .header("te", "trailers")
-        .header("authorization", format!("Bearer {}", super::TOKEN));
+    ) -> impl std::future::Future<Output = (i32, String)> + Send + 'static + use<> {
+        let authorization = format!("Bearer {}", super::TOKEN);
+        self.stream(
+            "/graph.print.v1.PrintJobService/Cancel",
+            Some(&authorization),
+            grpc_timeout,
+            body,
+        )
+    }
+
+    /// Opens a gRPC stream to `path`, with this `authorization` (if any) and `grpc-timeout` (if
+    /// any), whose body is `body`. Resolves to the call's gRPC status code and message once the
+    /// gateway answers (for a server stream, once it ends).
+    pub fn stream(
+        &mut self,
+        path: &str,
+        authorization: Option<&str>,
+        grpc_timeout: Option<&str>,
+        body: StallingBody,
+    ) -> impl std::future::Future<Output = (i32, String)> + Send + 'static + use<> {
+        let mut request = http::Request::post(format!("http://{}{path}", self.addr))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers");
+        if let Some(authorization) = authorization {
+            request = request.header("authorization", authorization);
+        }
         if let Some(timeout) = grpc_timeout {
             request = request.header("grpc-timeout", timeout);
         }
         let request = request.body(body).unwrap();
         let response = self.send.send_request(request);
         async move { grpc_status(response.await.expect("the gateway answers")).await }
+    }
+
+    /// Opens a gRPC stream to `path` with `body` and resolves once the gateway's response
+    /// headers have arrived, with the response (whose body may go on).
+    pub fn open(
+        &mut self,
+        path: &str,
+        body: StallingBody,
+    ) -> impl std::future::Future<Output = http::Response<hyper::body::Incoming>> + Send + 'static + use<>
+    {
+        let request = http::Request::post(format!("http://{}{path}", self.addr))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(body)
+            .unwrap();
+        let response = self.send.send_request(request);
+        async move { response.await.expect("the gateway answers") }
+    }
+
+    /// Whether the gateway has closed this connection.
+    pub fn is_closed(&self) -> bool {
+        self.task.is_finished()
+    }
+
+    /// Completes when the gateway has closed this connection.
+    pub async fn closed(&mut self) {
+        let _ = (&mut self.task).await;
     }
 }
 
