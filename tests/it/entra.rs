@@ -632,3 +632,91 @@ async fn an_identical_request_repeated_too_fast_is_a_loop_and_the_gateway_never_
         Some("retry-after, h429")
     );
 }
+
+/// The exchange's rules against the simulated Entra rather than a fake: Conditional Access as
+/// Entra answers it in the on-behalf-of flow reaches the caller as a claims challenge with
+/// `authorization_uri`; five calls within a 429's `Retry-After` make one request; AADSTS70021
+/// followed by a token ends OK.
+#[tokio::test]
+async fn against_the_simulated_entra_challenges_throttling_and_federation_behave_as_msal() {
+    use base64::{Engine, engine::general_purpose::STANDARD};
+    use printjob_gateway::entra::{ClientSecret, CredentialSource, EntraAuthority, TokenExchange};
+    use tonic_types::StatusExt;
+
+    use crate::support::fake_entra::bearer_jwt;
+
+    let claims = r#"{"access_token":{"polids":{"essential":true,"values":["p1"]}}}"#;
+    let scenario = serde_json::json!({
+        "printers": [{"id": "p", "anyJob": true}],
+        "entra": {"rules": [
+            {"assertion": crate::support::fake_entra::caller_jwt("mfa"), "error": "invalid_grant",
+             "suberror": "basic_action", "claims": claims},
+            {"assertion": crate::support::fake_entra::caller_jwt("busy"), "status": 429, "retryAfter": 60},
+            {"assertion": crate::support::fake_entra::caller_jwt("new-fic"), "error": "invalid_request",
+             "errorCodes": [70021], "times": 2}
+        ]}
+    });
+    let (simulator, base) = start(&scenario.to_string()).await;
+    let tenant = "contoso.onmicrosoft.com";
+    let gateway = TestGateway::start_with(&format!("{base}/v1.0"), |settings| {
+        let exchange = &mut settings.token_exchange;
+        exchange.exchange = TokenExchange::Obo;
+        exchange.authority = EntraAuthority::parse(&base).unwrap();
+        exchange.tenant_id = Some(tenant.to_owned());
+        exchange.client_id = Some("my-api".to_owned());
+        exchange.credential = ClientSecret::new(SECRET).map(CredentialSource::Secret);
+    })
+    .await;
+    let call = |who: &str| {
+        gateway
+            .call()
+            .ids("p", "1")
+            .authorization(Some(&bearer_jwt(who)))
+            .timeout(Duration::from_secs(20))
+    };
+    let exchanges = || {
+        simulator
+            .received()
+            .into_iter()
+            .filter(|request| request.token_exchange.is_some())
+            .count()
+    };
+
+    let challenged = call("mfa").send().await.unwrap_err();
+    assert_eq!(challenged.code(), tonic::Code::Unauthenticated);
+    assert_eq!(
+        challenged.get_details_error_info().unwrap().reason,
+        "INTERACTION_REQUIRED"
+    );
+    assert_eq!(
+        challenged
+            .metadata()
+            .get("www-authenticate")
+            .unwrap()
+            .to_str()
+            .unwrap(),
+        format!(
+            r#"Bearer realm="", authorization_uri="{base}/{tenant}/oauth2/v2.0/authorize", error="insufficient_claims", claims="{}""#,
+            STANDARD.encode(claims)
+        )
+    );
+
+    let before = exchanges();
+    call("new-fic")
+        .send()
+        .await
+        .expect("AADSTS70021 twice, then a token");
+    assert_eq!(exchanges(), before + 3);
+
+    // Last: Entra's 429 holds back every exchange until its Retry-After ends.
+    let before = exchanges();
+    for _ in 0..5 {
+        let throttled = call("busy").send().await.unwrap_err();
+        assert_eq!(
+            throttled.code(),
+            tonic::Code::ResourceExhausted,
+            "{throttled:?}"
+        );
+    }
+    assert_eq!(exchanges(), before + 1, "one request within Retry-After");
+}
