@@ -12,7 +12,8 @@ use tonic::Code;
 use tonic_types::StatusExt;
 
 use crate::support::{
-    TestGateway,
+    FakeGraph, Reply, TestGateway,
+    fake_entra::{EntraReply, FakeEntra, bearer_jwt, obo_gateway_with},
     metrics::{metrics, sample, wait_for_sample},
     process::GatewayProcess,
     simulated_graph,
@@ -265,6 +266,63 @@ async fn one_call_probes_when_the_window_ends_and_a_throttled_probe_opens_a_new_
             .all(|(id, status)| id != first && *status == 204)
     );
     assert_eq!(sample(&metrics(gateway.admin_addr).await, WINDOWS), 2.0);
+}
+
+#[tokio::test]
+async fn with_the_on_behalf_of_exchange_the_key_is_read_from_the_exchanged_token() {
+    // Two callers whose own tokens carry no tenant (alone, they would share one key) get Graph
+    // tokens of tenants A and B from the exchange; Graph throttles A's first call for 60 s.
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("client-secret");
+    std::fs::write(&secret, "s3cr3t~client.value-1\n").unwrap();
+    let (graph, entra) = (FakeGraph::start().await, FakeEntra::start().await);
+    let exchanged = |tenant: &str| {
+        EntraReply::error_body(
+            200,
+            serde_json::json!({
+                "token_type": "Bearer",
+                "expires_in": 3600,
+                "access_token": token_of(tenant).trim_start_matches("Bearer "),
+            }),
+        )
+    };
+    entra.script([exchanged(TENANT_A), exchanged(TENANT_B)]);
+    graph.queue(
+        "POST",
+        Reply::graph_error(429, "TooManyRequests", "Please retry again later.")
+            .header("retry-after", "60"),
+    );
+    let gateway = obo_gateway_with(
+        &graph,
+        &entra,
+        printjob_gateway::entra::CredentialSource::SecretFile(secret),
+        |s| s.calls.retry.retry_after_max = Duration::from_secs(120),
+    )
+    .await;
+    let (caller_a, caller_b) = (
+        bearer_jwt("caller-of-tenant-a"),
+        bearer_jwt("caller-of-tenant-b"),
+    );
+    let call = |caller: &str| {
+        gateway
+            .call()
+            .authorization(Some(caller))
+            .timeout(Duration::from_secs(20))
+            .send()
+    };
+
+    let throttled = call(&caller_a).await.unwrap_err();
+    assert_eq!(throttled.code(), Code::ResourceExhausted);
+    call(&caller_b)
+        .await
+        .expect("tenant B's Graph token is not held by tenant A's window");
+    let held = call(&caller_a).await.unwrap_err();
+
+    assert_eq!(
+        held.get_details_error_info().unwrap().reason,
+        "GRAPH_THROTTLED"
+    );
+    assert_eq!(graph.requests().len(), 2, "A's second call was not sent");
 }
 
 #[tokio::test]
