@@ -1000,7 +1000,7 @@ mod tests {
         ];
         for (graph_url, scope) in cases {
             let graph_url = GraphBaseUrl::parse(graph_url).unwrap();
-            assert_eq!(entra::default_graph_scope(&graph_url), scope);
+            assert_eq!(entra::default_graph_scope(graph_url.host()), scope);
         }
     }
 

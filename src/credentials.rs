@@ -39,7 +39,15 @@ impl GraphCredentials {
         Ok(match settings.exchange {
             TokenExchange::None => Self::PassThrough,
             TokenExchange::Obo => {
-                Self::OnBehalfOf(OnBehalfOf::new(settings, graph, retry, metrics.clone()).await?)
+                let connect = graph.connect_settings();
+                let exchange = OnBehalfOf::new(
+                    settings,
+                    &connect,
+                    graph.base_url.host(),
+                    retry,
+                    metrics.clone(),
+                );
+                Self::OnBehalfOf(exchange.await?)
             }
         })
     }

@@ -18,6 +18,9 @@
 //! - [`auth`]: `BearerToken`, read from the `authorization` metadata; it never prints.
 //! - [`credentials`]: which token goes to Graph: the caller's own, or the one the on-behalf-of
 //!   exchange gave for it.
+//! - [`egress`]: the outbound transport Graph and Entra ID both stand on: the connector (TCP or
+//!   the proxy tunnel, rustls, ALPN), the pool, the https-unless-loopback rule, `Retry-After`
+//!   and bounded reads of an answer.
 //! - [`entra`]: the only module that knows Entra ID: the on-behalf-of exchange, the gateway's
 //!   client credential, and the cache of exchanged tokens.
 //! - [`graph`]: the only module that knows Graph: its URLs, headers and JSON errors.
@@ -37,6 +40,7 @@ pub mod auth;
 pub mod backoff;
 pub mod config;
 pub mod credentials;
+pub mod egress;
 pub mod entra;
 pub mod error;
 pub mod files;

@@ -8,7 +8,7 @@ use serde::Deserialize;
 
 use crate::{
     auth::BearerToken,
-    graph::{bounded_identifier, bounded_message, parse_retry_after},
+    egress::{bounded_identifier, bounded_message, parse_retry_after},
 };
 
 /// The longest `error`, `suberror`, trace or correlation ID kept, in bytes.

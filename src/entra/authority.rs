@@ -7,7 +7,7 @@ use std::fmt;
 use percent_encoding::utf8_percent_encode;
 
 use super::SetupError;
-use crate::graph::{GraphUrlError, PATH_SEGMENT, check_url_is_safe};
+use crate::egress::{PATH_SEGMENT, UrlError, check_url_is_safe};
 
 /// The authority of the public cloud.
 pub const PUBLIC_AUTHORITY: &str = "https://login.microsoftonline.com";
@@ -67,7 +67,7 @@ pub struct EntraAuthority {
 
 impl EntraAuthority {
     /// Parses and checks an authority URL.
-    pub fn parse(text: &str) -> Result<Self, GraphUrlError> {
+    pub fn parse(text: &str) -> Result<Self, UrlError> {
         let url = url::Url::parse(text)?;
         check_url_is_safe(&url)?;
         Ok(Self {
@@ -152,7 +152,7 @@ impl fmt::Display for EntraAuthority {
 }
 
 impl std::str::FromStr for EntraAuthority {
-    type Err = GraphUrlError;
+    type Err = UrlError;
 
     fn from_str(text: &str) -> Result<Self, Self::Err> {
         Self::parse(text)

@@ -35,14 +35,9 @@ use std::{
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 
 use bytes::Bytes;
-use http::{HeaderValue, Method, Request, Response, Uri, header, uri::PathAndQuery};
+use http::{HeaderValue, Method, Request, Uri, header};
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
-use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::{
-    io::{AsyncRead, AsyncWrite},
-    time::Instant,
-};
+use tokio::time::Instant;
 use tracing::{Instrument, field};
 
 pub use self::{
@@ -65,10 +60,7 @@ use self::{
 use crate::{
     auth::BearerToken,
     backoff::{BACKOFF_MAX, RetryPolicy, backoff},
-    graph::{
-        self, ConnectError, Connected, Connector, GraphBaseUrl, GraphClientError, GraphProtocol,
-        Negotiated,
-    },
+    egress::{self, ClientError, ConnectError, ConnectSettings, Connector, Protocol, SendError},
     metrics::Metrics,
     request::ClientRequestId,
 };
@@ -98,10 +90,6 @@ pub const THROTTLE_MAX: Duration = Duration::from_secs(3600);
 pub const DEFAULT_EXCHANGE_RATE: u32 = 20;
 /// Tenant names that name no tenant: the exchange must ask the app registration's own tenant.
 const NOT_A_TENANT: [&str; 3] = ["common", "organizations", "consumers"];
-
-/// The longest a connection to the token endpoint is kept, whatever its peer does: one request
-/// is sent on it, within a call's deadline.
-const CONNECTION_LIFETIME: Duration = Duration::from_secs(120);
 
 /// Which token the gateway sends to Graph.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -188,7 +176,7 @@ pub enum SetupError {
     Credential(#[from] CredentialError),
     /// The HTTP client for Entra ID cannot be built.
     #[error("cannot set up the connection to Entra ID")]
-    Http(#[from] GraphClientError),
+    Http(#[from] ClientError),
 }
 
 /// One failed request to the token endpoint.
@@ -267,10 +255,12 @@ struct Inner {
 
 impl OnBehalfOf {
     /// Checks the settings, loads the client credential and builds the HTTP client (with the
-    /// same TLS roots, extra CA, proxy and connect timeout as Graph's).
+    /// same TLS roots, extra CA, proxy and connect timeout as Graph's: `connect`). `graph_host`
+    /// is Graph's host, which the default scope names and whose cloud must be the authority's.
     pub async fn new(
         settings: &Settings,
-        graph: &graph::Settings,
+        connect: &ConnectSettings,
+        graph_host: &str,
         retry: RetryPolicy,
         metrics: Metrics,
     ) -> Result<Self, SetupError> {
@@ -282,7 +272,7 @@ impl OnBehalfOf {
                 "a tenant ID (--tenant-id or AZURE_TENANT_ID)",
             ))?;
         check_tenant(tenant_id)?;
-        settings.authority.check_same_cloud(graph.base_url.host())?;
+        settings.authority.check_same_cloud(graph_host)?;
         let client_id = settings
             .client_id
             .clone()
@@ -299,17 +289,11 @@ impl OnBehalfOf {
         let endpoint: Uri = endpoint_url
             .parse()
             .map_err(|_| SetupError::TenantId(tenant_id.to_owned()))?;
-        let connector = Connector::new(
-            &endpoint,
-            GraphProtocol::Auto,
-            graph.connect_timeout,
-            graph.extra_ca.as_ref(),
-            &graph.proxy,
-        )?;
+        let connector = Connector::new(&endpoint, Protocol::Auto, connect)?;
         let scope = settings
             .graph_scope
             .clone()
-            .unwrap_or_else(|| default_graph_scope(&graph.base_url));
+            .unwrap_or_else(|| default_graph_scope(graph_host));
         if let Some(host) = url::Url::parse(&scope)
             .ok()
             .and_then(|url| url.host_str().map(str::to_owned))
@@ -618,7 +602,14 @@ impl OnBehalfOf {
         );
         headers.insert("return-client-request-id", TRUE);
 
-        let response = send_once(&inner.connector, request).await?;
+        let response = egress::send_once(&inner.connector, request)
+            .await
+            .map_err(|error| match error {
+                SendError::Unreachable(error) => EntraError::Unreachable(error),
+                SendError::Refused(error) | SendError::Transport(error) => {
+                    EntraError::Transport(error.into())
+                }
+            })?;
         let (parts, body) = response.into_parts();
         let body = match Limited::new(body, ANSWER_LIMIT).collect().await {
             Ok(collected) => collected.to_bytes(),
@@ -645,59 +636,6 @@ impl fmt::Debug for OnBehalfOf {
             .field("credential", &self.inner.credential)
             .field("cache", &self.inner.cache)
             .finish_non_exhaustive()
-    }
-}
-
-/// Sends one request on a connection of its own. Exchanges are rare (each caller's Graph token
-/// is cached for most of its life), so they keep no pool; Graph's pool is made for its calls.
-async fn send_once(
-    connector: &Connector,
-    request: Request<Full<Bytes>>,
-) -> Result<Response<Incoming>, EntraError> {
-    let (connected, negotiated) = connector.connect().await.map_err(EntraError::Unreachable)?;
-    match connected {
-        Connected::Plain(tcp) => send_on(TokioIo::new(tcp), negotiated, request).await,
-        Connected::Tls(tls) => send_on(TokioIo::new(tls), negotiated, request).await,
-    }
-}
-
-async fn send_on<IO>(
-    io: TokioIo<IO>,
-    negotiated: Negotiated,
-    mut request: Request<Full<Bytes>>,
-) -> Result<Response<Incoming>, EntraError>
-where
-    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let transport = |error: hyper::Error| EntraError::Transport(error.into());
-    match negotiated {
-        Negotiated::Http1 => {
-            let (mut sender, connection) = hyper::client::conn::http1::handshake(io)
-                .await
-                .map_err(transport)?;
-            tokio::spawn(tokio::time::timeout(CONNECTION_LIFETIME, connection));
-            // HTTP/1.1 wants the target in origin form and the host in `Host`.
-            let uri = request.uri().clone();
-            if let Some(authority) = uri.authority()
-                && let Ok(host) = HeaderValue::from_str(authority.as_str())
-            {
-                request.headers_mut().insert(header::HOST, host);
-            }
-            let path = uri
-                .path_and_query()
-                .cloned()
-                .unwrap_or(PathAndQuery::from_static("/"));
-            *request.uri_mut() = Uri::from(path);
-            sender.send_request(request).await.map_err(transport)
-        }
-        Negotiated::Http2 => {
-            let (mut sender, connection) =
-                hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
-                    .await
-                    .map_err(transport)?;
-            tokio::spawn(tokio::time::timeout(CONNECTION_LIFETIME, connection));
-            sender.send_request(request).await.map_err(transport)
-        }
     }
 }
 
@@ -732,10 +670,10 @@ impl EntraError {
     }
 }
 
-/// The scope of Graph at `graph`'s host: `https://<host>/.default`, so that national clouds get
-/// their own Graph.
-pub fn default_graph_scope(graph: &GraphBaseUrl) -> String {
-    format!("https://{}/.default", graph.host())
+/// The scope of Graph at its host `graph_host`: `https://<host>/.default`, so that national
+/// clouds get their own Graph.
+pub fn default_graph_scope(graph_host: &str) -> String {
+    format!("https://{graph_host}/.default")
 }
 
 /// The metric label of a request's outcome: a small fixed set.

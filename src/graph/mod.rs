@@ -3,9 +3,7 @@
 //! that is not a 2xx, so the rest of the gateway never sees HTTP.
 
 mod answer;
-mod connect;
 mod job;
-mod pool;
 mod throttle;
 mod url;
 
@@ -16,20 +14,24 @@ use std::{
 
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, Method, Request, StatusCode, header};
-use http_body_util::{BodyExt, Empty};
-use tokio::time::Instant;
+use http_body_util::Empty;
 
-pub use self::answer::{GraphRejection, parse_retry_after};
-pub(crate) use self::answer::{bounded_identifier, bounded_message};
-pub use self::connect::{ConnectError, GraphClientError, GraphProtocol, ProxyEnv};
-pub(crate) use self::connect::{Connected, Connector, Negotiated};
+pub use self::answer::GraphRejection;
 pub use self::job::{JobReadError, PrintJobStatus};
-pub use self::pool::{Body, SendError};
 pub use self::throttle::{GateCall, Held, MAX_KEYS, Refusal, Throttle, ThrottleGate, ThrottleKey};
-pub use self::url::{GraphBaseUrl, GraphUrlError};
-pub(crate) use self::url::{PATH_SEGMENT, check_url_is_safe};
+pub use self::url::GraphBaseUrl;
+// The transport's names as Graph's settings and callers have always known them.
+pub use crate::egress::{
+    Body, ClientError as GraphClientError, ConnectError, Protocol as GraphProtocol, ProxyEnv,
+    SendError, UrlError as GraphUrlError, parse_retry_after,
+};
 use crate::{
-    auth::BearerToken, metrics::Metrics, request::CancelTarget, request::ClientRequestId, telemetry,
+    auth::BearerToken,
+    egress::{self, ConnectSettings, Connector, Pool, PoolSettings},
+    metrics::Metrics,
+    request::CancelTarget,
+    request::ClientRequestId,
+    telemetry,
 };
 
 /// The most bytes of an error body read from Graph; the rest is never read. Graph's JSON errors
@@ -76,6 +78,18 @@ pub struct Settings {
     pub throttle_gate: bool,
 }
 
+impl Settings {
+    /// How connections are opened, for Graph and, with the same TLS roots, extra CA, proxy and
+    /// connect timeout, for Entra ID.
+    pub fn connect_settings(&self) -> ConnectSettings {
+        ConnectSettings {
+            connect_timeout: self.connect_timeout,
+            extra_ca: self.extra_ca.clone(),
+            proxy: self.proxy.clone(),
+        }
+    }
+}
+
 impl Default for Settings {
     fn default() -> Self {
         Self {
@@ -97,7 +111,7 @@ impl Default for Settings {
 /// A handle to Graph: one pool of connections for the whole process. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct GraphClient {
-    pool: pool::Pool,
+    pool: Pool,
     base_url: GraphBaseUrl,
     throttle: ThrottleGate,
 }
@@ -133,16 +147,14 @@ impl GraphClient {
     /// offers it, the proxy of `settings` honoured, and redirects never followed, so a token
     /// never goes anywhere but Graph's host.
     pub fn new(settings: &Settings, metrics: Metrics) -> Result<Self, GraphClientError> {
-        let connector = connect::Connector::new(
+        let connector = Connector::new(
             &settings.base_url.uri(),
             settings.protocol,
-            settings.connect_timeout,
-            settings.extra_ca.as_ref(),
-            &settings.proxy,
+            &settings.connect_settings(),
         )?;
-        let pool = pool::Pool::new(
+        let pool = Pool::new(
             connector,
-            pool::PoolSettings {
+            PoolSettings {
                 max_connections: settings.max_connections,
                 streams_per_connection: settings.streams_per_connection,
                 idle_timeout: settings.idle_timeout,
@@ -227,20 +239,6 @@ fn classify(error: SendError) -> GraphError {
 }
 
 /// Reads at most [`ERROR_BODY_LIMIT`] bytes of an error body, waiting at most [`ERROR_BODY_WAIT`].
-/// Whatever arrived by then is kept; a broken or endless body is simply cut off.
-async fn read_bounded(mut body: Body) -> Vec<u8> {
-    let mut bytes = Vec::new();
-    let give_up = Instant::now() + ERROR_BODY_WAIT;
-    while bytes.len() < ERROR_BODY_LIMIT {
-        match tokio::time::timeout_at(give_up, body.frame()).await {
-            Ok(Some(Ok(frame))) => {
-                if let Ok(chunk) = frame.into_data() {
-                    let room = ERROR_BODY_LIMIT - bytes.len();
-                    bytes.extend_from_slice(&chunk[..chunk.len().min(room)]);
-                }
-            }
-            Ok(Some(Err(_)) | None) | Err(_) => break,
-        }
-    }
-    bytes
+async fn read_bounded(body: Body) -> Vec<u8> {
+    egress::read_bounded(body, ERROR_BODY_LIMIT, ERROR_BODY_WAIT).await
 }

@@ -1,23 +1,15 @@
 //! Graph's base URL, checked once at start-up, and the one function that builds request URLs.
 
-use std::net::IpAddr;
-
 use http::{
     Uri,
     uri::{Authority, Scheme},
 };
-use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+use percent_encoding::utf8_percent_encode;
 
-use crate::request::CancelTarget;
-
-/// Every byte but RFC 3986's unreserved characters is percent-encoded, so that an ID can never
-/// add a path separator, a query, a fragment or an escape of its own. The dot segments `.` and
-/// `..`, the one input this cannot neutralise, are refused earlier by [`crate::request`].
-pub(crate) const PATH_SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
-    .remove(b'-')
-    .remove(b'.')
-    .remove(b'_')
-    .remove(b'~');
+use crate::{
+    egress::{PATH_SEGMENT, UrlError as GraphUrlError, check_url_is_safe},
+    request::CancelTarget,
+};
 
 /// The base URL of Microsoft Graph, such as `https://graph.microsoft.com/v1.0`.
 ///
@@ -32,25 +24,6 @@ pub struct GraphBaseUrl {
     authority: Authority,
     /// The base path without a trailing slash, such as `/v1.0`.
     path: String,
-}
-
-/// Why a Graph base URL was refused.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum GraphUrlError {
-    /// The text is not a URL.
-    #[error("not a valid URL: {0}")]
-    Syntax(#[from] url::ParseError),
-    /// The scheme is `http` and the host is not loopback.
-    #[error(
-        "must use https (plain http is allowed only for loopback hosts), so that bearer tokens never cross a network in plaintext"
-    )]
-    Plaintext,
-    /// The scheme is neither `https` nor `http`.
-    #[error("must be an https URL, not {0}:")]
-    Scheme(String),
-    /// The URL carries credentials, a query or a fragment.
-    #[error("must not contain user info, a query or a fragment")]
-    Extras,
 }
 
 // === impl GraphBaseUrl ===
@@ -145,34 +118,6 @@ impl std::str::FromStr for GraphBaseUrl {
 
     fn from_str(text: &str) -> Result<Self, Self::Err> {
         Self::parse(text)
-    }
-}
-
-/// Checks that a URL a token is sent to is `https` (plain `http` only to a loopback host) and
-/// carries no user info, query or fragment. Entra ID's authority is checked the same way.
-pub(crate) fn check_url_is_safe(url: &url::Url) -> Result<(), GraphUrlError> {
-    match url.scheme() {
-        "https" => {}
-        "http" if is_loopback(url) => {}
-        "http" => return Err(GraphUrlError::Plaintext),
-        other => return Err(GraphUrlError::Scheme(other.to_owned())),
-    }
-    if !url.username().is_empty()
-        || url.password().is_some()
-        || url.query().is_some()
-        || url.fragment().is_some()
-    {
-        return Err(GraphUrlError::Extras);
-    }
-    Ok(())
-}
-
-fn is_loopback(url: &url::Url) -> bool {
-    match url.host() {
-        Some(url::Host::Ipv4(ip)) => IpAddr::V4(ip).is_loopback(),
-        Some(url::Host::Ipv6(ip)) => IpAddr::V6(ip).is_loopback(),
-        Some(url::Host::Domain(name)) => name.eq_ignore_ascii_case("localhost"),
-        None => false,
     }
 }
 

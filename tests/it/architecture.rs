@@ -1,7 +1,7 @@
 //! ARCHITECTURE.md's structural invariants, checked on the source: the top-level modules of `src/`
 //! import each other one way (no `crate::` cycle), nothing outside `src/config.rs` reads the
-//! environment, and each concern that
-//! ARCHITECTURE.md gives one owner is named in no other file.
+//! environment, `graph/` and `entra/` never name each other (both stand on `egress/`), and each
+//! concern that ARCHITECTURE.md gives one owner is named in no other file.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -30,6 +30,26 @@ fn the_top_level_modules_import_each_other_one_way() {
 }
 
 #[test]
+fn graph_and_entra_never_name_each_other() {
+    let sources = sources();
+    let edges = module_edges(&sources);
+    assert!(
+        edges["graph"].contains("egress") && edges["entra"].contains("egress"),
+        "the scan sees both clients stand on egress: {edges:?}"
+    );
+    let strays: Vec<String> = sources
+        .iter()
+        .flat_map(|(path, text)| cross_names(path, text))
+        .collect();
+    assert!(
+        strays.is_empty(),
+        "graph/ knows Graph only and entra/ Entra ID only; what they share is in egress/ (the \
+         modules that compose them, such as credentials.rs and service.rs, are outside both):\n{}",
+        strays.join("\n")
+    );
+}
+
+#[test]
 fn nothing_outside_config_reads_the_environment() {
     let sources = sources();
     assert!(sources.len() > 20, "the scan sees src/: {}", sources.len());
@@ -50,8 +70,8 @@ fn nothing_outside_config_reads_the_environment() {
 const OWNERS: &[(&str, &[&str], &str)] = &[
     (
         "percent_encoding",
-        &["graph/url.rs", "entra/authority.rs"],
-        "only graph/url.rs builds Graph URLs (and entra/authority.rs Entra's token URL)",
+        &["graph/url.rs", "entra/authority.rs", "egress/url.rs"],
+        "only graph/url.rs builds Graph URLs (and entra/authority.rs Entra's token URL, with the one path-segment encoding of egress/url.rs)",
     ),
     (
         "serde_json",
@@ -158,6 +178,29 @@ fn the_checks_catch_what_they_look_for() {
     }
     // hyper-util's matcher reading HTTPS_PROXY itself is a read outside config too.
     assert!(!environment_reads("graph/connect.rs", "Matcher::from_env().intercept(x)").is_empty());
+
+    for (path, code) in [
+        ("entra/mod.rs", "use crate::graph::GraphBaseUrl;"),
+        ("entra/x.rs", "use crate::{auth::A, graph::{self, B}};"),
+        ("entra/x.rs", "fn f(s: &graph::Settings) {}"),
+        ("graph/mod.rs", "use crate::entra::OnBehalfOf;"),
+        ("graph/job.rs", "use crate::{entra, auth};"),
+        ("graph/job.rs", "let x = entra::f();"),
+    ] {
+        assert!(!cross_names(path, code).is_empty(), "{path}: {code}");
+    }
+    for (path, code) in [
+        (
+            "entra/mod.rs",
+            "// graph::Settings in a comment\nlet graph_host = 1;",
+        ),
+        ("entra/mod.rs", "let s = \"crate::graph\";"),
+        ("entra/x.rs", "use crate::egress::Connector;"),
+        ("graph/mod.rs", "let entra_id = 1;"),
+        ("credentials.rs", "use crate::{entra, graph};"),
+    ] {
+        assert!(cross_names(path, code).is_empty(), "{path}: {code}");
+    }
 
     assert!(names("static X: u8 = 1;", "static "));
     assert!(names("    pub static X: u8 = 1;", "static "));
@@ -288,6 +331,32 @@ fn find_cycle(edges: &BTreeMap<String, BTreeSet<String>>) -> Option<Vec<String>>
     edges
         .keys()
         .find_map(|node| visit(node, edges, &mut Vec::new(), &mut done))
+}
+
+/// Where a file of `graph/` names `entra`, or one of `entra/` names `graph`: through a `crate::`
+/// path (in `use` or in code, tests included) or a path that starts with the other's name.
+fn cross_names(path: &str, text: &str) -> Vec<String> {
+    let other = match top_level_module(path).as_str() {
+        "graph" => "entra",
+        "entra" => "graph",
+        _ => return Vec::new(),
+    };
+    let code = code_only(text);
+    let through_crate = module_edges(&[
+        (path.to_owned(), code.clone()),
+        (format!("{other}.rs"), String::new()),
+    ])
+    .values()
+    .any(|targets| targets.contains(other));
+    let needle = format!("{other}::");
+    let by_path = code
+        .match_indices(&needle)
+        .any(|(at, _)| !code[..at].ends_with(|c: char| is_ident(c) || c == ':'));
+    if through_crate || by_path {
+        vec![format!("src/{path} names `{other}`")]
+    } else {
+        Vec::new()
+    }
 }
 
 /// The places in `text` (a file under `src/`) that read environment variables or arguments.

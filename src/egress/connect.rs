@@ -1,6 +1,6 @@
-//! Opening one connection to Graph: TCP straight to Graph or through an `HTTPS_PROXY` CONNECT
-//! tunnel, then TLS with ALPN, which decides between HTTP/2 and HTTP/1.1. The pool (`pool.rs`)
-//! decides when to call it; this file only knows how.
+//! Opening one connection to a remote party (Graph, Entra ID): TCP straight to it or through an
+//! `HTTPS_PROXY` CONNECT tunnel, then TLS with ALPN, which decides between HTTP/2 and HTTP/1.1.
+//! The pool (`pool.rs`) decides when to call it; this file only knows how.
 
 use std::{future::poll_fn, path::PathBuf, sync::Arc, time::Duration};
 
@@ -17,9 +17,11 @@ use tokio::net::TcpStream;
 use tokio_rustls::{TlsConnector, client::TlsStream};
 use tower::Service;
 
-/// Which HTTP versions the gateway speaks to Graph.
+use super::ConnectSettings;
+
+/// Which HTTP versions the gateway speaks to Graph (`--graph-protocol`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum GraphProtocol {
+pub enum Protocol {
     /// HTTP/2 when Graph offers it over TLS (ALPN), HTTP/1.1 otherwise.
     Auto,
     /// HTTP/1.1 only, with a pool of connections: for proxies that break HTTP/2.
@@ -29,9 +31,10 @@ pub enum GraphProtocol {
     Http2,
 }
 
-/// Why the connector could not be built.
+/// Why the connector could not be built. (Its messages name Graph, as they always have; Entra
+/// ID's connector is built with the same settings.)
 #[derive(Debug, thiserror::Error)]
-pub enum GraphClientError {
+pub enum ClientError {
     /// The extra CA file could not be read.
     #[error("cannot read CA certificates from {path}")]
     CaFile {
@@ -98,7 +101,7 @@ impl std::fmt::Debug for ProxyEnv {
 
 impl ProxyEnv {
     /// The proxy to tunnel HTTPS through, once its URL is checked, or `None` when there is none.
-    fn matcher(&self) -> Result<Option<Matcher>, GraphClientError> {
+    fn matcher(&self) -> Result<Option<Matcher>, ClientError> {
         let Some((variable, value)) = &self.proxy else {
             return Ok(None);
         };
@@ -107,12 +110,12 @@ impl ProxyEnv {
             .parse::<Uri>()
             .ok()
             .filter(|uri| uri.authority().is_some())
-            .ok_or(GraphClientError::ProxyUrl { variable })?;
+            .ok_or(ClientError::ProxyUrl { variable })?;
         // hyper-util's matcher takes a URL without a scheme to mean http://.
         if let Some(scheme) = uri.scheme_str()
             && scheme != "http"
         {
-            return Err(GraphClientError::ProxyScheme {
+            return Err(ClientError::ProxyScheme {
                 variable,
                 scheme: scheme.to_owned(),
             });
@@ -152,7 +155,7 @@ pub struct ConnectError {
 pub(crate) struct Connector {
     route: Route,
     tls: Option<(TlsConnector, ServerName<'static>)>,
-    protocol: GraphProtocol,
+    protocol: Protocol,
     target: Uri,
     timeout: Duration,
 }
@@ -172,12 +175,17 @@ impl Connector {
     /// names unless its `NO_PROXY` lists Graph's host.
     pub(crate) fn new(
         graph: &Uri,
-        protocol: GraphProtocol,
-        timeout: Duration,
-        extra_ca: Option<&PathBuf>,
-        proxy: &ProxyEnv,
-    ) -> Result<Self, GraphClientError> {
-        let host = graph.host().ok_or(GraphClientError::NoHost)?;
+        protocol: Protocol,
+        settings: &ConnectSettings,
+    ) -> Result<Self, ClientError> {
+        let ConnectSettings {
+            connect_timeout: timeout,
+            extra_ca,
+            proxy,
+        } = settings;
+        let timeout = *timeout;
+        let extra_ca = extra_ca.as_ref();
+        let host = graph.host().ok_or(ClientError::NoHost)?;
         let https = graph.scheme_str() == Some("https");
         let mut tcp = HttpConnector::new();
         tcp.enforce_http(false);
@@ -201,12 +209,12 @@ impl Connector {
         let tls = if https {
             let mut config = tls_config(extra_ca)?;
             config.alpn_protocols = match protocol {
-                GraphProtocol::Auto => vec![b"h2".to_vec(), b"http/1.1".to_vec()],
-                GraphProtocol::Http1 => vec![b"http/1.1".to_vec()],
-                GraphProtocol::Http2 => vec![b"h2".to_vec()],
+                Protocol::Auto => vec![b"h2".to_vec(), b"http/1.1".to_vec()],
+                Protocol::Http1 => vec![b"http/1.1".to_vec()],
+                Protocol::Http2 => vec![b"h2".to_vec()],
             };
             let name = ServerName::try_from(host.trim_matches(['[', ']']).to_owned())
-                .map_err(|_| GraphClientError::NoHost)?;
+                .map_err(|_| ClientError::NoHost)?;
             Some((TlsConnector::from(Arc::new(config)), name))
         } else {
             None
@@ -258,8 +266,8 @@ impl Connector {
         };
         let Some((tls, name)) = &self.tls else {
             let negotiated = match self.protocol {
-                GraphProtocol::Http2 => Negotiated::Http2,
-                GraphProtocol::Auto | GraphProtocol::Http1 => Negotiated::Http1,
+                Protocol::Http2 => Negotiated::Http2,
+                Protocol::Auto | Protocol::Http1 => Negotiated::Http1,
             };
             return Ok((Connected::Plain(tcp), negotiated));
         };
@@ -268,7 +276,7 @@ impl Connector {
             .await
             .map_err(ConnectError::from_error)?;
         let negotiated = match (stream.get_ref().1.alpn_protocol(), self.protocol) {
-            (Some(b"h2"), _) | (_, GraphProtocol::Http2) => Negotiated::Http2,
+            (Some(b"h2"), _) | (_, Protocol::Http2) => Negotiated::Http2,
             _ => Negotiated::Http1,
         };
         Ok((Connected::Tls(Box::new(stream)), negotiated))
@@ -325,13 +333,13 @@ impl ConnectError {
 
 /// rustls with ring, the platform's root certificates, and the extra CA when given (for egress
 /// that inspects TLS, or a private Graph stand-in).
-fn tls_config(extra_ca: Option<&PathBuf>) -> Result<ClientConfig, GraphClientError> {
+fn tls_config(extra_ca: Option<&PathBuf>) -> Result<ClientConfig, ClientError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let extra_roots = match extra_ca {
         None => Vec::new(),
         Some(path) => CertificateDer::pem_file_iter(path)
             .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-            .map_err(|source| GraphClientError::CaFile {
+            .map_err(|source| ClientError::CaFile {
                 path: path.clone(),
                 source,
             })?,
