@@ -66,7 +66,9 @@ async fn the_bearer_scheme_is_matched_in_any_case_and_the_token_is_forwarded_unc
             .await
             .unwrap();
     }
-    for request in graph.requests() {
+    let requests = graph.requests();
+    assert_eq!(requests.len(), 3, "each scheme's call reached Graph");
+    for request in requests {
         assert_eq!(
             request.headers["authorization"],
             format!("Bearer {TOKEN}").as_str()
@@ -129,8 +131,13 @@ async fn each_call_gets_its_own_client_request_id() {
         .iter()
         .map(|r| r.headers["client-request-id"].to_str().unwrap().to_owned())
         .collect();
+    assert_eq!(ids.len(), 3, "one request per call");
+    for id in &ids {
+        uuid::Uuid::try_parse(id).expect("a GUID");
+    }
+    ids.sort();
     ids.dedup();
-    assert_eq!(ids.len(), 3);
+    assert_eq!(ids.len(), 3, "three different IDs");
 }
 
 #[tokio::test]

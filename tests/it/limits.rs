@@ -66,10 +66,7 @@ async fn an_oversized_message_is_refused_without_calling_graph() {
 
     let status = gateway.call().ids(&huge, "1").send().await.unwrap_err();
 
-    assert!(
-        matches!(status.code(), Code::OutOfRange | Code::ResourceExhausted),
-        "{status:?}"
-    );
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
     assert!(graph.requests().is_empty());
     gateway.call().send().await.expect("the gateway serves on");
 }
@@ -82,7 +79,11 @@ async fn an_oversized_header_list_is_refused_and_the_gateway_serves_on() {
 
     let outcome = gateway.call().authorization(Some(&huge_token)).send().await;
 
-    assert!(outcome.is_err(), "{outcome:?}");
+    // The HTTP/2 server answers such a header block 431 before any gRPC service sees it; a
+    // gRPC client maps an HTTP status without grpc-status to UNKNOWN and names the 431.
+    let status = outcome.unwrap_err();
+    assert_eq!(status.code(), Code::Unknown, "{status:?}");
+    assert!(status.message().contains("431"), "{status:?}");
     assert!(graph.requests().is_empty());
     gateway.call().send().await.expect("the gateway serves on");
 }
