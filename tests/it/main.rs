@@ -24,6 +24,7 @@ mod ids;
 mod ingress;
 mod limits;
 mod listen;
+mod names;
 mod obo;
 mod obo_guard;
 mod obo_secrets;
