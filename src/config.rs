@@ -1,9 +1,9 @@
-//! Every setting: its flag, its environment twin and its default. [`Cli`] is parsed and checked
-//! once in `main`; it then hands each subsystem its own settings value ([`server::Settings`],
+//! The command line: each subsystem's flags (a clap `Args` group beside its settings, under a
+//! heading of its own in `--help`) composed into [`Cli`], parsed and checked once in `main`. It
+//! then hands each subsystem its own settings value ([`server::Settings`],
 //! [`telemetry::Settings`], [`simulator::Settings`]). Only `main` and `app` use this module, and
-//! nothing else reads the environment.
-
-use std::{net::SocketAddr, path::PathBuf, time::Duration};
+//! nothing else reads the environment: the subsystems declare their flags' variables, and they
+//! are read here, when the command line is parsed.
 
 use clap::{
     ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand, error::ErrorKind,
@@ -11,13 +11,12 @@ use clap::{
 };
 
 use crate::{
-    entra::{self, CredentialSource, EntraAuthority, TokenExchange},
-    graph::{self, GraphBaseUrl, GraphProtocol},
-    retry::RetryPolicy,
-    server::{self, ListenAddr, TlsFiles},
-    service::{CallPolicy, Deadlines},
-    simulator,
-    telemetry::{self, LogFormat},
+    entra::{TokenExchange, TokenExchangeArgs},
+    graph::{self, GraphArgs},
+    server::{self, LimitsArgs, ListenAddr, ListenArgs},
+    service::CallPolicy,
+    simulator::SimulatorArgs,
+    telemetry::TelemetryArgs,
 };
 
 /// printjob-gateway: cancels Universal Print jobs through Microsoft Graph for gRPC callers.
@@ -55,206 +54,14 @@ pub enum Command {
     Simulate(SimulatorArgs),
 }
 
-/// The gateway's settings.
+/// The gateway's settings: each subsystem's group, and the two that belong to none (the
+/// runtime's threads and the demo), which `--help` shows first, under Options.
 #[derive(Debug, Clone, Args)]
 pub struct GatewayArgs {
-    /// Address of the gRPC API: PrintJobService, gRPC health and server reflection. A TCP address,
-    /// or unix:/path/to/socket for a Unix domain socket (created with mode 0660).
-    #[arg(
-        long,
-        env = "PRINTJOB_GATEWAY_LISTEN",
-        default_value = "127.0.0.1:50051"
-    )]
-    pub listen: ListenAddr,
-
-    /// Address of the admin listener: gRPC health for Kubernetes probes.
-    #[arg(
-        long,
-        env = "PRINTJOB_GATEWAY_ADMIN_LISTEN",
-        default_value = "0.0.0.0:9090"
-    )]
-    pub admin_listen: SocketAddr,
-
-    /// Base URL of Microsoft Graph. Must be https, except for loopback hosts (local fakes); use
-    /// another base for national clouds, such as https://graph.microsoft.us/v1.0.
-    #[arg(
-        long,
-        env = "PRINTJOB_GATEWAY_GRAPH_URL",
-        default_value = "https://graph.microsoft.com/v1.0"
-    )]
-    pub graph_url: GraphBaseUrl,
-
-    /// HTTP versions spoken to Graph: auto (HTTP/2 when Graph offers it over TLS, else HTTP/1.1),
-    /// http1 (a pool of HTTP/1.1 connections), or http2 (HTTP/2 only; prior knowledge over plain
-    /// http to loopback fakes).
-    #[arg(long, env = "PRINTJOB_GATEWAY_GRAPH_PROTOCOL", value_enum, default_value_t = GraphProtocol::Auto)]
-    pub graph_protocol: GraphProtocol,
-
-    /// Extra CA certificates (PEM) to trust for Graph besides the platform's, for egress proxies
-    /// that inspect TLS or a private Graph stand-in.
-    #[arg(long, env = "PRINTJOB_GATEWAY_GRAPH_CA_FILE")]
-    pub graph_ca_file: Option<PathBuf>,
-
-    /// Most connections open to Graph at once. HTTP/2 connections are opened as the load needs
-    /// them (when every one is at its stream limit); at this bound, calls wait for a stream
-    /// within their deadline.
-    #[arg(long, env = "PRINTJOB_GATEWAY_GRAPH_MAX_CONNECTIONS", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=1024))]
-    pub graph_max_connections: u16,
-
-    /// Most calls carried at once on one HTTP/2 connection to Graph, when Graph allows more
-    /// (its SETTINGS_MAX_CONCURRENT_STREAMS applies when lower).
-    #[arg(long, env = "PRINTJOB_GATEWAY_GRAPH_STREAMS_PER_CONNECTION", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=10_000))]
-    pub graph_streams_per_connection: u32,
-
-    /// How long a connection to Graph without calls stays open; below the idle timeouts of
-    /// Graph's front doors and of common NATs, so the gateway closes first.
-    #[arg(long, env = "PRINTJOB_GATEWAY_GRAPH_IDLE_TIMEOUT", default_value = "50s", value_parser = parse_duration)]
-    pub graph_idle_timeout: Duration,
-
-    /// How often an HTTP/2 connection to Graph is pinged, busy or idle, to find one whose peer
-    /// went silent (a NAT or load balancer that dropped it).
-    #[arg(long, env = "PRINTJOB_GATEWAY_GRAPH_KEEPALIVE_INTERVAL", default_value = "30s", value_parser = parse_duration)]
-    pub graph_keepalive_interval: Duration,
-
-    /// How long a ping to Graph may go unanswered before its connection is closed; the calls on
-    /// it then fail with UNAVAILABLE, and the next calls use a new connection.
-    #[arg(long, env = "PRINTJOB_GATEWAY_GRAPH_KEEPALIVE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
-    pub graph_keepalive_timeout: Duration,
-
-    /// The proxy to Graph and Entra ID, from the standard variables rather than a flag (see
-    /// [`proxy_env`]).
-    #[arg(skip)]
-    pub proxy: graph::ProxyEnv,
-
-    /// Deadline of a call whose caller sends none (no grpc-timeout).
-    #[arg(long, env = "PRINTJOB_GATEWAY_DEFAULT_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
-    pub default_timeout: Duration,
-
-    /// Longest deadline of any call, whatever the caller asks; bounds how long shutdown can wait.
-    #[arg(long, env = "PRINTJOB_GATEWAY_MAX_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
-    pub max_timeout: Duration,
-
-    /// Longest time to open a connection to Graph, TLS handshake included.
-    #[arg(long, env = "PRINTJOB_GATEWAY_CONNECT_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
-    pub connect_timeout: Duration,
-
-    /// Most attempts per call to Graph, the first included: 429, 503, 504 and connections that
-    /// could not be made are retried; 1 turns retries off.
-    #[arg(long, env = "PRINTJOB_GATEWAY_MAX_ATTEMPTS", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=10))]
-    pub max_attempts: u32,
-
-    /// Longest Retry-After from Graph that the gateway waits for before retrying, and the
-    /// longest RetryInfo it suggests to a caller; longer ones are cut to it.
-    #[arg(long, env = "PRINTJOB_GATEWAY_RETRY_AFTER_MAX", default_value = "10s", value_parser = parse_duration)]
-    pub retry_after_max: Duration,
-
-    /// When Graph throttles a tenant and app (429, or 503 with Retry-After), hold all of that
-    /// tenant and app's calls at one gate until the window ends, then send one call first (on);
-    /// or let each call back off on its own (off).
-    #[arg(long, env = "PRINTJOB_GATEWAY_THROTTLE_GATE", default_value = "on", value_parser = clap::builder::BoolishValueParser::new(), action = clap::ArgAction::Set)]
-    pub throttle_gate: bool,
-
-    /// Most calls in flight at once; beyond it calls fail fast with RESOURCE_EXHAUSTED instead of
-    /// queueing.
-    #[arg(long, env = "PRINTJOB_GATEWAY_MAX_IN_FLIGHT", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
-    pub max_in_flight: u64,
-
-    /// On SIGTERM or SIGINT, how long calls in flight may take to finish before they are ended
-    /// with UNAVAILABLE and the process exits.
-    #[arg(long, env = "PRINTJOB_GATEWAY_SHUTDOWN_GRACE", default_value = "30s", value_parser = parse_duration)]
-    pub shutdown_grace: Duration,
-
-    /// Most connections open at once on each listener (the gRPC API and the admin listener, each
-    /// its own budget). At the cap, a new connection takes the place of the oldest one still in
-    /// its handshake, else of the one idle (no open stream) the longest, or is closed at once when
-    /// every connection has a stream open (counted in printjob_gateway_connections_closed_total).
-    #[arg(long, env = "PRINTJOB_GATEWAY_MAX_CONNECTIONS", default_value_t = 512, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
-    pub max_connections: u64,
-
-    /// How long a new connection may take to finish TLS (when on) and send the HTTP/2 preface
-    /// (on the admin listener, or its first HTTP/1.1 request head) before it is closed.
-    #[arg(long, env = "PRINTJOB_GATEWAY_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
-    pub handshake_timeout: Duration,
-
-    /// How long a connection may stay without an open stream (call, health Watch, HTTP request)
-    /// before the gateway closes it (GOAWAY), whether or not its client sends PINGs.
-    #[arg(long, env = "PRINTJOB_GATEWAY_IDLE_CONNECTION_TIMEOUT", default_value = "5m", value_parser = parse_duration)]
-    pub idle_connection_timeout: Duration,
-
-    /// TLS certificate chain (PEM) of the gRPC API; with --tls-key, the API speaks only TLS.
-    #[arg(long, env = "PRINTJOB_GATEWAY_TLS_CERT", requires = "tls_key")]
-    pub tls_cert: Option<PathBuf>,
-
-    /// TLS private key (PEM) of the gRPC API.
-    #[arg(long, env = "PRINTJOB_GATEWAY_TLS_KEY", requires = "tls_cert")]
-    pub tls_key: Option<PathBuf>,
-
-    /// CA certificates (PEM) that callers' certificates must chain to (mTLS): callers without
-    /// one are refused. Needs --tls-cert and --tls-key.
-    #[arg(long, env = "PRINTJOB_GATEWAY_TLS_CLIENT_CA", requires = "tls_cert")]
-    pub tls_client_ca: Option<PathBuf>,
-
     /// Threads that serve calls; the CPUs available to the process (cgroup limits included)
     /// when unset. A sidecar rarely needs more than 1 or 2.
     #[arg(long, env = "PRINTJOB_GATEWAY_WORKER_THREADS", value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub worker_threads: Option<u16>,
-
-    /// Which token goes to Graph: none (the caller's own token, unchanged: callers send a Graph
-    /// token) or obo (the on-behalf-of exchange: callers send a token for their own API, and the
-    /// gateway exchanges it at Entra ID for a Graph token, with the app registration below).
-    #[arg(long, env = "PRINTJOB_GATEWAY_TOKEN_EXCHANGE", value_enum, default_value_t = TokenExchange::None)]
-    pub token_exchange: TokenExchange,
-
-    /// Entra ID's authority for the on-behalf-of exchange; another host for national clouds,
-    /// such as https://login.microsoftonline.us. Must be https, except for loopback hosts.
-    #[arg(
-        long,
-        env = "AZURE_AUTHORITY_HOST",
-        default_value = entra::PUBLIC_AUTHORITY,
-        value_name = "URL"
-    )]
-    pub entra_authority: EntraAuthority,
-
-    /// Tenant (directory) ID or domain of the app registration, for the on-behalf-of exchange.
-    #[arg(long, env = "AZURE_TENANT_ID")]
-    pub tenant_id: Option<String>,
-
-    /// Application (client) ID of the app registration that callers' tokens are issued for, for
-    /// the on-behalf-of exchange.
-    #[arg(long, env = "AZURE_CLIENT_ID")]
-    pub client_id: Option<String>,
-
-    /// File holding the app's client secret (a trailing newline is ignored). One of the three
-    /// client credentials of the on-behalf-of exchange.
-    #[arg(long, env = "PRINTJOB_GATEWAY_CLIENT_SECRET_FILE", value_name = "FILE")]
-    pub client_secret_file: Option<PathBuf>,
-
-    /// PEM file with the app's certificate chain and its RSA private key, which signs a
-    /// client_assertion (JWT with an x5t#S256 header) for each exchange. One of the three client
-    /// credentials of the on-behalf-of exchange.
-    #[arg(
-        long,
-        env = "PRINTJOB_GATEWAY_CLIENT_CERTIFICATE_FILE",
-        value_name = "FILE"
-    )]
-    pub client_certificate_file: Option<PathBuf>,
-
-    /// File holding a federated token (Azure workload identity: a Kubernetes service-account
-    /// token) sent as the client_assertion; read again at each exchange, since it rotates. One
-    /// of the three client credentials of the on-behalf-of exchange.
-    #[arg(long, env = "AZURE_FEDERATED_TOKEN_FILE", value_name = "FILE")]
-    pub federated_token_file: Option<PathBuf>,
-
-    /// Scope the on-behalf-of exchange asks for [default: https://<host of --graph-url>/.default,
-    /// so that national clouds get their own Graph].
-    #[arg(long, env = "PRINTJOB_GATEWAY_GRAPH_SCOPE")]
-    pub graph_scope: Option<String>,
-
-    /// On-behalf-of exchanges per second, on average, with bursts of five seconds' worth; past
-    /// it, calls that need a new exchange fail fast with RESOURCE_EXHAUSTED
-    /// (TOKEN_EXCHANGE_RATE_LIMITED) and a RetryInfo. Cached tokens are not counted.
-    #[arg(long, env = "PRINTJOB_GATEWAY_TOKEN_EXCHANGE_RATE", default_value_t = entra::DEFAULT_EXCHANGE_RATE, value_parser = clap::value_parser!(u32).range(1..=100_000), value_name = "PER_SECOND")]
-    pub token_exchange_rate: u32,
 
     /// Starts a simulated Graph on loopback and serves the gateway in front of it, with the
     /// simulator's built-in printers and jobs, and prints grpcurl commands to try; it logs a WARN
@@ -263,50 +70,22 @@ pub struct GatewayArgs {
     /// refuses to start when Graph's URL or an on-behalf-of setting is also set.
     #[arg(long, env = "PRINTJOB_GATEWAY_DEMO")]
     pub demo: bool,
-}
 
-/// How logs are written and traces exported.
-#[derive(Debug, Clone, Args)]
-pub struct TelemetryArgs {
-    /// Log format: human-readable text or one JSON object per line.
-    #[arg(long, global = true, env = "PRINTJOB_GATEWAY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
-    pub log_format: LogFormat,
+    /// Where the gateway listens, its TLS and its drain.
+    #[command(flatten)]
+    pub listening: ListenArgs,
 
-    /// Which logs to write, in RUST_LOG syntax, such as `info` or `printjob_gateway=debug,info`.
-    #[arg(long, global = true, env = "RUST_LOG", default_value = "info", value_parser = parse_log_filter)]
-    pub log_filter: String,
+    /// How Graph is reached.
+    #[command(flatten)]
+    pub graph: GraphArgs,
 
-    /// OTLP/gRPC endpoint to export traces to, such as http://otel-collector:4317. Unset: no
-    /// exporter runs. The other standard OTEL_* variables (OTEL_EXPORTER_OTLP_HEADERS,
-    /// OTEL_EXPORTER_OTLP_TIMEOUT, OTEL_RESOURCE_ATTRIBUTES, OTEL_BSP_*) apply too.
-    #[arg(long, global = true, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
-    pub otlp_endpoint: Option<String>,
+    /// Which token goes to Graph.
+    #[command(flatten)]
+    pub token_exchange: TokenExchangeArgs,
 
-    /// The service name traces carry.
-    #[arg(
-        long,
-        global = true,
-        env = "OTEL_SERVICE_NAME",
-        default_value = "printjob-gateway"
-    )]
-    pub otel_service_name: String,
-}
-
-/// The simulated Graph's settings.
-#[derive(Debug, Clone, Args)]
-pub struct SimulatorArgs {
-    /// Address to serve the simulated Graph on; its base URL is http://<address>/v1.0.
-    #[arg(
-        long,
-        env = "PRINTJOB_GATEWAY_SIMULATOR_LISTEN",
-        default_value = "127.0.0.1:8089"
-    )]
-    pub listen: SocketAddr,
-
-    /// A JSON scenario file: printers, jobs with states, and scripted answers. Without one, the
-    /// built-in scenario applies (see the README).
-    #[arg(long, env = "PRINTJOB_GATEWAY_SIMULATOR_SCENARIO")]
-    pub scenario: Option<PathBuf>,
+    /// How long calls and connections may take, and how many are served at once.
+    #[command(flatten)]
+    pub limits: LimitsArgs,
 }
 
 // === impl Cli ===
@@ -328,7 +107,7 @@ impl Cli {
         let mut cli = Self::from_arg_matches(&matches)?;
         cli.gateway.check()?;
         check_demo_alone(&cli.gateway, &matches)?;
-        cli.gateway.proxy = proxy_env(|name| std::env::var(name).ok());
+        cli.gateway.graph.proxy = proxy_env(|name| std::env::var(name).ok());
         Ok(cli)
     }
 }
@@ -410,21 +189,27 @@ pub fn proxy_env(lookup: impl Fn(&str) -> Option<String>) -> graph::ProxyEnv {
 // === impl GatewayArgs ===
 
 impl GatewayArgs {
+    /// Checks each subsystem's flags, and the flags of different subsystems against each other.
     fn check(&self) -> Result<(), clap::Error> {
-        if self.default_timeout > self.max_timeout {
+        // A subsystem's error is raw; the command line gives it its usage and help hint.
+        let in_context = |error: clap::Error| error.format(&mut Cli::command());
+        let limits = &self.limits;
+        if limits.default_timeout > limits.max_timeout {
             return Err(Cli::command().error(
                 ErrorKind::ArgumentConflict,
                 "--default-timeout must not be longer than --max-timeout",
             ));
         }
         // The demo fills in what it needs: its simulator is the token endpoint too.
-        if self.token_exchange == TokenExchange::Obo && !self.demo {
-            self.check_on_behalf_of()?;
+        if self.token_exchange.token_exchange == TokenExchange::Obo && !self.demo {
+            self.token_exchange
+                .check_on_behalf_of()
+                .map_err(in_context)?;
         }
-        if self.default_timeout.is_zero()
-            || self.connect_timeout.is_zero()
-            || self.handshake_timeout.is_zero()
-            || self.idle_connection_timeout.is_zero()
+        if limits.default_timeout.is_zero()
+            || self.graph.connect_timeout.is_zero()
+            || limits.handshake_timeout.is_zero()
+            || limits.idle_connection_timeout.is_zero()
         {
             return Err(Cli::command().error(
                 ErrorKind::InvalidValue,
@@ -432,7 +217,7 @@ impl GatewayArgs {
             ));
         }
         if self.demo
-            && let ListenAddr::Tcp(addr) = &self.listen
+            && let ListenAddr::Tcp(addr) = &self.listening.listen
             && !addr.ip().is_loopback()
         {
             return Err(Cli::command().error(
@@ -442,198 +227,42 @@ impl GatewayArgs {
                 ),
             ));
         }
-        if let Some(path) = &self.graph_ca_file {
-            check_ca_file(path)?;
-        }
-        Ok(())
+        self.graph.check().map_err(in_context)
     }
 
-    /// The settings of the gateway's server, from the flags.
+    /// The settings of the gateway's server, from each subsystem's flags.
     pub fn server_settings(&self) -> server::Settings {
         server::Settings {
-            listen: self.listen.clone(),
-            admin_listen: self.admin_listen,
-            tls: self.tls(),
-            shutdown_grace: self.shutdown_grace,
-            max_connections: usize::try_from(self.max_connections).unwrap_or(usize::MAX),
-            handshake_timeout: self.handshake_timeout,
-            idle_connection_timeout: self.idle_connection_timeout,
+            listen: self.listening.listen.clone(),
+            admin_listen: self.listening.admin_listen,
+            tls: self.listening.tls(),
+            shutdown_grace: self.listening.shutdown_grace,
+            max_connections: self.limits.max_connections(),
+            handshake_timeout: self.limits.handshake_timeout,
+            idle_connection_timeout: self.limits.idle_connection_timeout,
             message_wait: server::MESSAGE_WAIT,
             calls: CallPolicy {
-                deadlines: Deadlines {
-                    default: self.default_timeout,
-                    max: self.max_timeout,
-                },
-                retry: RetryPolicy {
-                    max_attempts: self.max_attempts,
-                    retry_after_max: self.retry_after_max,
-                },
-                max_in_flight: usize::try_from(self.max_in_flight).unwrap_or(usize::MAX),
+                deadlines: self.limits.deadlines(),
+                retry: self.graph.retry_policy(),
+                max_in_flight: self.limits.max_in_flight(),
             },
-            graph: graph::Settings {
-                base_url: self.graph_url.clone(),
-                connect_timeout: self.connect_timeout,
-                protocol: self.graph_protocol,
-                extra_ca: self.graph_ca_file.clone(),
-                max_connections: usize::from(self.graph_max_connections),
-                streams_per_connection: usize::try_from(self.graph_streams_per_connection)
-                    .unwrap_or(usize::MAX),
-                idle_timeout: self.graph_idle_timeout,
-                keepalive_interval: self.graph_keepalive_interval,
-                keepalive_timeout: self.graph_keepalive_timeout,
-                proxy: self.proxy.clone(),
-                throttle_gate: self.throttle_gate,
-            },
-            token_exchange: self.token_exchange_settings(),
+            graph: self.graph.settings(),
+            token_exchange: self.token_exchange.settings(self.limits.max_timeout),
         }
     }
-
-    /// With `--token-exchange obo`: the tenant, the client and exactly one client credential.
-    fn check_on_behalf_of(&self) -> Result<(), clap::Error> {
-        let missing = |what: &str| {
-            Cli::command().error(
-                ErrorKind::MissingRequiredArgument,
-                format!("--token-exchange obo needs {what}"),
-            )
-        };
-        if self.tenant_id.as_deref().is_none_or(str::is_empty) {
-            return Err(missing("--tenant-id (AZURE_TENANT_ID)"));
-        }
-        if self.client_id.as_deref().is_none_or(str::is_empty) {
-            return Err(missing("--client-id (AZURE_CLIENT_ID)"));
-        }
-        let credentials = [
-            ("--client-secret-file", &self.client_secret_file),
-            ("--client-certificate-file", &self.client_certificate_file),
-            (
-                "--federated-token-file (AZURE_FEDERATED_TOKEN_FILE)",
-                &self.federated_token_file,
-            ),
-        ];
-        let given: Vec<&str> = credentials
-            .iter()
-            .filter(|(_, file)| file.is_some())
-            .map(|(flag, _)| *flag)
-            .collect();
-        match given.len() {
-            0 => Err(missing(
-                "one client credential: --client-secret-file, --client-certificate-file or --federated-token-file (AZURE_FEDERATED_TOKEN_FILE)",
-            )),
-            1 => Ok(()),
-            _ => Err(Cli::command().error(
-                ErrorKind::ArgumentConflict,
-                format!(
-                    "--token-exchange obo takes exactly one client credential, not {}",
-                    given.join(" and ")
-                ),
-            )),
-        }
-    }
-
-    /// The token exchange settings.
-    pub fn token_exchange_settings(&self) -> entra::Settings {
-        let credential = match (
-            &self.client_secret_file,
-            &self.client_certificate_file,
-            &self.federated_token_file,
-        ) {
-            (Some(file), _, _) => Some(CredentialSource::SecretFile(file.clone())),
-            (_, Some(file), _) => Some(CredentialSource::CertificateFile(file.clone())),
-            (_, _, Some(file)) => Some(CredentialSource::FederatedTokenFile(file.clone())),
-            _ => None,
-        };
-        entra::Settings {
-            exchange: self.token_exchange,
-            authority: self.entra_authority.clone(),
-            tenant_id: self.tenant_id.clone(),
-            client_id: self.client_id.clone(),
-            credential,
-            graph_scope: self.graph_scope.clone(),
-            exchange_timeout: self.max_timeout,
-            rate: self.token_exchange_rate,
-        }
-    }
-
-    /// The TLS files of the gRPC API, when TLS is on.
-    fn tls(&self) -> Option<TlsFiles> {
-        Some(TlsFiles {
-            cert: self.tls_cert.clone()?,
-            key: self.tls_key.clone()?,
-            client_ca: self.tls_client_ca.clone(),
-        })
-    }
-}
-
-// === impl TelemetryArgs ===
-
-impl TelemetryArgs {
-    /// The settings of logs and traces, from the flags.
-    pub fn settings(&self) -> telemetry::Settings {
-        telemetry::Settings {
-            log_format: self.log_format,
-            log_filter: self.log_filter.clone(),
-            otlp_endpoint: self.otlp_endpoint.clone(),
-            service_name: self.otel_service_name.clone(),
-        }
-    }
-}
-
-// === impl SimulatorArgs ===
-
-impl SimulatorArgs {
-    /// The simulated Graph's settings, from the flags.
-    pub fn settings(&self) -> simulator::Settings {
-        simulator::Settings {
-            listen: self.listen,
-            scenario: self.scenario.clone(),
-        }
-    }
-}
-
-/// Checks a log filter in RUST_LOG syntax.
-fn parse_log_filter(text: &str) -> Result<String, tracing_subscriber::filter::ParseError> {
-    tracing_subscriber::EnvFilter::try_new(text).map(|_| text.to_owned())
-}
-
-/// The longest duration any setting takes. Each one bounds a wait of the gateway, none has a use
-/// beyond an hour, and far longer ones overflow the clock's arithmetic (a `--default-timeout` of
-/// 300000000000y made every call panic).
-const MAX_DURATION: Duration = Duration::from_secs(3600);
-
-/// Parses a duration such as `10s`, `1500ms` or `2m`, at most [`MAX_DURATION`].
-fn parse_duration(text: &str) -> Result<Duration, String> {
-    let duration = humantime::parse_duration(text).map_err(|error| error.to_string())?;
-    if duration > MAX_DURATION {
-        return Err(format!(
-            "at most {} is allowed",
-            humantime::format_duration(MAX_DURATION)
-        ));
-    }
-    Ok(duration)
-}
-
-/// Checks that an extra CA file for Graph is readable and holds at least one certificate: an
-/// empty file would otherwise add nothing, silently, and Graph's TLS would fail at the first call.
-fn check_ca_file(path: &std::path::Path) -> Result<(), clap::Error> {
-    use rustls::pki_types::{CertificateDer, pem::PemObject};
-    let invalid = |problem: String| {
-        Cli::command().error(
-            ErrorKind::InvalidValue,
-            format!("--graph-ca-file {}: {problem}", path.display()),
-        )
-    };
-    let certificates = CertificateDer::pem_file_iter(path)
-        .and_then(|certificates| certificates.collect::<Result<Vec<_>, _>>())
-        .map_err(|error| invalid(error.to_string()))?;
-    if certificates.is_empty() {
-        return Err(invalid("holds no PEM certificate".to_owned()));
-    }
-    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
+    use std::{path::PathBuf, time::Duration};
+
     use super::*;
+    use crate::{
+        entra::{self, CredentialSource, EntraAuthority},
+        flags::parse_duration,
+        graph::GraphBaseUrl,
+        telemetry::{self, LogFormat},
+    };
 
     /// Parses flags without reading the environment, so that a developer's variables do not leak
     /// into the test.
@@ -714,9 +343,12 @@ mod tests {
         let cli = parse(&["printjob-gateway"]).unwrap();
         assert_eq!(cli.gateway.server_settings(), server::Settings::default());
         assert_eq!(cli.telemetry.settings(), telemetry::Settings::default());
-        assert_eq!(cli.gateway.listen, "127.0.0.1:50051".parse().unwrap());
         assert_eq!(
-            cli.gateway.graph_url.to_string(),
+            cli.gateway.listening.listen,
+            "127.0.0.1:50051".parse().unwrap()
+        );
+        assert_eq!(
+            cli.gateway.graph.graph_url.to_string(),
             "https://graph.microsoft.com/v1.0"
         );
         assert!(!cli.gateway.demo);

@@ -29,6 +29,8 @@
 //! - [`simulator`]: a simulated Graph cancel endpoint with printers, job states and scripted
 //!   answers, for demos and for testing callers without Universal Print.
 //! - [`metrics`]: the Prometheus metrics handle.
+//! - [`flags`]: what every subsystem's flags share (durations, bounded). Each subsystem declares
+//!   its own flags beside its settings; `config` composes them.
 //! - [`files`]: reads of the operator's files (TLS, the client credential) off the runtime's
 //!   workers, bounded in time and size.
 //! - [`telemetry`]: the tracing subscriber, the one place that installs process-wide state.
@@ -44,6 +46,7 @@ pub mod egress;
 pub mod entra;
 pub mod error;
 pub mod files;
+pub mod flags;
 pub mod graph;
 pub mod metrics;
 pub mod proto;

@@ -53,6 +53,53 @@ impl Default for Settings {
     }
 }
 
+/// How logs are written and traces exported, for the gateway and every subcommand.
+#[derive(Debug, Clone, clap::Args)]
+#[command(next_help_heading = "Telemetry")]
+pub struct TelemetryArgs {
+    /// Log format: human-readable text or one JSON object per line.
+    #[arg(long, global = true, env = "PRINTJOB_GATEWAY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    /// Which logs to write, in RUST_LOG syntax, such as `info` or `printjob_gateway=debug,info`.
+    #[arg(long, global = true, env = "RUST_LOG", default_value = "info", value_parser = parse_log_filter)]
+    pub log_filter: String,
+
+    /// OTLP/gRPC endpoint to export traces to, such as http://otel-collector:4317. Unset: no
+    /// exporter runs. The other standard OTEL_* variables (OTEL_EXPORTER_OTLP_HEADERS,
+    /// OTEL_EXPORTER_OTLP_TIMEOUT, OTEL_RESOURCE_ATTRIBUTES, OTEL_BSP_*) apply too.
+    #[arg(long, global = true, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
+
+    /// The service name traces carry.
+    #[arg(
+        long,
+        global = true,
+        env = "OTEL_SERVICE_NAME",
+        default_value = "printjob-gateway"
+    )]
+    pub otel_service_name: String,
+}
+
+// === impl TelemetryArgs ===
+
+impl TelemetryArgs {
+    /// The settings of logs and traces, from the flags.
+    pub fn settings(&self) -> Settings {
+        Settings {
+            log_format: self.log_format,
+            log_filter: self.log_filter.clone(),
+            otlp_endpoint: self.otlp_endpoint.clone(),
+            service_name: self.otel_service_name.clone(),
+        }
+    }
+}
+
+/// Checks a log filter in RUST_LOG syntax.
+fn parse_log_filter(text: &str) -> Result<String, tracing_subscriber::filter::ParseError> {
+    EnvFilter::try_new(text).map(|_| text.to_owned())
+}
+
 /// Whether OpenTelemetry is on. When it is off, nothing reads or writes trace context, so it
 /// costs nothing.
 static TRACING: AtomicBool = AtomicBool::new(false);

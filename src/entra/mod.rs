@@ -20,6 +20,7 @@
 //! token are remembered for a while, and exchanges are rate-limited (`--token-exchange-rate`).
 
 mod answer;
+mod args;
 mod assertion;
 mod authority;
 mod cache;
@@ -45,6 +46,7 @@ pub use self::{
         EntraRejection, IssuedToken, MAX_CLAIMS_LEN, MAX_TOKEN_LIFETIME, MalformedAnswer,
         RejectionKind, issued_token,
     },
+    args::TokenExchangeArgs,
     assertion::AssertionError,
     authority::{CLOUDS, Cloud, EntraAuthority, PUBLIC_AUTHORITY},
     cache::{EXPIRY_SKEW, MAX_ENTRIES, REFUSAL_MEMORY},

@@ -3,6 +3,7 @@
 //! that is not a 2xx, so the rest of the gateway never sees HTTP.
 
 mod answer;
+mod args;
 mod job;
 mod throttle;
 mod url;
@@ -17,6 +18,7 @@ use http::{HeaderName, HeaderValue, Method, Request, StatusCode, header};
 use http_body_util::Empty;
 
 pub use self::answer::GraphRejection;
+pub use self::args::GraphArgs;
 pub use self::job::{JobReadError, PrintJobStatus};
 pub use self::throttle::{GateCall, Held, MAX_KEYS, Refusal, Throttle, ThrottleGate, ThrottleKey};
 pub use self::url::GraphBaseUrl;

@@ -7,6 +7,7 @@ use std::{future::Future, io, net::SocketAddr, sync::Arc, time::Duration};
 
 mod admin;
 mod admission;
+mod args;
 mod conn;
 mod handshake;
 mod listen;
@@ -21,6 +22,7 @@ use tonic_health::{ServingStatus, server::HealthReporter};
 
 pub use self::{
     admin::Readiness,
+    args::{LimitsArgs, ListenArgs},
     conn::MAX_CONCURRENT_STREAMS,
     listen::{ApiListener, ListenAddr, ListenAddrError, SOCKET_MODE},
     streams::MAX_SERVICE_STREAMS,

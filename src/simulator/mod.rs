@@ -14,6 +14,7 @@
 //!   gateway's on-behalf-of exchange ([`entra`]).
 //! - `GET /__requests`: the requests received (the newest [`MAX_RECORDED`]), as JSON.
 
+mod args;
 pub mod entra;
 mod model;
 pub mod scenario;
@@ -38,6 +39,7 @@ use axum::{
 use serde::Serialize;
 use tokio::net::TcpListener;
 
+pub use self::args::SimulatorArgs;
 use self::entra::{Entra, TokenExchange};
 use self::model::{Answer, Failure, Model, usual_error};
 use self::scenario::RuleMethod;

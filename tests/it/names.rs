@@ -93,7 +93,10 @@ fn every_flag_keeps_its_name_environment_variable_and_default() {
         .collect();
     assert!(expected.len() > 40, "the fixture is read: {expected:?}");
     let mut actual = BTreeSet::new();
-    for (command, args) in [("gateway", &["--help"][..]), ("simulate", &["simulate", "--help"])] {
+    for (command, args) in [
+        ("gateway", &["--help"][..]),
+        ("simulate", &["simulate", "--help"]),
+    ] {
         for entry in help_entries(&help(args)) {
             let [flag, env, default] = [&entry.flag, &entry.env, &entry.default];
             actual.insert(format!("{command}\t{flag}\t{env}\t{default}"));
@@ -122,14 +125,21 @@ fn help_shows_each_subsystems_flags_under_its_own_heading() {
         seen
     };
     let expected_headings: Vec<&str> = HEADINGS.iter().map(|(heading, _)| *heading).collect();
-    assert_eq!(headings, expected_headings, "one group each, in order:\n{gateway}");
+    assert_eq!(
+        headings, expected_headings,
+        "one group each, in order:\n{gateway}"
+    );
     for (heading, flags) in HEADINGS {
         let under: BTreeSet<&str> = entries
             .iter()
             .filter(|entry| entry.heading == *heading)
             .map(|entry| entry.flag.as_str())
             .collect();
-        assert_eq!(under, flags.iter().copied().collect(), "under {heading}:\n{gateway}");
+        assert_eq!(
+            under,
+            flags.iter().copied().collect(),
+            "under {heading}:\n{gateway}"
+        );
     }
     // The subcommand's own flags come first, then the logs and traces every command shares.
     let simulate = help(&["simulate", "--help"]);
@@ -140,7 +150,12 @@ fn help_shows_each_subsystems_flags_under_its_own_heading() {
         .collect();
     assert_eq!(
         under_telemetry,
-        ["--log-format", "--log-filter", "--otlp-endpoint", "--otel-service-name"],
+        [
+            "--log-format",
+            "--log-filter",
+            "--otlp-endpoint",
+            "--otel-service-name"
+        ],
         "{simulate}"
     );
 }
@@ -183,7 +198,10 @@ async fn a_running_gateway_serves_only_the_families_of_the_fixture() {
         let served = families(format, &response.text().await.unwrap());
         assert!(served.len() > 20, "{format}: {served:?}");
         let unknown: Vec<&String> = served.difference(&expected).collect();
-        assert!(unknown.is_empty(), "served but not in the fixture: {unknown:#?}");
+        assert!(
+            unknown.is_empty(),
+            "served but not in the fixture: {unknown:#?}"
+        );
     }
 }
 
@@ -221,9 +239,10 @@ fn help_entries(help: &str) -> Vec<HelpEntry> {
             in_flag = false;
             continue;
         }
-        let flag_line = line
-            .strip_prefix("      --")
-            .or_else(|| line.strip_prefix("  -").and_then(|rest| rest.get(3..)?.strip_prefix("--")));
+        let flag_line = line.strip_prefix("      --").or_else(|| {
+            line.strip_prefix("  -")
+                .and_then(|rest| rest.get(3..)?.strip_prefix("--"))
+        });
         if let Some(rest) = flag_line {
             let name = rest.split([' ', '=']).next().unwrap_or_default();
             entries.push(HelpEntry {
@@ -308,4 +327,3 @@ fn record_in_every_family(metrics: &Metrics) {
     metrics.tls_certificate_loaded(Listener::Api, 1_893_542_400);
     metrics.tls_reloaded(Listener::Api, true);
 }
-
