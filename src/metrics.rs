@@ -55,58 +55,10 @@ struct Inner {
     graph_throttle_windows: Counter,
     graph_calls_held: Gauge,
     graph_throttled_seconds: Counter<f64, AtomicU64>,
-    connections_open: Family<ListenerLabels, Gauge>,
-    connections_closed: Family<ClosedLabels, Counter>,
-    streams_refused: Family<ListenerLabels, Counter>,
     token_exchanges: Family<OutcomeLabels, Counter>,
     token_exchange_duration: Histogram,
     token_cache_lookups: Family<LookupLabels, Counter>,
-    ready: Gauge,
     in_flight_limit: Gauge,
-    connections_limit: Family<ListenerLabels, Gauge>,
-    tls_certificate_expiry: Family<ListenerLabels, Gauge>,
-    tls_reloads: Family<ReloadLabels, Counter>,
-    tls_last_reload_successful: Family<ListenerLabels, Gauge>,
-}
-
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ReloadLabels {
-    listener: Listener,
-    outcome: &'static str,
-}
-
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ListenerLabels {
-    listener: Listener,
-}
-
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ClosedLabels {
-    listener: Listener,
-    reason: ConnectionClosed,
-}
-
-/// Which listener a connection came to.
-#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
-pub enum Listener {
-    /// The gRPC API.
-    Api,
-    /// The admin listener.
-    Admin,
-}
-
-/// Why the gateway closed a connection: before it was served, or because of a limit.
-#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
-pub enum ConnectionClosed {
-    /// The listener was at `--max-connections`: the new connection, or an older one that made
-    /// room for it (still in its handshake, or idle the longest).
-    Limit,
-    /// TLS and the HTTP/2 preface did not complete within `--handshake-timeout`.
-    HandshakeTimeout,
-    /// TLS failed, or the client did not speak HTTP/2.
-    HandshakeFailed,
-    /// A served connection had no stream open for `--idle-connection-timeout`.
-    IdleTimeout,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -273,30 +225,6 @@ impl EncodeLabelValue for RetryReason {
     }
 }
 
-// === impl Listener ===
-
-impl EncodeLabelValue for Listener {
-    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
-        encoder.write_str(match self {
-            Self::Api => "api",
-            Self::Admin => "admin",
-        })
-    }
-}
-
-// === impl ConnectionClosed ===
-
-impl EncodeLabelValue for ConnectionClosed {
-    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
-        encoder.write_str(match self {
-            Self::Limit => "limit",
-            Self::HandshakeTimeout => "handshake_timeout",
-            Self::HandshakeFailed => "handshake_failed",
-            Self::IdleTimeout => "idle_timeout",
-        })
-    }
-}
-
 // === impl JobReadOutcome ===
 
 impl JobReadOutcome {
@@ -320,8 +248,16 @@ impl EncodeLabelValue for JobReadOutcome {
 // === impl Metrics ===
 
 impl Metrics {
-    /// Registers every metric under the `printjob_gateway` prefix.
+    /// Registers the gateway's metrics under the `printjob_gateway` prefix, with no subsystem
+    /// that registers its own (tests that need only these).
     pub fn new() -> Self {
+        Self::with_subsystem(|_| ()).0
+    }
+
+    /// Registers the gateway's metrics under the `printjob_gateway` prefix, and a subsystem's
+    /// through `register`, which gets a sub-registry of its own under the same prefix (the names
+    /// it registers keep it) and returns the subsystem's handle.
+    pub fn with_subsystem<T>(register: impl FnOnce(&mut Registry) -> T) -> (Self, T) {
         // The process metrics keep their standard names (`process_…`, as every Prometheus client
         // library writes them, and as dashboards expect them), outside the gateway's prefix.
         let mut root = Registry::default();
@@ -428,24 +364,6 @@ impl Metrics {
             Unit::Seconds,
             graph_throttled_seconds.clone(),
         );
-        let connections_open = Family::<ListenerLabels, Gauge>::default();
-        registry.register(
-            "connections_open",
-            "Connections open now, by listener",
-            connections_open.clone(),
-        );
-        let connections_closed = Family::<ClosedLabels, Counter>::default();
-        registry.register(
-            "connections_closed",
-            "Connections the gateway closed, by listener and reason (limit: --max-connections, a new one or one that made room; handshake_timeout, handshake_failed; idle_timeout: --idle-connection-timeout)",
-            connections_closed.clone(),
-        );
-        let streams_refused = Family::<ListenerLabels, Counter>::default();
-        registry.register(
-            "service_streams_refused",
-            "Health and reflection streams refused with RESOURCE_EXHAUSTED at a cap (per listener or per connection)",
-            streams_refused.clone(),
-        );
         let token_exchanges = Family::<OutcomeLabels, Counter>::default();
         registry.register(
             "token_exchanges",
@@ -477,42 +395,11 @@ impl Metrics {
             "The running build: version and git commit",
             build_info,
         );
-        let ready = Gauge::default();
-        registry.register(
-            "ready",
-            "1 while the gateway takes calls (what /readyz and gRPC health report), 0 while it starts or drains",
-            ready.clone(),
-        );
         let in_flight_limit = Gauge::default();
         registry.register(
             "calls_in_flight_limit",
             "The most cancel calls served at once (--max-in-flight)",
             in_flight_limit.clone(),
-        );
-        let connections_limit = Family::<ListenerLabels, Gauge>::default();
-        registry.register(
-            "connections_limit",
-            "The most connections open at once on each listener (--max-connections)",
-            connections_limit.clone(),
-        );
-        let tls_certificate_expiry = Family::<ListenerLabels, Gauge>::default();
-        registry.register_with_unit(
-            "tls_certificate_expiry_timestamp",
-            "When the serving certificate in use expires (its notAfter), as Unix time, by listener",
-            Unit::Seconds,
-            tls_certificate_expiry.clone(),
-        );
-        let tls_reloads = Family::<ReloadLabels, Counter>::default();
-        registry.register(
-            "tls_reloads",
-            "Reloads of the TLS files after they changed, by listener and outcome (loaded, failed)",
-            tls_reloads.clone(),
-        );
-        let tls_last_reload_successful = Family::<ListenerLabels, Gauge>::default();
-        registry.register(
-            "tls_last_reload_successful",
-            "0 while the TLS files on disk do not load and an older certificate is in use, else 1",
-            tls_last_reload_successful.clone(),
         );
         // Series of small fixed label sets start at 0, as Prometheus' instrumentation guide asks:
         // a counter that appears only when it first moves hides that first move from rate(), and
@@ -547,18 +434,8 @@ impl Metrics {
         ] {
             let _ = job_reads.get_or_create(&JobReadLabels { outcome });
         }
-        for listener in [Listener::Api, Listener::Admin] {
-            let _ = streams_refused.get_or_create(&ListenerLabels { listener });
-            let _ = connections_open.get_or_create(&ListenerLabels { listener });
-            for reason in [
-                ConnectionClosed::Limit,
-                ConnectionClosed::HandshakeTimeout,
-                ConnectionClosed::HandshakeFailed,
-            ] {
-                let _ = connections_closed.get_or_create(&ClosedLabels { listener, reason });
-            }
-        }
-        Self {
+        let subsystem = register(registry.sub_registry_with_labels(std::iter::empty()));
+        let metrics = Self {
             inner: Arc::new(Inner {
                 registry: root,
                 calls,
@@ -577,65 +454,20 @@ impl Metrics {
                 graph_throttle_windows,
                 graph_calls_held,
                 graph_throttled_seconds,
-                connections_open,
-                connections_closed,
-                streams_refused,
                 token_exchanges,
                 token_exchange_duration,
                 token_cache_lookups,
-                ready,
                 in_flight_limit,
-                connections_limit,
-                tls_certificate_expiry,
-                tls_reloads,
-                tls_last_reload_successful,
             }),
-        }
+        };
+        (metrics, subsystem)
     }
 
-    /// Sets whether the gateway takes calls.
-    pub fn set_ready(&self, ready: bool) {
-        self.inner.ready.set(i64::from(ready));
-    }
-
-    /// Sets the limits an operator's alerts compare the load with: `--max-in-flight` and
-    /// `--max-connections` (the same on each listener).
-    pub fn set_limits(&self, max_in_flight: usize, max_connections: usize) {
-        let gauge = |limit: usize| i64::try_from(limit).unwrap_or(i64::MAX);
-        self.inner.in_flight_limit.set(gauge(max_in_flight));
-        for listener in [Listener::Api, Listener::Admin] {
-            self.inner
-                .connections_limit
-                .get_or_create(&ListenerLabels { listener })
-                .set(gauge(max_connections));
-        }
-    }
-
-    /// Records the serving certificate now in use on `listener`: when it expires, as seconds
-    /// since the Unix epoch.
-    pub fn tls_certificate_loaded(&self, listener: Listener, not_after: i64) {
+    /// Sets the limit an operator's alerts compare the calls in flight with: `--max-in-flight`.
+    pub fn set_in_flight_limit(&self, max_in_flight: usize) {
         self.inner
-            .tls_certificate_expiry
-            .get_or_create(&ListenerLabels { listener })
-            .set(not_after);
-        self.inner
-            .tls_last_reload_successful
-            .get_or_create(&ListenerLabels { listener })
-            .set(1);
-    }
-
-    /// Counts a reload of the TLS files after they changed; a failed one leaves the certificate
-    /// in use (and its expiry) as it was.
-    pub fn tls_reloaded(&self, listener: Listener, loaded: bool) {
-        let outcome = if loaded { "loaded" } else { "failed" };
-        self.inner
-            .tls_reloads
-            .get_or_create(&ReloadLabels { listener, outcome })
-            .inc();
-        self.inner
-            .tls_last_reload_successful
-            .get_or_create(&ListenerLabels { listener })
-            .set(i64::from(loaded));
+            .in_flight_limit
+            .set(i64::try_from(max_in_flight).unwrap_or(i64::MAX));
     }
 
     /// Counts an answered call and its duration.
@@ -765,33 +597,6 @@ impl Metrics {
         InFlight(self.inner.in_flight.clone())
     }
 
-    /// Counts a connection open until the returned guard is dropped.
-    pub fn connection_open(&self, listener: Listener) -> InFlight {
-        let gauge = self
-            .inner
-            .connections_open
-            .get_or_create(&ListenerLabels { listener })
-            .clone();
-        gauge.inc();
-        InFlight(gauge)
-    }
-
-    /// Counts a connection closed before it was served.
-    pub fn connection_closed(&self, listener: Listener, reason: ConnectionClosed) {
-        self.inner
-            .connections_closed
-            .get_or_create(&ClosedLabels { listener, reason })
-            .inc();
-    }
-
-    /// Counts a health or reflection stream refused at its listener's cap.
-    pub fn stream_refused(&self, listener: Listener) {
-        self.inner
-            .streams_refused
-            .get_or_create(&ListenerLabels { listener })
-            .inc();
-    }
-
     /// The metrics in the OpenMetrics text format, which Prometheus asks for.
     pub fn encode(&self) -> String {
         let mut text = String::new();
@@ -820,6 +625,14 @@ impl Default for Metrics {
 /// A call (or a connection) in flight, counted until dropped.
 #[derive(Debug)]
 pub struct InFlight(Gauge);
+
+impl InFlight {
+    /// Counts one more in `gauge` until the returned guard is dropped.
+    pub fn count(gauge: Gauge) -> Self {
+        gauge.inc();
+        Self(gauge)
+    }
+}
 
 impl Drop for InFlight {
     fn drop(&mut self) {
@@ -919,9 +732,6 @@ mod tests {
             r#"printjob_gateway_graph_retries_total{reason="throttled"} 0"#,
             r#"printjob_gateway_graph_requests_resent_total{reason="goaway"} 0"#,
             r#"printjob_gateway_job_reads_total{outcome="failed"} 0"#,
-            r#"printjob_gateway_service_streams_refused_total{listener="admin"} 0"#,
-            r#"printjob_gateway_connections_closed_total{listener="api",reason="limit"} 0"#,
-            r#"printjob_gateway_connections_open{listener="api"} 0"#,
         ] {
             assert!(text.contains(expected), "{expected} in\n{text}");
         }
@@ -938,10 +748,7 @@ mod tests {
         metrics.overloaded();
         metrics.token_exchanged("ok", Duration::from_millis(80));
         metrics.token_cache_lookup(true);
-        metrics.set_ready(true);
-        metrics.set_limits(1000, 512);
-        metrics.tls_certificate_loaded(Listener::Api, 1_893_542_400);
-        metrics.tls_reloaded(Listener::Api, false);
+        metrics.set_in_flight_limit(1000);
         metrics.throttle_window_opened();
         metrics.throttle_window_closed(Duration::from_millis(1500));
         let _held = metrics.call_held();
@@ -960,12 +767,7 @@ mod tests {
             "printjob_gateway_token_exchange_duration_seconds_count 1",
             r#"printjob_gateway_token_cache_lookups_total{result="hit"} 1"#,
             r#"printjob_gateway_build_info{version=""#,
-            "printjob_gateway_ready 1",
             "printjob_gateway_calls_in_flight_limit 1000",
-            r#"printjob_gateway_connections_limit{listener="admin"} 512"#,
-            r#"printjob_gateway_tls_certificate_expiry_timestamp_seconds{listener="api"} 1893542400"#,
-            r#"printjob_gateway_tls_reloads_total{listener="api",outcome="failed"} 1"#,
-            r#"printjob_gateway_tls_last_reload_successful{listener="api"} 0"#,
             "# TYPE process_cpu_seconds counter",
             "process_resident_memory_bytes ",
             "process_open_fds ",

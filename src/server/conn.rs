@@ -28,15 +28,13 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 use tower::Service;
 
 use super::{
+    ConnectionClosed, Listener, ServerMetrics,
     handshake::{self, Protocols},
     listen::ApiListener,
     slots::{Admitted, ConnectionSlots, OpenStream, Slot},
     tls::TlsConfig,
 };
-use crate::{
-    metrics::{ConnectionClosed, Listener, Metrics},
-    telemetry::ErrorChain,
-};
+use crate::telemetry::ErrorChain;
 
 /// The most HTTP/2 header bytes a call may send. Entra access tokens are a few kilobytes; large
 /// group claims can double that.
@@ -90,7 +88,7 @@ pub(crate) struct Serving {
     /// How long a served connection may stay without an open stream before it is closed.
     pub idle_timeout: Duration,
     /// The gateway's metrics.
-    pub metrics: Metrics,
+    pub metrics: ServerMetrics,
 }
 
 /// What the streams of one connection hold, for the per-connection caps on health and

@@ -11,6 +11,7 @@ mod args;
 mod conn;
 mod handshake;
 mod listen;
+mod metrics;
 mod slots;
 mod streams;
 mod tls;
@@ -25,6 +26,7 @@ pub use self::{
     args::{LimitsArgs, ListenArgs},
     conn::MAX_CONCURRENT_STREAMS,
     listen::{ApiListener, ListenAddr, ListenAddrError, SOCKET_MODE},
+    metrics::{ConnectionClosed, Listener, ServerMetrics},
     streams::MAX_SERVICE_STREAMS,
     tls::{POLL_INTERVAL as TLS_POLL_INTERVAL, TlsError, TlsFiles},
 };
@@ -40,7 +42,7 @@ use crate::{
     credentials::GraphCredentials,
     entra::{self, SetupError},
     graph::{self, GraphClient, GraphClientError},
-    metrics::{Listener, Metrics},
+    metrics::Metrics,
     proto::{FILE_DESCRIPTOR_SET, PrintJobServiceServer},
     service::{CallPolicy, PrintJobGateway},
 };
@@ -226,8 +228,9 @@ pub async fn serve(
     for warning in settings.warnings() {
         tracing::warn!("{warning}");
     }
-    let metrics = Metrics::new();
-    metrics.set_limits(settings.calls.max_in_flight, settings.max_connections);
+    let (metrics, server_metrics) = Metrics::with_subsystem(ServerMetrics::register);
+    metrics.set_in_flight_limit(settings.calls.max_in_flight);
+    server_metrics.set_connections_limit(settings.max_connections);
     let graph = GraphClient::new(&settings.graph, metrics.clone())?;
     let abort_calls = CancellationToken::new();
     // Start-up answers SIGTERM and SIGINT at every step that may wait: reading a credential or a
@@ -254,7 +257,7 @@ pub async fn serve(
     let health = Health {
         reporter,
         readiness: Readiness::default(),
-        metrics: metrics.clone(),
+        metrics: server_metrics.clone(),
     };
     health.set(false).await;
 
@@ -266,7 +269,7 @@ pub async fn serve(
     let _stop_reloading = stop_reloading.clone().drop_guard();
     let tls = match settings.tls.clone() {
         Some(files) => {
-            let loading = TlsConfig::load_and_watch(files, metrics.clone(), stop_reloading);
+            let loading = TlsConfig::load_and_watch(files, server_metrics.clone(), stop_reloading);
             match until_stopped(&mut shutdown, loading).await {
                 Some(loaded) => Some(loaded?),
                 None => return stopped_during_start_up(),
@@ -282,7 +285,7 @@ pub async fn serve(
         .admin
         .local_addr()
         .unwrap_or(settings.admin_listen);
-    let api_streams = StreamCap::new(metrics.clone(), Listener::Api);
+    let api_streams = StreamCap::new(server_metrics.clone(), Listener::Api);
     let grpc_routes = Routes::new(api_streams.wrap(health_service.clone()))
         .add_service(api_streams.wrap(reflection_v1))
         .add_service(api_streams.wrap(reflection_v1alpha))
@@ -294,7 +297,7 @@ pub async fn serve(
             MAX_REQUEST_BYTES,
             settings.message_wait,
         ));
-    let admin_streams = StreamCap::new(metrics.clone(), Listener::Admin);
+    let admin_streams = StreamCap::new(server_metrics.clone(), Listener::Admin);
     let admin_routes = Routes::new(admin_streams.wrap(health_service))
         .add_service(admin_streams.wrap(reflection(ADMIN_DESCRIPTORS).build_v1()?))
         .add_service(admin_streams.wrap(reflection(ADMIN_DESCRIPTORS).build_v1alpha()?));
@@ -307,7 +310,7 @@ pub async fn serve(
         max_connections: settings.max_connections,
         handshake_timeout: settings.handshake_timeout,
         idle_timeout: settings.idle_connection_timeout,
-        metrics: metrics.clone(),
+        metrics: server_metrics.clone(),
     };
     let (api_stops, api_done) = (Stops::default(), CancellationToken::new());
     let mut grpc = tokio::spawn(serve_connections(
@@ -452,7 +455,7 @@ fn reflection(descriptor_sets: &[&'static [u8]]) -> tonic_reflection::server::Bu
 struct Health {
     reporter: HealthReporter,
     readiness: Readiness,
-    metrics: Metrics,
+    metrics: ServerMetrics,
 }
 
 impl Health {

@@ -30,7 +30,7 @@ use tonic::{Status, body::Body, server::NamedService};
 use tower::Service;
 
 use super::conn::ConnectionLoad;
-use crate::metrics::{Listener, Metrics};
+use super::{Listener, ServerMetrics};
 
 /// How many health `Watch` streams, and how many reflection streams, one listener serves at
 /// once. Clients that watch health hold one per connection; grpcurl uses reflection one stream
@@ -48,7 +48,7 @@ const REQUEST_WAIT: Duration = Duration::from_secs(10);
 pub(crate) struct StreamCap {
     watches: Arc<Semaphore>,
     reflections: Arc<Semaphore>,
-    metrics: Metrics,
+    metrics: ServerMetrics,
     listener: Listener,
 }
 
@@ -106,7 +106,7 @@ pub(crate) struct HoldingBody<T> {
 
 impl StreamCap {
     /// Room for [`MAX_SERVICE_STREAMS`] `Watch` and as many reflection streams on `listener`.
-    pub(crate) fn new(metrics: Metrics, listener: Listener) -> Self {
+    pub(crate) fn new(metrics: ServerMetrics, listener: Listener) -> Self {
         Self {
             watches: Arc::new(Semaphore::new(MAX_SERVICE_STREAMS)),
             reflections: Arc::new(Semaphore::new(MAX_SERVICE_STREAMS)),

@@ -27,9 +27,9 @@ use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
+use super::{Listener, ServerMetrics};
 use crate::{
     files::{FileReads, ReadError, read_to_limit},
-    metrics::{Listener, Metrics},
     telemetry::ErrorChain,
 };
 
@@ -99,7 +99,7 @@ impl TlsConfig {
     /// runtime worker, and a look that never returns holds one thread.
     pub(crate) async fn load_and_watch(
         files: TlsFiles,
-        metrics: Metrics,
+        metrics: ServerMetrics,
         stop: CancellationToken,
     ) -> Result<Self, TlsError> {
         let reads = FileReads::default();
@@ -138,7 +138,7 @@ async fn watch_files(
     reads: FileReads,
     mut seen: Vec<Option<Fingerprint>>,
     sender: watch::Sender<Arc<ServerConfig>>,
-    metrics: Metrics,
+    metrics: ServerMetrics,
 ) {
     let mut interval = tokio::time::interval(POLL_INTERVAL);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -206,7 +206,7 @@ fn fingerprint(path: &Path) -> Option<Fingerprint> {
 }
 
 /// Reports the certificate now in use: when it expires, for the operator's expiry alert.
-fn certificate_loaded(metrics: &Metrics, not_after: Option<i64>) {
+fn certificate_loaded(metrics: &ServerMetrics, not_after: Option<i64>) {
     if let Some(not_after) = not_after {
         metrics.tls_certificate_loaded(Listener::Api, not_after);
     }

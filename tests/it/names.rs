@@ -6,8 +6,9 @@
 
 use std::{collections::BTreeSet, process::Command, time::Duration};
 
-use printjob_gateway::metrics::{
-    ConnectionClosed, GraphFailure, JobReadOutcome, Listener, Metrics, ResendReason, RetryReason,
+use printjob_gateway::{
+    metrics::{GraphFailure, JobReadOutcome, Metrics, ResendReason, RetryReason},
+    server::{ConnectionClosed, Listener, ServerMetrics},
 };
 
 use crate::support::{FakeGraph, TestGateway, http_client, process::BINARY};
@@ -163,8 +164,8 @@ fn help_shows_each_subsystems_flags_under_its_own_heading() {
 #[test]
 fn every_metric_family_keeps_its_name_and_type() {
     let expected = fixture_families();
-    let metrics = Metrics::new();
-    record_in_every_family(&metrics);
+    let (metrics, server) = Metrics::with_subsystem(ServerMetrics::register);
+    record_in_every_family(&metrics, &server);
     let actual: BTreeSet<String> = families("openmetrics", &metrics.encode())
         .into_iter()
         .chain(families("prometheus", &metrics.encode_prometheus_text()))
@@ -301,7 +302,7 @@ fn families(format: &str, text: &str) -> BTreeSet<String> {
 
 /// Moves every family once, so that each one has a series and is written (a family without one
 /// is left out of a scrape).
-fn record_in_every_family(metrics: &Metrics) {
+fn record_in_every_family(metrics: &Metrics, server: &ServerMetrics) {
     let moment = Duration::from_millis(20);
     metrics.call_answered("Cancel", "OK", moment);
     metrics.graph_answered(204, moment);
@@ -317,13 +318,14 @@ fn record_in_every_family(metrics: &Metrics) {
     metrics.throttle_window_opened();
     metrics.throttle_window_closed(moment);
     drop(metrics.call_held());
-    drop(metrics.connection_open(Listener::Api));
-    metrics.connection_closed(Listener::Api, ConnectionClosed::IdleTimeout);
-    metrics.stream_refused(Listener::Admin);
+    drop(server.connection_open(Listener::Api));
+    server.connection_closed(Listener::Api, ConnectionClosed::IdleTimeout);
+    server.stream_refused(Listener::Admin);
     metrics.token_exchanged("ok", moment);
     metrics.token_cache_lookup(true);
-    metrics.set_ready(true);
-    metrics.set_limits(1000, 512);
-    metrics.tls_certificate_loaded(Listener::Api, 1_893_542_400);
-    metrics.tls_reloaded(Listener::Api, true);
+    server.set_ready(true);
+    metrics.set_in_flight_limit(1000);
+    server.set_connections_limit(512);
+    server.tls_certificate_loaded(Listener::Api, 1_893_542_400);
+    server.tls_reloaded(Listener::Api, true);
 }

@@ -1,0 +1,278 @@
+//! The server's metrics: connections open and closed on each listener, health and reflection
+//! streams refused, readiness, the connection cap, and the serving certificate. Registered under
+//! a sub-registry of the gateway's (`metrics`), with the label values that only the server sets.
+
+use std::{fmt::Write as _, sync::Arc};
+
+use prometheus_client::{
+    encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder},
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    registry::{Registry, Unit},
+};
+
+use crate::metrics::InFlight;
+
+/// Which listener a connection came to.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
+pub enum Listener {
+    /// The gRPC API.
+    Api,
+    /// The admin listener.
+    Admin,
+}
+
+/// Why the gateway closed a connection: before it was served, or because of a limit.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
+pub enum ConnectionClosed {
+    /// The listener was at `--max-connections`: the new connection, or an older one that made
+    /// room for it (still in its handshake, or idle the longest).
+    Limit,
+    /// TLS and the HTTP/2 preface did not complete within `--handshake-timeout`.
+    HandshakeTimeout,
+    /// TLS failed, or the client did not speak HTTP/2.
+    HandshakeFailed,
+    /// A served connection had no stream open for `--idle-connection-timeout`.
+    IdleTimeout,
+}
+
+/// The server's metrics. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct ServerMetrics {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    connections_open: Family<ListenerLabels, Gauge>,
+    connections_closed: Family<ClosedLabels, Counter>,
+    streams_refused: Family<ListenerLabels, Counter>,
+    ready: Gauge,
+    connections_limit: Family<ListenerLabels, Gauge>,
+    tls_certificate_expiry: Family<ListenerLabels, Gauge>,
+    tls_reloads: Family<ReloadLabels, Counter>,
+    tls_last_reload_successful: Family<ListenerLabels, Gauge>,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReloadLabels {
+    listener: Listener,
+    outcome: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ListenerLabels {
+    listener: Listener,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ClosedLabels {
+    listener: Listener,
+    reason: ConnectionClosed,
+}
+
+// === impl ServerMetrics ===
+
+impl ServerMetrics {
+    /// Registers the server's metrics in `registry` (the gateway's sub-registry for the server).
+    pub fn register(registry: &mut Registry) -> Self {
+        let connections_open = Family::<ListenerLabels, Gauge>::default();
+        registry.register(
+            "connections_open",
+            "Connections open now, by listener",
+            connections_open.clone(),
+        );
+        let connections_closed = Family::<ClosedLabels, Counter>::default();
+        registry.register(
+            "connections_closed",
+            "Connections the gateway closed, by listener and reason (limit: --max-connections, a new one or one that made room; handshake_timeout, handshake_failed; idle_timeout: --idle-connection-timeout)",
+            connections_closed.clone(),
+        );
+        let streams_refused = Family::<ListenerLabels, Counter>::default();
+        registry.register(
+            "service_streams_refused",
+            "Health and reflection streams refused with RESOURCE_EXHAUSTED at a cap (per listener or per connection)",
+            streams_refused.clone(),
+        );
+        let ready = Gauge::default();
+        registry.register(
+            "ready",
+            "1 while the gateway takes calls (what /readyz and gRPC health report), 0 while it starts or drains",
+            ready.clone(),
+        );
+        let connections_limit = Family::<ListenerLabels, Gauge>::default();
+        registry.register(
+            "connections_limit",
+            "The most connections open at once on each listener (--max-connections)",
+            connections_limit.clone(),
+        );
+        let tls_certificate_expiry = Family::<ListenerLabels, Gauge>::default();
+        registry.register_with_unit(
+            "tls_certificate_expiry_timestamp",
+            "When the serving certificate in use expires (its notAfter), as Unix time, by listener",
+            Unit::Seconds,
+            tls_certificate_expiry.clone(),
+        );
+        let tls_reloads = Family::<ReloadLabels, Counter>::default();
+        registry.register(
+            "tls_reloads",
+            "Reloads of the TLS files after they changed, by listener and outcome (loaded, failed)",
+            tls_reloads.clone(),
+        );
+        let tls_last_reload_successful = Family::<ListenerLabels, Gauge>::default();
+        registry.register(
+            "tls_last_reload_successful",
+            "0 while the TLS files on disk do not load and an older certificate is in use, else 1",
+            tls_last_reload_successful.clone(),
+        );
+        // Series of small fixed label sets start at 0 (see `metrics`).
+        for listener in [Listener::Api, Listener::Admin] {
+            let _ = streams_refused.get_or_create(&ListenerLabels { listener });
+            let _ = connections_open.get_or_create(&ListenerLabels { listener });
+            for reason in [
+                ConnectionClosed::Limit,
+                ConnectionClosed::HandshakeTimeout,
+                ConnectionClosed::HandshakeFailed,
+            ] {
+                let _ = connections_closed.get_or_create(&ClosedLabels { listener, reason });
+            }
+        }
+        Self {
+            inner: Arc::new(Inner {
+                connections_open,
+                connections_closed,
+                streams_refused,
+                ready,
+                connections_limit,
+                tls_certificate_expiry,
+                tls_reloads,
+                tls_last_reload_successful,
+            }),
+        }
+    }
+
+    /// Sets whether the gateway takes calls.
+    pub fn set_ready(&self, ready: bool) {
+        self.inner.ready.set(i64::from(ready));
+    }
+
+    /// Sets the limit an operator's alerts compare the connections with: `--max-connections`
+    /// (the same on each listener).
+    pub fn set_connections_limit(&self, max_connections: usize) {
+        for listener in [Listener::Api, Listener::Admin] {
+            self.inner
+                .connections_limit
+                .get_or_create(&ListenerLabels { listener })
+                .set(i64::try_from(max_connections).unwrap_or(i64::MAX));
+        }
+    }
+
+    /// Records the serving certificate now in use on `listener`: when it expires, as seconds
+    /// since the Unix epoch.
+    pub fn tls_certificate_loaded(&self, listener: Listener, not_after: i64) {
+        self.inner
+            .tls_certificate_expiry
+            .get_or_create(&ListenerLabels { listener })
+            .set(not_after);
+        self.inner
+            .tls_last_reload_successful
+            .get_or_create(&ListenerLabels { listener })
+            .set(1);
+    }
+
+    /// Counts a reload of the TLS files after they changed; a failed one leaves the certificate
+    /// in use (and its expiry) as it was.
+    pub fn tls_reloaded(&self, listener: Listener, loaded: bool) {
+        let outcome = if loaded { "loaded" } else { "failed" };
+        self.inner
+            .tls_reloads
+            .get_or_create(&ReloadLabels { listener, outcome })
+            .inc();
+        self.inner
+            .tls_last_reload_successful
+            .get_or_create(&ListenerLabels { listener })
+            .set(i64::from(loaded));
+    }
+
+    /// Counts a connection open until the returned guard is dropped.
+    pub fn connection_open(&self, listener: Listener) -> InFlight {
+        InFlight::count(
+            self.inner
+                .connections_open
+                .get_or_create(&ListenerLabels { listener })
+                .clone(),
+        )
+    }
+
+    /// Counts a connection closed before it was served.
+    pub fn connection_closed(&self, listener: Listener, reason: ConnectionClosed) {
+        self.inner
+            .connections_closed
+            .get_or_create(&ClosedLabels { listener, reason })
+            .inc();
+    }
+
+    /// Counts a health or reflection stream refused at its listener's cap.
+    pub fn stream_refused(&self, listener: Listener) {
+        self.inner
+            .streams_refused
+            .get_or_create(&ListenerLabels { listener })
+            .inc();
+    }
+}
+
+// === impl Listener ===
+
+impl EncodeLabelValue for Listener {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
+        encoder.write_str(match self {
+            Self::Api => "api",
+            Self::Admin => "admin",
+        })
+    }
+}
+
+// === impl ConnectionClosed ===
+
+impl EncodeLabelValue for ConnectionClosed {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
+        encoder.write_str(match self {
+            Self::Limit => "limit",
+            Self::HandshakeTimeout => "handshake_timeout",
+            Self::HandshakeFailed => "handshake_failed",
+            Self::IdleTimeout => "idle_timeout",
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::Metrics;
+
+    #[test]
+    fn series_of_fixed_label_sets_start_at_zero_and_names_keep_their_prefix() {
+        let (metrics, server) = Metrics::with_subsystem(ServerMetrics::register);
+        let text = metrics.encode_prometheus_text();
+        for expected in [
+            r#"printjob_gateway_service_streams_refused_total{listener="admin"} 0"#,
+            r#"printjob_gateway_connections_closed_total{listener="api",reason="limit"} 0"#,
+            r#"printjob_gateway_connections_open{listener="api"} 0"#,
+        ] {
+            assert!(text.contains(expected), "{expected} in\n{text}");
+        }
+        server.set_ready(true);
+        server.set_connections_limit(512);
+        server.tls_certificate_loaded(Listener::Api, 1_893_542_400);
+        server.tls_reloaded(Listener::Api, false);
+        let text = metrics.encode();
+        for expected in [
+            "printjob_gateway_ready 1",
+            r#"printjob_gateway_connections_limit{listener="admin"} 512"#,
+            r#"printjob_gateway_tls_certificate_expiry_timestamp_seconds{listener="api"} 1893542400"#,
+            r#"printjob_gateway_tls_reloads_total{listener="api",outcome="failed"} 1"#,
+            r#"printjob_gateway_tls_last_reload_successful{listener="api"} 0"#,
+        ] {
+            assert!(text.contains(expected), "{expected} in\n{text}");
+        }
+    }
+}
