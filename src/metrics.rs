@@ -3,11 +3,7 @@
 //! token, an ID or any other unbounded value: only the method, the gRPC code, the HTTP status,
 //! and small fixed sets of reasons.
 
-use std::{
-    fmt::Write as _,
-    sync::{Arc, atomic::AtomicU64},
-    time::Duration,
-};
+use std::{fmt::Write as _, sync::Arc, time::Duration};
 
 use prometheus_client::{
     collector::Collector,
@@ -48,13 +44,6 @@ struct Inner {
     job_reads: Family<JobReadLabels, Counter>,
     in_flight: Gauge,
     overload_rejections: Counter,
-    graph_connections_opened: Family<ProtocolLabels, Counter>,
-    graph_connections_open: Gauge,
-    graph_requests_resent: Family<ResendLabels, Counter>,
-    graph_calls_waiting: Gauge,
-    graph_throttle_windows: Counter,
-    graph_calls_held: Gauge,
-    graph_throttled_seconds: Counter<f64, AtomicU64>,
     token_exchanges: Family<OutcomeLabels, Counter>,
     token_exchange_duration: Histogram,
     token_cache_lookups: Family<LookupLabels, Counter>,
@@ -85,16 +74,6 @@ struct FailureLabels {
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RetryLabels {
     reason: RetryReason,
-}
-
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ProtocolLabels {
-    protocol: &'static str,
-}
-
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ResendLabels {
-    reason: ResendReason,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -140,37 +119,6 @@ pub enum RetryReason {
     GatewayTimeout,
     /// No connection could be made.
     Unreachable,
-}
-
-/// Why a request that Graph did not process was sent again on another connection.
-#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
-pub enum ResendReason {
-    /// Graph's GOAWAY came before the request's stream.
-    GoAway,
-    /// Graph refused the stream (REFUSED_STREAM).
-    Refused,
-    /// The connection was closed, or going away after Graph's GOAWAY, before the request left
-    /// the gateway.
-    Closed,
-}
-
-// === impl ResendReason ===
-
-impl ResendReason {
-    /// The label value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::GoAway => "goaway",
-            Self::Refused => "refused",
-            Self::Closed => "closed",
-        }
-    }
-}
-
-impl EncodeLabelValue for ResendReason {
-    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
-        encoder.write_str(self.as_str())
-    }
 }
 
 /// What a read of a job, after Graph refused a cancel with 409, found.
@@ -321,49 +269,6 @@ impl Metrics {
             "Calls refused with RESOURCE_EXHAUSTED because the gateway was at its limit of calls in flight",
             overload_rejections.clone(),
         );
-        let graph_connections_opened = Family::<ProtocolLabels, Counter>::default();
-        registry.register(
-            "graph_connections_opened",
-            "Connections opened to Graph, by protocol (h2, http1)",
-            graph_connections_opened.clone(),
-        );
-        let graph_connections_open = Gauge::default();
-        registry.register(
-            "graph_connections_open",
-            "Connections to Graph open now",
-            graph_connections_open.clone(),
-        );
-        let graph_requests_resent = Family::<ResendLabels, Counter>::default();
-        registry.register(
-            "graph_requests_resent",
-            "Requests Graph did not process, sent again at once on another connection (not retries)",
-            graph_requests_resent.clone(),
-        );
-        let graph_calls_waiting = Gauge::default();
-        registry.register(
-            "graph_calls_waiting",
-            "Calls waiting for a stream to Graph: every connection full, or being opened",
-            graph_calls_waiting.clone(),
-        );
-        let graph_throttle_windows = Counter::default();
-        registry.register(
-            "graph_throttle_windows",
-            "Throttle windows opened: Graph answered 429 (or 503 with Retry-After) and the gateway held that tenant and app's calls until the window ended",
-            graph_throttle_windows.clone(),
-        );
-        let graph_calls_held = Gauge::default();
-        registry.register(
-            "graph_calls_held",
-            "Calls waiting at the throttle gate now, for their tenant and app's window to end",
-            graph_calls_held.clone(),
-        );
-        let graph_throttled_seconds = Counter::<f64, AtomicU64>::default();
-        registry.register_with_unit(
-            "graph_throttled",
-            "Time throttle windows lasted, summed over tenants and apps",
-            Unit::Seconds,
-            graph_throttled_seconds.clone(),
-        );
         let token_exchanges = Family::<OutcomeLabels, Counter>::default();
         registry.register(
             "token_exchanges",
@@ -419,13 +324,6 @@ impl Metrics {
         ] {
             let _ = retries.get_or_create(&RetryLabels { reason });
         }
-        for reason in [
-            ResendReason::GoAway,
-            ResendReason::Refused,
-            ResendReason::Closed,
-        ] {
-            let _ = graph_requests_resent.get_or_create(&ResendLabels { reason });
-        }
         for outcome in [
             JobReadOutcome::AlreadyCanceled,
             JobReadOutcome::NotCancelable,
@@ -447,13 +345,6 @@ impl Metrics {
                 job_reads,
                 in_flight,
                 overload_rejections,
-                graph_connections_opened,
-                graph_connections_open,
-                graph_requests_resent,
-                graph_calls_waiting,
-                graph_throttle_windows,
-                graph_calls_held,
-                graph_throttled_seconds,
                 token_exchanges,
                 token_exchange_duration,
                 token_cache_lookups,
@@ -499,53 +390,6 @@ impl Metrics {
         self.inner
             .graph_failures
             .get_or_create(&FailureLabels { kind })
-            .inc();
-    }
-
-    /// Counts a connection opened to Graph; `protocol` is `h2` or `http1`.
-    pub fn graph_connection_opened(&self, protocol: &'static str) {
-        self.inner
-            .graph_connections_opened
-            .get_or_create(&ProtocolLabels { protocol })
-            .inc();
-        self.inner.graph_connections_open.inc();
-    }
-
-    /// Counts a connection to Graph closed.
-    pub fn graph_connection_closed(&self) {
-        self.inner.graph_connections_open.dec();
-    }
-
-    /// Sets how many calls wait for a stream to Graph.
-    pub fn graph_calls_waiting(&self, waiting: usize) {
-        self.inner
-            .graph_calls_waiting
-            .set(i64::try_from(waiting).unwrap_or(i64::MAX));
-    }
-
-    /// Counts a throttle window opened.
-    pub fn throttle_window_opened(&self) {
-        self.inner.graph_throttle_windows.inc();
-    }
-
-    /// Adds the time a throttle window lasted, when it ends.
-    pub fn throttle_window_closed(&self, lasted: Duration) {
-        self.inner
-            .graph_throttled_seconds
-            .inc_by(lasted.as_secs_f64());
-    }
-
-    /// Counts a call held at the throttle gate until the returned guard is dropped.
-    pub fn call_held(&self) -> InFlight {
-        self.inner.graph_calls_held.inc();
-        InFlight(self.inner.graph_calls_held.clone())
-    }
-
-    /// Counts a request sent again because Graph did not process it.
-    pub fn graph_request_resent(&self, reason: ResendReason) {
-        self.inner
-            .graph_requests_resent
-            .get_or_create(&ResendLabels { reason })
             .inc();
     }
 
@@ -730,7 +574,6 @@ mod tests {
         for expected in [
             r#"printjob_gateway_graph_failures_total{kind="unreachable"} 0"#,
             r#"printjob_gateway_graph_retries_total{reason="throttled"} 0"#,
-            r#"printjob_gateway_graph_requests_resent_total{reason="goaway"} 0"#,
             r#"printjob_gateway_job_reads_total{outcome="failed"} 0"#,
         ] {
             assert!(text.contains(expected), "{expected} in\n{text}");
@@ -749,9 +592,6 @@ mod tests {
         metrics.token_exchanged("ok", Duration::from_millis(80));
         metrics.token_cache_lookup(true);
         metrics.set_in_flight_limit(1000);
-        metrics.throttle_window_opened();
-        metrics.throttle_window_closed(Duration::from_millis(1500));
-        let _held = metrics.call_held();
         let text = metrics.encode();
         for expected in [
             r#"printjob_gateway_calls_total{method="Cancel",code="NOT_FOUND"} 1"#,
@@ -771,9 +611,6 @@ mod tests {
             "# TYPE process_cpu_seconds counter",
             "process_resident_memory_bytes ",
             "process_open_fds ",
-            "printjob_gateway_graph_throttle_windows_total 1",
-            "printjob_gateway_graph_calls_held 1",
-            "printjob_gateway_graph_throttled_seconds_total 1.5",
         ] {
             assert!(text.contains(expected), "{expected} in\n{text}");
         }

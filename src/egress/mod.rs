@@ -17,7 +17,7 @@ pub(crate) use self::answer::{bounded_identifier, bounded_message};
 pub use self::connect::{ClientError, ConnectError, Protocol, ProxyEnv};
 pub(crate) use self::connect::{Connected, Connector, Negotiated};
 pub(crate) use self::once::send_once;
-pub use self::pool::{Body, SendError};
+pub use self::pool::{Body, PoolMetrics, ResendReason, SendError};
 pub(crate) use self::pool::{Pool, PoolSettings};
 pub use self::url::UrlError;
 pub(crate) use self::url::{PATH_SEGMENT, check_url_is_safe};

@@ -5,6 +5,7 @@
 mod answer;
 mod args;
 mod job;
+mod metrics;
 mod throttle;
 mod url;
 
@@ -20,6 +21,7 @@ use http_body_util::Empty;
 pub use self::answer::GraphRejection;
 pub use self::args::GraphArgs;
 pub use self::job::{JobReadError, PrintJobStatus};
+pub use self::metrics::{GraphMetrics, ThrottleMetrics};
 pub use self::throttle::{GateCall, Held, MAX_KEYS, Refusal, Throttle, ThrottleGate, ThrottleKey};
 pub use self::url::GraphBaseUrl;
 // The transport's names as Graph's settings and callers have always known them.
@@ -30,7 +32,6 @@ pub use crate::egress::{
 use crate::{
     auth::BearerToken,
     egress::{self, ConnectSettings, Connector, Pool, PoolSettings},
-    metrics::Metrics,
     request::CancelTarget,
     request::ClientRequestId,
     telemetry,
@@ -148,7 +149,7 @@ impl GraphClient {
     /// Builds the client: rustls with the platform's roots, connection pooling, HTTP/2 when Graph
     /// offers it, the proxy of `settings` honoured, and redirects never followed, so a token
     /// never goes anywhere but Graph's host.
-    pub fn new(settings: &Settings, metrics: Metrics) -> Result<Self, GraphClientError> {
+    pub fn new(settings: &Settings, metrics: GraphMetrics) -> Result<Self, GraphClientError> {
         let connector = Connector::new(
             &settings.base_url.uri(),
             settings.protocol,
@@ -163,12 +164,12 @@ impl GraphClient {
                 keepalive_interval: settings.keepalive_interval,
                 keepalive_timeout: settings.keepalive_timeout,
             },
-            metrics.clone(),
+            metrics.pool,
         );
         Ok(Self {
             pool,
             base_url: settings.base_url.clone(),
-            throttle: ThrottleGate::new(settings.throttle_gate, metrics),
+            throttle: ThrottleGate::new(settings.throttle_gate, metrics.throttle),
         })
     }
 

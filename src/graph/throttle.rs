@@ -39,7 +39,8 @@ use serde::Deserialize;
 use tokio::{sync::oneshot, time::Instant};
 use uuid::Uuid;
 
-use crate::{auth::BearerToken, backoff::backoff, metrics::Metrics};
+use super::ThrottleMetrics;
+use crate::{auth::BearerToken, backoff::backoff};
 
 /// The most keys the gate tracks at once (each with a window open or a probe out). Beyond it a
 /// throttled key gets today's per-call behaviour: the gate's memory never depends on how many
@@ -195,7 +196,7 @@ impl fmt::Display for Shown {
 impl ThrottleGate {
     /// A gate that holds calls while Graph throttles their key, counting in `metrics`; with
     /// `enabled` false, one that lets every call pass (each call then backs off on its own).
-    pub fn new(enabled: bool, metrics: Metrics) -> Self {
+    pub fn new(enabled: bool, metrics: ThrottleMetrics) -> Self {
         Self {
             inner: enabled.then(|| {
                 Arc::new(Gate {
@@ -307,7 +308,7 @@ struct Gate {
     windows: Mutex<Windows<oneshot::Sender<Verdict>>>,
     /// How many keys have a window open or a probe out: zero is the fast path.
     active: AtomicUsize,
-    metrics: Metrics,
+    metrics: ThrottleMetrics,
 }
 
 /// What a waiting call is told.

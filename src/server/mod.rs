@@ -41,7 +41,7 @@ use self::{
 use crate::{
     credentials::GraphCredentials,
     entra::{self, SetupError},
-    graph::{self, GraphClient, GraphClientError},
+    graph::{self, GraphClient, GraphClientError, GraphMetrics},
     metrics::Metrics,
     proto::{FILE_DESCRIPTOR_SET, PrintJobServiceServer},
     service::{CallPolicy, PrintJobGateway},
@@ -228,10 +228,15 @@ pub async fn serve(
     for warning in settings.warnings() {
         tracing::warn!("{warning}");
     }
-    let (metrics, server_metrics) = Metrics::with_subsystem(ServerMetrics::register);
+    let (metrics, (server_metrics, graph_metrics)) = Metrics::with_subsystem(|registry| {
+        (
+            ServerMetrics::register(registry),
+            GraphMetrics::register(registry),
+        )
+    });
     metrics.set_in_flight_limit(settings.calls.max_in_flight);
     server_metrics.set_connections_limit(settings.max_connections);
-    let graph = GraphClient::new(&settings.graph, metrics.clone())?;
+    let graph = GraphClient::new(&settings.graph, graph_metrics)?;
     let abort_calls = CancellationToken::new();
     // Start-up answers SIGTERM and SIGINT at every step that may wait: reading a credential or a
     // certificate from a hung volume, or a FIFO, must not make the process ignore them.

@@ -7,7 +7,9 @@
 use std::{collections::BTreeSet, process::Command, time::Duration};
 
 use printjob_gateway::{
-    metrics::{GraphFailure, JobReadOutcome, Metrics, ResendReason, RetryReason},
+    egress::ResendReason,
+    graph::GraphMetrics,
+    metrics::{GraphFailure, JobReadOutcome, Metrics, RetryReason},
     server::{ConnectionClosed, Listener, ServerMetrics},
 };
 
@@ -164,8 +166,13 @@ fn help_shows_each_subsystems_flags_under_its_own_heading() {
 #[test]
 fn every_metric_family_keeps_its_name_and_type() {
     let expected = fixture_families();
-    let (metrics, server) = Metrics::with_subsystem(ServerMetrics::register);
-    record_in_every_family(&metrics, &server);
+    let (metrics, (server, graph)) = Metrics::with_subsystem(|registry| {
+        (
+            ServerMetrics::register(registry),
+            GraphMetrics::register(registry),
+        )
+    });
+    record_in_every_family(&metrics, &server, &graph);
     let actual: BTreeSet<String> = families("openmetrics", &metrics.encode())
         .into_iter()
         .chain(families("prometheus", &metrics.encode_prometheus_text()))
@@ -302,7 +309,7 @@ fn families(format: &str, text: &str) -> BTreeSet<String> {
 
 /// Moves every family once, so that each one has a series and is written (a family without one
 /// is left out of a scrape).
-fn record_in_every_family(metrics: &Metrics, server: &ServerMetrics) {
+fn record_in_every_family(metrics: &Metrics, server: &ServerMetrics, graph: &GraphMetrics) {
     let moment = Duration::from_millis(20);
     metrics.call_answered("Cancel", "OK", moment);
     metrics.graph_answered(204, moment);
@@ -311,13 +318,13 @@ fn record_in_every_family(metrics: &Metrics, server: &ServerMetrics) {
     metrics.job_read(JobReadOutcome::Failed);
     metrics.overloaded();
     drop(metrics.in_flight());
-    metrics.graph_connection_opened("h2");
-    metrics.graph_connection_closed();
-    metrics.graph_calls_waiting(1);
-    metrics.graph_request_resent(ResendReason::GoAway);
-    metrics.throttle_window_opened();
-    metrics.throttle_window_closed(moment);
-    drop(metrics.call_held());
+    graph.pool.graph_connection_opened("h2");
+    graph.pool.graph_connection_closed();
+    graph.pool.graph_calls_waiting(1);
+    graph.pool.graph_request_resent(ResendReason::GoAway);
+    graph.throttle.throttle_window_opened();
+    graph.throttle.throttle_window_closed(moment);
+    drop(graph.throttle.call_held());
     drop(server.connection_open(Listener::Api));
     server.connection_closed(Listener::Api, ConnectionClosed::IdleTimeout);
     server.stream_refused(Listener::Admin);

@@ -14,20 +14,17 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::time::Instant;
 
 use super::{
-    NEVER, PoolSettings, ReqBody, SETTINGS_POLL, SETTINGS_WAIT_MIN,
+    NEVER, PoolMetrics, PoolSettings, ReqBody, ResendReason, SETTINGS_POLL, SETTINGS_WAIT_MIN,
     state::{State, StreamEnd, Streams, resend_reason},
 };
-use crate::{
-    egress::{ConnectError, Connected, Connector, Negotiated},
-    metrics::{Metrics, ResendReason},
-};
+use crate::egress::{ConnectError, Connected, Connector, Negotiated};
 
 /// What every call and connection task of one pool shares.
 pub(super) struct Shared {
     pub(super) state: Mutex<State<Sender>>,
     pub(super) connector: Connector,
     pub(super) settings: PoolSettings,
-    pub(super) metrics: Metrics,
+    pub(super) metrics: PoolMetrics,
     pub(super) http1: http1::Builder,
     pub(super) http2: http2::Builder<TokioExecutor>,
 }

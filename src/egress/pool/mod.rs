@@ -30,6 +30,7 @@
 
 mod conn;
 mod lease;
+mod metrics;
 mod state;
 
 use std::{
@@ -47,13 +48,13 @@ use hyper::{
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::sync::oneshot;
 
+pub use self::metrics::{PoolMetrics, ResendReason};
 use self::{
     conn::{GrantedSender, Shared, unprocessed},
     lease::{Failed, Lease, Waiter},
     state::State,
 };
 use super::connect::{ConnectError, Connector};
-use crate::metrics::{Metrics, ResendReason};
 
 /// The request body: the gateway's requests to Graph have none.
 type ReqBody = Empty<Bytes>;
@@ -127,7 +128,7 @@ pub struct Body {
 
 impl Pool {
     /// A pool that dials with `connector`; no connection is opened until the first call.
-    pub(crate) fn new(connector: Connector, settings: PoolSettings, metrics: Metrics) -> Self {
+    pub(crate) fn new(connector: Connector, settings: PoolSettings, metrics: PoolMetrics) -> Self {
         let mut http2 = http2::Builder::new(TokioExecutor::new());
         http2
             .timer(TokioTimer::new())

@@ -8,7 +8,8 @@ use std::{collections::VecDeque, time::Duration};
 use tokio::{sync::oneshot, time::Instant};
 
 use super::RESETS_BEFORE_RETIRING;
-use crate::{egress::ConnectError, metrics::ResendReason};
+use super::ResendReason;
+use crate::egress::ConnectError;
 
 /// What the state needs of a connection's sender.
 pub(super) trait Streams {

@@ -1,0 +1,143 @@
+//! The pool's metrics: connections to Graph opened and open, calls waiting for a stream, and
+//! requests Graph did not process, sent again. Registered under a sub-registry of the gateway's
+//! (`metrics`), with the reasons for a re-send, which only the pool tells apart.
+
+use std::{fmt::Write as _, sync::Arc};
+
+use prometheus_client::{
+    encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder},
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    registry::Registry,
+};
+
+/// Why a request that Graph did not process was sent again on another connection.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
+pub enum ResendReason {
+    /// Graph's GOAWAY came before the request's stream.
+    GoAway,
+    /// Graph refused the stream (REFUSED_STREAM).
+    Refused,
+    /// The connection was closed, or going away after Graph's GOAWAY, before the request left
+    /// the gateway.
+    Closed,
+}
+
+/// The pool's metrics. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct PoolMetrics {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    connections_opened: Family<ProtocolLabels, Counter>,
+    connections_open: Gauge,
+    requests_resent: Family<ResendLabels, Counter>,
+    calls_waiting: Gauge,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ProtocolLabels {
+    protocol: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResendLabels {
+    reason: ResendReason,
+}
+
+// === impl PoolMetrics ===
+
+impl PoolMetrics {
+    /// Registers the pool's metrics in `registry` (a sub-registry for the pool).
+    pub fn register(registry: &mut Registry) -> Self {
+        let connections_opened = Family::<ProtocolLabels, Counter>::default();
+        registry.register(
+            "graph_connections_opened",
+            "Connections opened to Graph, by protocol (h2, http1)",
+            connections_opened.clone(),
+        );
+        let connections_open = Gauge::default();
+        registry.register(
+            "graph_connections_open",
+            "Connections to Graph open now",
+            connections_open.clone(),
+        );
+        let requests_resent = Family::<ResendLabels, Counter>::default();
+        registry.register(
+            "graph_requests_resent",
+            "Requests Graph did not process, sent again at once on another connection (not retries)",
+            requests_resent.clone(),
+        );
+        let calls_waiting = Gauge::default();
+        registry.register(
+            "graph_calls_waiting",
+            "Calls waiting for a stream to Graph: every connection full, or being opened",
+            calls_waiting.clone(),
+        );
+        // Series of small fixed label sets start at 0 (see `metrics`).
+        for reason in [
+            ResendReason::GoAway,
+            ResendReason::Refused,
+            ResendReason::Closed,
+        ] {
+            let _ = requests_resent.get_or_create(&ResendLabels { reason });
+        }
+        Self {
+            inner: Arc::new(Inner {
+                connections_opened,
+                connections_open,
+                requests_resent,
+                calls_waiting,
+            }),
+        }
+    }
+
+    /// Counts a connection opened to Graph; `protocol` is `h2` or `http1`.
+    pub fn graph_connection_opened(&self, protocol: &'static str) {
+        self.inner
+            .connections_opened
+            .get_or_create(&ProtocolLabels { protocol })
+            .inc();
+        self.inner.connections_open.inc();
+    }
+
+    /// Counts a connection to Graph closed.
+    pub fn graph_connection_closed(&self) {
+        self.inner.connections_open.dec();
+    }
+
+    /// Sets how many calls wait for a stream to Graph.
+    pub fn graph_calls_waiting(&self, waiting: usize) {
+        self.inner
+            .calls_waiting
+            .set(i64::try_from(waiting).unwrap_or(i64::MAX));
+    }
+
+    /// Counts a request sent again because Graph did not process it.
+    pub fn graph_request_resent(&self, reason: ResendReason) {
+        self.inner
+            .requests_resent
+            .get_or_create(&ResendLabels { reason })
+            .inc();
+    }
+}
+
+// === impl ResendReason ===
+
+impl ResendReason {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::GoAway => "goaway",
+            Self::Refused => "refused",
+            Self::Closed => "closed",
+        }
+    }
+}
+
+impl EncodeLabelValue for ResendReason {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
+        encoder.write_str(self.as_str())
+    }
+}

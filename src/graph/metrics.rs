@@ -1,0 +1,100 @@
+//! Graph's client metrics: the pool's (`egress`) and the throttle gate's, registered together
+//! when the client is built. Each under a sub-registry of the gateway's (`metrics`).
+
+use std::{
+    sync::{Arc, atomic::AtomicU64},
+    time::Duration,
+};
+
+use prometheus_client::{
+    metrics::{counter::Counter, gauge::Gauge},
+    registry::{Registry, Unit},
+};
+
+use crate::{egress::PoolMetrics, metrics::InFlight};
+
+/// The metrics of Graph's client: its pool's and its throttle gate's. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct GraphMetrics {
+    /// The connections to Graph and the calls waiting for them.
+    pub pool: PoolMetrics,
+    /// The throttle gate's windows and the calls held at it.
+    pub throttle: ThrottleMetrics,
+}
+
+/// The throttle gate's metrics. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct ThrottleMetrics {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    windows: Counter,
+    calls_held: Gauge,
+    throttled_seconds: Counter<f64, AtomicU64>,
+}
+
+// === impl GraphMetrics ===
+
+impl GraphMetrics {
+    /// Registers the pool's and the throttle gate's metrics, each in a sub-registry of
+    /// `registry` (the gateway's, whose prefix their names keep).
+    pub fn register(registry: &mut Registry) -> Self {
+        Self {
+            pool: PoolMetrics::register(registry.sub_registry_with_labels(std::iter::empty())),
+            throttle: ThrottleMetrics::register(
+                registry.sub_registry_with_labels(std::iter::empty()),
+            ),
+        }
+    }
+}
+
+// === impl ThrottleMetrics ===
+
+impl ThrottleMetrics {
+    /// Registers the throttle gate's metrics in `registry`.
+    pub fn register(registry: &mut Registry) -> Self {
+        let windows = Counter::default();
+        registry.register(
+            "graph_throttle_windows",
+            "Throttle windows opened: Graph answered 429 (or 503 with Retry-After) and the gateway held that tenant and app's calls until the window ended",
+            windows.clone(),
+        );
+        let calls_held = Gauge::default();
+        registry.register(
+            "graph_calls_held",
+            "Calls waiting at the throttle gate now, for their tenant and app's window to end",
+            calls_held.clone(),
+        );
+        let throttled_seconds = Counter::<f64, AtomicU64>::default();
+        registry.register_with_unit(
+            "graph_throttled",
+            "Time throttle windows lasted, summed over tenants and apps",
+            Unit::Seconds,
+            throttled_seconds.clone(),
+        );
+        Self {
+            inner: Arc::new(Inner {
+                windows,
+                calls_held,
+                throttled_seconds,
+            }),
+        }
+    }
+
+    /// Counts a throttle window opened.
+    pub fn throttle_window_opened(&self) {
+        self.inner.windows.inc();
+    }
+
+    /// Adds the time a throttle window lasted, when it ends.
+    pub fn throttle_window_closed(&self, lasted: Duration) {
+        self.inner.throttled_seconds.inc_by(lasted.as_secs_f64());
+    }
+
+    /// Counts a call held at the throttle gate until the returned guard is dropped.
+    pub fn call_held(&self) -> InFlight {
+        InFlight::count(self.inner.calls_held.clone())
+    }
+}
