@@ -17,11 +17,11 @@
 use std::future::Future;
 
 use tokio::time::Instant;
-use tracing::{Instrument, Span, field};
+use tracing::Span;
 
 pub use crate::backoff::RetryPolicy;
 use crate::{
-    backoff::{BACKOFF_MAX, backoff},
+    egress::retry::{self, Next, Observed, Operation, client_span},
     error::CancelError,
     graph::{GateCall, GraphAcceptance, GraphError, Held, Throttle},
     metrics::{GraphFailure, Metrics, RetryReason},
@@ -47,95 +47,23 @@ impl RetryPolicy {
         &self,
         deadline: Instant,
         metrics: &Metrics,
-        mut gate: GateCall<'_>,
-        mut attempt: F,
+        gate: GateCall<'_>,
+        attempt: F,
     ) -> Attempted<Result<GraphAcceptance, CancelError>>
     where
         F: FnMut(u32) -> Fut,
         Fut: Future<Output = Result<GraphAcceptance, GraphError>>,
     {
-        let mut backoff = backoff();
-        let mut attempts = 0;
-        // The previous attempt's failure, which a call turned away at the gate answers with.
-        let mut previous: Option<GraphError> = None;
-        let outcome = loop {
-            match gate.wait(deadline).await {
-                Ok(()) => {}
-                Err(Held::TooLate(refusal)) => {
-                    break Err(match previous.take() {
-                        Some(source) => CancelError::Graph {
-                            source,
-                            retry_delay: Some(refusal.wait),
-                        },
-                        None => CancelError::Throttled {
-                            status: refusal.status,
-                            retry_delay: refusal.wait,
-                        },
-                    });
-                }
-                Err(Held::DeadlineExceeded) => {
-                    break Err(CancelError::DeadlineExceeded {
-                        graph_called: attempts > 0,
-                    });
-                }
-            }
-            attempts += 1;
-            let error = match observed(|| attempt(attempts), attempts, deadline, metrics).await {
-                Ok(acceptance) => {
-                    gate.answered(None);
-                    break Ok(acceptance);
-                }
-                Err(Timeout) => break Err(CancelError::DeadlineExceeded { graph_called: true }),
-                Err(Failed(error)) => error,
-            };
-            let at_the_gate = gate.answered(throttle(&error, self.retry_after_max));
-            let Some(reason) = retryable(&error) else {
-                break Err(error.into());
-            };
-            if attempts >= self.max_attempts {
-                break Err(error.into());
-            }
-            if at_the_gate {
-                tracing::info!(
-                    attempt = attempts,
-                    reason = reason.as_str(),
-                    "retrying the Graph call when the throttle window ends"
-                );
-                metrics.retried(reason);
-                previous = Some(error);
-                continue;
-            }
-            let wait = match &error {
-                GraphError::Rejected(rejection) => rejection
-                    .retry_after
-                    .map(|wait| wait.min(self.retry_after_max)),
-                _ => None,
-            }
-            .unwrap_or_else(|| backoff.next().unwrap_or(BACKOFF_MAX));
-            let wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX);
-            if Instant::now() + wait >= deadline {
-                tracing::info!(
-                    attempt = attempts,
-                    reason = reason.as_str(),
-                    wait_ms,
-                    "not retrying: the wait would end past the deadline"
-                );
-                break Err(CancelError::Graph {
-                    source: error,
-                    retry_delay: Some(wait),
-                });
-            }
-            tracing::info!(
-                attempt = attempts,
-                reason = reason.as_str(),
-                wait_ms,
-                "retrying the Graph call"
-            );
-            metrics.retried(reason);
-            tokio::time::sleep(wait).await;
-            previous = Some(error);
+        let mut cancel = GraphCancel {
+            policy: self,
+            metrics,
+            gate,
+            attempt,
+            previous: None,
+            reason: RetryReason::Unreachable,
         };
-        let held = gate.held();
+        let (outcome, attempts) = retry::run(&mut cancel, deadline).await;
+        let held = cancel.gate.held();
         if !held.is_zero() {
             // Whole microseconds, as the call's latency.
             Span::current().record("held_ms", held.as_micros() as f64 / 1e3);
@@ -156,69 +84,162 @@ impl<T> Attempted<Result<T, CancelError>> {
     }
 }
 
-/// Why an attempt did not succeed.
-enum AttemptFailed {
-    /// The deadline ran out while waiting.
-    Timeout,
-    /// Graph refused, or could not be reached.
-    Failed(GraphError),
+/// The attempts of one Graph call under the policy, for the retry loop.
+struct GraphCancel<'a, F> {
+    policy: &'a RetryPolicy,
+    metrics: &'a Metrics,
+    gate: GateCall<'a>,
+    attempt: F,
+    /// The previous attempt's failure, which a call turned away at the gate answers with.
+    previous: Option<GraphError>,
+    /// Why the last failure may be tried again.
+    reason: RetryReason,
 }
 
-use AttemptFailed::{Failed, Timeout};
+impl<F, Fut> Operation for GraphCancel<'_, F>
+where
+    F: FnMut(u32) -> Fut,
+    Fut: Future<Output = Result<GraphAcceptance, GraphError>>,
+{
+    type Output = GraphAcceptance;
+    type Error = GraphError;
+    type Failure = CancelError;
 
-/// Runs one attempt within the deadline, in a client span, and counts it. It takes a closure
-/// rather than the attempt's future so that the future is built in place and held once: every
-/// byte of a call's state is held by every call in flight.
-async fn observed<Fut: Future<Output = Result<GraphAcceptance, GraphError>>>(
-    attempt: impl FnOnce() -> Fut,
-    number: u32,
-    deadline: Instant,
-    metrics: &Metrics,
-) -> Result<GraphAcceptance, AttemptFailed> {
-    let span = tracing::info_span!(
-        "graph.cancel",
-        otel.kind = "client",
-        otel.name = "POST /print/printers/{printerId}/jobs/{printJobId}/cancel",
-        otel.status_code = field::Empty,
-        http.request.method = "POST",
-        http.response.status_code = field::Empty,
-        attempt = number,
-    );
-    let started = Instant::now();
-    let outcome = tokio::time::timeout_at(deadline, attempt())
-        .instrument(span.clone())
-        .await;
-    let elapsed = started.elapsed();
-    let http_status = match &outcome {
-        Ok(Ok(acceptance)) => Some(acceptance.status),
-        Ok(Err(GraphError::Rejected(rejection))) => Some(rejection.status),
-        Ok(Err(GraphError::Unreachable(_))) => {
-            metrics.graph_failed(GraphFailure::Unreachable);
-            None
+    async fn ready(&mut self, deadline: Instant, attempts: u32) -> Result<(), CancelError> {
+        match self.gate.wait(deadline).await {
+            Ok(()) => Ok(()),
+            Err(Held::TooLate(refusal)) => Err(match self.previous.take() {
+                Some(source) => CancelError::Graph {
+                    source,
+                    retry_delay: Some(refusal.wait),
+                },
+                None => CancelError::Throttled {
+                    status: refusal.status,
+                    retry_delay: refusal.wait,
+                },
+            }),
+            Err(Held::DeadlineExceeded) => Err(CancelError::DeadlineExceeded {
+                graph_called: attempts > 0,
+            }),
         }
-        Ok(Err(GraphError::Transport(_))) => {
-            metrics.graph_failed(GraphFailure::Transport);
-            None
-        }
-        Err(_) => {
-            metrics.graph_failed(GraphFailure::Timeout);
-            None
-        }
-    };
-    if let Some(status) = http_status {
-        metrics.graph_answered(status.as_u16(), elapsed);
-        span.record("http.response.status_code", status.as_u16());
     }
-    match outcome {
-        Ok(Ok(acceptance)) => Ok(acceptance),
-        Ok(Err(error)) => {
-            span.record("otel.status_code", "ERROR");
-            Err(Failed(error))
+
+    fn span(&self, attempt: u32) -> Span {
+        client_span!(
+            "graph.cancel",
+            "POST /print/printers/{printerId}/jobs/{printJobId}/cancel",
+            "POST",
+            attempt = attempt
+        )
+    }
+
+    fn attempt(
+        &mut self,
+        attempt: u32,
+    ) -> impl Future<Output = Result<GraphAcceptance, GraphError>> {
+        (self.attempt)(attempt)
+    }
+
+    fn observe(
+        &mut self,
+        outcome: Option<Result<GraphAcceptance, GraphError>>,
+        span: &Span,
+        elapsed: std::time::Duration,
+    ) -> Observed<GraphAcceptance, GraphError, CancelError> {
+        let metrics = self.metrics;
+        let http_status = match &outcome {
+            Some(Ok(acceptance)) => Some(acceptance.status),
+            Some(Err(GraphError::Rejected(rejection))) => Some(rejection.status),
+            Some(Err(GraphError::Unreachable(_))) => {
+                metrics.graph_failed(GraphFailure::Unreachable);
+                None
+            }
+            Some(Err(GraphError::Transport(_))) => {
+                metrics.graph_failed(GraphFailure::Transport);
+                None
+            }
+            None => {
+                metrics.graph_failed(GraphFailure::Timeout);
+                None
+            }
+        };
+        if let Some(status) = http_status {
+            metrics.graph_answered(status.as_u16(), elapsed);
+            span.record("http.response.status_code", status.as_u16());
         }
-        Err(_) => {
-            span.record("otel.status_code", "ERROR");
-            Err(Timeout)
+        match outcome {
+            Some(Ok(acceptance)) => {
+                self.gate.answered(None);
+                Observed::Done(acceptance)
+            }
+            Some(Err(error)) => {
+                span.record("otel.status_code", "ERROR");
+                Observed::Failed(error)
+            }
+            None => {
+                span.record("otel.status_code", "ERROR");
+                Observed::Ended(CancelError::DeadlineExceeded { graph_called: true })
+            }
         }
+    }
+
+    fn after(&mut self, error: GraphError, attempts: u32) -> Next<GraphError, CancelError> {
+        let at_the_gate = self
+            .gate
+            .answered(throttle(&error, self.policy.retry_after_max));
+        let Some(reason) = retryable(&error) else {
+            return Next::Stop(error.into());
+        };
+        if attempts >= self.policy.max_attempts {
+            return Next::Stop(error.into());
+        }
+        self.reason = reason;
+        if at_the_gate {
+            tracing::info!(
+                attempt = attempts,
+                reason = reason.as_str(),
+                "retrying the Graph call when the throttle window ends"
+            );
+            self.metrics.retried(reason);
+            self.previous = Some(error);
+            return Next::Again;
+        }
+        let wait = match &error {
+            GraphError::Rejected(rejection) => rejection
+                .retry_after
+                .map(|wait| wait.min(self.policy.retry_after_max)),
+            _ => None,
+        };
+        Next::After { error, wait }
+    }
+
+    fn too_late(
+        &mut self,
+        error: GraphError,
+        attempts: u32,
+        wait: std::time::Duration,
+    ) -> CancelError {
+        tracing::info!(
+            attempt = attempts,
+            reason = self.reason.as_str(),
+            wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
+            "not retrying: the wait would end past the deadline"
+        );
+        CancelError::Graph {
+            source: error,
+            retry_delay: Some(wait),
+        }
+    }
+
+    fn retrying(&mut self, error: GraphError, attempts: u32, wait: std::time::Duration) {
+        tracing::info!(
+            attempt = attempts,
+            reason = self.reason.as_str(),
+            wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
+            "retrying the Graph call"
+        );
+        self.metrics.retried(self.reason);
+        self.previous = Some(error);
     }
 }
 

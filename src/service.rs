@@ -26,6 +26,7 @@ use tracing::{Instrument, Span, field};
 use crate::{
     auth::BearerToken,
     credentials::GraphCredentials,
+    egress::retry::client_span,
     error::CancelError,
     graph::{GraphAcceptance, GraphClient, GraphError, GraphRejection, JobReadError},
     metrics::{InFlight, JobReadOutcome, Metrics},
@@ -349,13 +350,10 @@ impl PrintJobGateway {
             self.metrics.job_read(JobReadOutcome::Timeout);
             return Err(deadline_exceeded);
         }
-        let span = tracing::info_span!(
+        let span = client_span!(
             "graph.read_job",
-            otel.kind = "client",
-            otel.name = "GET /print/printers/{printerId}/jobs/{printJobId}",
-            otel.status_code = field::Empty,
-            http.request.method = "GET",
-            http.response.status_code = field::Empty,
+            "GET /print/printers/{printerId}/jobs/{printJobId}",
+            "GET"
         );
         let read = self
             .graph

@@ -8,6 +8,7 @@ mod answer;
 mod connect;
 mod once;
 mod pool;
+pub(crate) mod retry;
 mod url;
 
 use std::{path::PathBuf, time::Duration};

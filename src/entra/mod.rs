@@ -29,6 +29,7 @@ mod rate;
 
 use std::{
     fmt,
+    future::Future,
     sync::Arc,
     time::{Duration, SystemTime},
 };
@@ -39,7 +40,7 @@ use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Uri, header};
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use tokio::time::Instant;
-use tracing::{Instrument, field};
+use tracing::Span;
 
 pub use self::{
     answer::{
@@ -61,8 +62,11 @@ use self::{
 };
 use crate::{
     auth::BearerToken,
-    backoff::{BACKOFF_MAX, RetryPolicy, backoff},
-    egress::{self, ClientError, ConnectError, ConnectSettings, Connector, Protocol, SendError},
+    backoff::RetryPolicy,
+    egress::{
+        self, ClientError, ConnectError, ConnectSettings, Connector, Protocol, SendError,
+        retry::{self, Next, Observed, Operation, client_span},
+    },
     metrics::Metrics,
     request::ClientRequestId,
 };
@@ -489,82 +493,16 @@ impl OnBehalfOf {
         deadline: Instant,
         client_request_id: &ClientRequestId,
     ) -> Result<CachedToken, ExchangeFailure> {
-        let inner = &self.inner;
-        let mut backoff = backoff();
-        let mut attempts = 0;
-        let mut federation_logged = false;
-        loop {
-            attempts += 1;
-            let span = tracing::info_span!(
-                "entra.token",
-                otel.kind = "client",
-                otel.name = "POST /{tenant}/oauth2/v2.0/token",
-                otel.status_code = field::Empty,
-                http.request.method = "POST",
-                http.response.status_code = field::Empty,
-                attempt = attempts,
-            );
-            let started = Instant::now();
-            let outcome =
-                tokio::time::timeout_at(deadline, self.request(caller, client_request_id))
-                    .instrument(span.clone())
-                    .await
-                    .unwrap_or(Err(EntraError::DeadlineExceeded));
-            inner
-                .metrics
-                .token_exchanged(outcome_label(&outcome), started.elapsed());
-            let error = match outcome {
-                Ok(issued) => {
-                    span.record("http.response.status_code", 200);
-                    let issued_at = std::time::Instant::now();
-                    return Ok(CachedToken::new(issued.token, issued.expires_in, issued_at));
-                }
-                Err(error) => error,
-            };
-            span.record("otel.status_code", "ERROR");
-            if let EntraError::Rejected(rejection) = &error {
-                span.record("http.response.status_code", rejection.status.as_u16());
-                log_rejection(rejection);
-            }
-            let federation_pending = matches!(
-                &error,
-                EntraError::Rejected(rejection) if rejection.is_federation_pending()
-            );
-            // A federated credential propagates in seconds to minutes: its retries are bounded
-            // by the deadline only.
-            let retry =
-                federation_pending || (error.is_transient() && attempts < inner.retry.max_attempts);
-            if !retry {
-                return Err(ExchangeFailure {
-                    error,
-                    retry_delay: None,
-                });
-            }
-            let wait = backoff.next().unwrap_or(BACKOFF_MAX);
-            if Instant::now() + wait >= deadline {
-                return Err(ExchangeFailure {
-                    error,
-                    retry_delay: Some(wait),
-                });
-            }
-            if federation_pending {
-                if !federation_logged {
-                    federation_logged = true;
-                    tracing::warn!(
-                        client_id = %inner.client_id,
-                        "Entra ID knows no federated credential matching the gateway's federated token yet (AADSTS70021); retrying with backoff. A federated credential takes a few minutes to propagate after it is created; if this lasts, check the app registration's federated credential: its issuer is the cluster's OIDC issuer URL, its subject system:serviceaccount:<namespace>:<service account>, its audience api://AzureADTokenExchange"
-                    );
-                }
-            } else {
-                tracing::info!(
-                    attempt = attempts,
-                    wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
-                    error = %error,
-                    "retrying the token request"
-                );
-            }
-            tokio::time::sleep(wait).await;
-        }
+        let mut exchange = Exchange {
+            exchange: self,
+            caller,
+            client_request_id,
+            federation_logged: false,
+        };
+        let (outcome, _) = retry::run(&mut exchange, deadline).await;
+        let issued = outcome?;
+        let issued_at = std::time::Instant::now();
+        Ok(CachedToken::new(issued.token, issued.expires_in, issued_at))
     }
 
     /// One request to the token endpoint.
@@ -630,6 +568,104 @@ impl OnBehalfOf {
     }
 }
 
+/// The token requests of one exchange, for the retry loop.
+struct Exchange<'a> {
+    exchange: &'a OnBehalfOf,
+    caller: &'a BearerToken,
+    client_request_id: &'a ClientRequestId,
+    /// Whether the wait for a federated credential to propagate was logged.
+    federation_logged: bool,
+}
+
+impl Operation for Exchange<'_> {
+    type Output = IssuedToken;
+    type Error = EntraError;
+    type Failure = ExchangeFailure;
+
+    async fn ready(&mut self, _deadline: Instant, _attempts: u32) -> Result<(), ExchangeFailure> {
+        Ok(())
+    }
+
+    fn span(&self, attempt: u32) -> Span {
+        client_span!(
+            "entra.token",
+            "POST /{tenant}/oauth2/v2.0/token",
+            "POST",
+            attempt = attempt
+        )
+    }
+
+    fn attempt(&mut self, _attempt: u32) -> impl Future<Output = Result<IssuedToken, EntraError>> {
+        self.exchange.request(self.caller, self.client_request_id)
+    }
+
+    fn observe(
+        &mut self,
+        outcome: Option<Result<IssuedToken, EntraError>>,
+        span: &Span,
+        elapsed: Duration,
+    ) -> Observed<IssuedToken, EntraError, ExchangeFailure> {
+        let outcome = outcome.unwrap_or(Err(EntraError::DeadlineExceeded));
+        self.exchange
+            .inner
+            .metrics
+            .token_exchanged(outcome_label(&outcome), elapsed);
+        let error = match outcome {
+            Ok(issued) => {
+                span.record("http.response.status_code", 200);
+                return Observed::Done(issued);
+            }
+            Err(error) => error,
+        };
+        span.record("otel.status_code", "ERROR");
+        if let EntraError::Rejected(rejection) = &error {
+            span.record("http.response.status_code", rejection.status.as_u16());
+            log_rejection(rejection);
+        }
+        Observed::Failed(error)
+    }
+
+    fn after(&mut self, error: EntraError, attempts: u32) -> Next<EntraError, ExchangeFailure> {
+        // A federated credential propagates in seconds to minutes: its retries are bounded by
+        // the deadline only.
+        let retry = error.is_federation_pending()
+            || (error.is_transient() && attempts < self.exchange.inner.retry.max_attempts);
+        if !retry {
+            return Next::Stop(ExchangeFailure {
+                error,
+                retry_delay: None,
+            });
+        }
+        Next::After { error, wait: None }
+    }
+
+    fn too_late(&mut self, error: EntraError, _attempts: u32, wait: Duration) -> ExchangeFailure {
+        ExchangeFailure {
+            error,
+            retry_delay: Some(wait),
+        }
+    }
+
+    fn retrying(&mut self, error: EntraError, attempts: u32, wait: Duration) {
+        if error.is_federation_pending() {
+            if !self.federation_logged {
+                self.federation_logged = true;
+                tracing::warn!(
+                    client_id = %self.exchange.inner.client_id,
+                    "Entra ID knows no federated credential matching the gateway's federated token yet (AADSTS70021); retrying with backoff. A federated credential takes a few minutes to propagate after it is created; if this lasts, check the app registration's federated credential: its issuer is the cluster's OIDC issuer URL, its subject system:serviceaccount:<namespace>:<service account>, its audience api://AzureADTokenExchange"
+                );
+            }
+        } else {
+            tracing::info!(
+                attempt = attempts,
+                wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
+                error = %error,
+                "retrying the token request"
+            );
+        }
+    }
+}
+
 impl fmt::Debug for OnBehalfOf {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("OnBehalfOf")
@@ -659,6 +695,11 @@ impl EntraError {
             | Self::RateLimited { .. }
             | Self::Abandoned => false,
         }
+    }
+
+    /// Whether Entra has not yet propagated the federated credential (AADSTS70021).
+    fn is_federation_pending(&self) -> bool {
+        matches!(self, Self::Rejected(rejection) if rejection.is_federation_pending())
     }
 
     /// Entra's `Retry-After`, when it sent one, or when the gateway's own rate allows another
