@@ -14,13 +14,14 @@
 //! - [`request`]: the validated domain types a call becomes (`CancelTarget`, `ClientRequestId`,
 //!   the deadline).
 //! - [`backoff`]: the retry settings and the wait between attempts, shared by Graph and Entra ID.
-//! - [`retry`]: which Graph outcomes are tried again, how long to wait, never past the deadline.
+//! - [`retry`]: which Graph outcomes are tried again, how long to wait (run by the retry loop of
+//!   [`egress`]), never past the deadline.
 //! - [`auth`]: `BearerToken`, read from the `authorization` metadata; it never prints.
 //! - [`credentials`]: which token goes to Graph: the caller's own, or the one the on-behalf-of
 //!   exchange gave for it.
 //! - [`egress`]: the outbound transport Graph and Entra ID both stand on: the connector (TCP or
-//!   the proxy tunnel, rustls, ALPN), the pool, the https-unless-loopback rule, `Retry-After`
-//!   and bounded reads of an answer.
+//!   the proxy tunnel, rustls, ALPN), the pool, the https-unless-loopback rule, `Retry-After`,
+//!   bounded reads of an answer, and the one retry loop.
 //! - [`entra`]: the only module that knows Entra ID: the on-behalf-of exchange, the gateway's
 //!   client credential, and the cache of exchanged tokens.
 //! - [`graph`]: the only module that knows Graph: its URLs, headers and JSON errors.

@@ -1,7 +1,8 @@
 //! The outbound transport that the Graph client and the Entra ID client both stand on: opening a
 //! connection (TCP or the `HTTPS_PROXY` tunnel, rustls, ALPN), the pool of connections to Graph,
 //! one request on a connection of its own (Entra ID's rare exchanges), the rule that a token goes
-//! only over https (plain http to loopback only), `Retry-After`, and bounded reads of an answer.
+//! only over https (plain http to loopback only), `Retry-After`, bounded reads of an answer, and
+//! the one retry loop (`retry.rs`) that both clients' attempts run in.
 //! It knows no remote party: `graph/` and `entra/` build on it and never import each other.
 
 mod answer;
