@@ -21,6 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import harness  # noqa: E402
+import split as where  # noqa: E402
 
 
 def callgrind_control(*args: str) -> None:
@@ -149,6 +150,7 @@ def main() -> int:
         results[kind] = total_ir(dump) / args.calls
         annotate(dump, out / f"{kind}-inclusive.txt", inclusive=True, threshold=99)
         annotate(dump, out / f"{kind}-self.txt", inclusive=False, threshold=95)
+        (out / f"{kind}-split.md").write_text(where.split(dump, args.calls) + "\n")
     harness.PROCS.stop(proc)
     for stray in out.glob("callgrind.out*"):
         stray.unlink()  # the final dump at exit holds only the shutdown
@@ -173,6 +175,9 @@ def main() -> int:
     print(f"instructions per rejected call:  {results['reject']:,.0f}")
     print(f"ratio forwarded / rejected:      {results['forward'] / results['reject']:.2f}")
     print(f"annotations: {out}/{{forward,reject}}-{{inclusive,self}}.txt; dumps {out}/callgrind.{{forward,reject}}.out")
+    for kind, what in (("reject", "rejected (no token)"), ("forward", "forwarded")):
+        print(f"\nWhere a {what} call's instructions go ({out}/{kind}-split.md, bench/split.py):\n")
+        print((out / f"{kind}-split.md").read_text())
     for kind, counts in syscalls.items():
         total = sum(counts.values())
         top = ", ".join(f"{name} {n / args.calls:.2f}" for name, n in sorted(counts.items(), key=lambda kv: -kv[1])[:6])

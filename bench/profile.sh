@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Profiles the forwarded path once: the release gateway under valgrind's callgrind, nginx as the
 # upstream, the benchmark's h2load load (16 connections x 8 streams). Prints instructions per
-# forwarded and per rejected call and the top inclusive costs; then, on the native gateway, the
-# syscalls per call (strace -c -f) and perf's cpu-clock split between the binary, libc and the
-# kernel, which instruction counts leave out. Annotations, dumps and perf data go to
-# target/bench/profile/ (open the dumps with callgrind_annotate or kcachegrind).
+# forwarded and per rejected call, where they go (bench/split.py: self cost by crate or gateway
+# module, inclusive cost of each layer, malloc/free calls per call) and the top inclusive costs;
+# then, on the native gateway, the syscalls per call (strace -c -f) and perf's cpu-clock split
+# between the binary, libc and the kernel, which instruction counts leave out. Annotations, dumps,
+# splits and perf data go to target/bench/profile/ (open the dumps with callgrind_annotate or
+# kcachegrind).
 #
 #   bench/profile.sh              5,000 calls of each kind
 #   bench/profile.sh --calls N
