@@ -31,6 +31,7 @@ import json
 import os
 import platform
 import shutil
+import shlex
 import signal
 import socket
 import statistics
@@ -566,6 +567,31 @@ def start_gateway(binary: str, graph_url: str, tmp: Path, name: str, extra=(), p
     return Gateway(proc, port, admin_port, log)
 
 
+def start_peer(argv: list[str], graph_url: str, tmp: Path, name: str, ca_file: Path | None = None) -> Gateway:
+    """Another gateway (`--peer CMD`, such as the Go peer in ../shared/peers/go) with the flags
+    every gateway here takes: --listen, --admin-listen and --graph-url. It need not serve gRPC
+    health, so it is up when its gRPC port accepts a connection. A TLS upstream's throwaway CA is
+    trusted through SSL_CERT_FILE, which Go's and OpenSSL's default trust stores read."""
+    port, admin_port = free_ports(2)
+    log = tmp / f"{name}.log"
+    env = dict(os.environ, SSL_CERT_FILE=str(ca_file)) if ca_file else None
+    proc = PROCS.start([*argv, "--listen", f"127.0.0.1:{port}", "--admin-listen", f"127.0.0.1:{admin_port}",
+                        "--graph-url", graph_url], log, env=env)
+
+    def up() -> bool:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return True
+        except OSError:
+            return False
+
+    try:
+        wait_until(up, 20, f"{name} accepting", proc=proc)
+    except HarnessError as e:
+        raise HarnessError(f"{e}\n{tail(log)}") from None
+    return Gateway(proc, port, admin_port, log)
+
+
 def measure_startup(binary: str, graph_url: str, tmp: Path, repeat: int) -> dict:
     """Exec to the first SERVING answer of a tight health-check loop on the admin port."""
     times_ms, listen_ms, idle_rss_kib = [], [], []
@@ -999,6 +1025,32 @@ def run(args) -> int:
         ("tls_reject", "reject", tls_gateway, graph_like),
         ("tls_forward", "forward", tls_gateway, graph_like),
     ]
+    peer = peer_tls = None
+    if args.peer:
+        # The peer in the same rounds, right after the gateway on each path: the same upstreams,
+        # reached the way the peer reaches a plain http:// URL (Go's net/http: HTTP/1.1, so nginx's
+        # HTTP/1.1 port) and, over TLS, with HTTP/2 chosen by ALPN, as the gateway does.
+        argv = shlex.split(args.peer)
+        peer = start_peer(argv, f"http://127.0.0.1:{nginx.http1_port}/v1.0", tmp, "peer-load")
+        results["peer"] = {"command": args.peer, "idle_rss_kib": status_kib(peer.pid, "VmRSS"),
+                           "sample_calls": bench.sample_calls(peer, nginx)}
+        peer_tls = start_peer(argv, graph_like.url(graph_like.fast_port), tmp, "peer-tls", ca_file=graph_like.ca_file)
+        results["peer"]["sample_calls_tls"] = bench.sample_calls(peer_tls, graph_like)
+        print(f"-- peer `{args.peer}`: idle RSS {results['peer']['idle_rss_kib']} KiB; sample calls: forwarded grpc-status "
+              f"{results['peer']['sample_calls']['forwarded_grpc_status']}, rejected {results['peer']['sample_calls']['rejected_grpc_status']}; "
+              f"over TLS h2: {results['peer']['sample_calls_tls']['forwarded_grpc_status']}, "
+              f"{results['peer']['sample_calls_tls']['rejected_grpc_status']}", flush=True)
+        paths = [
+            ("reject", "reject", gateway, nginx),
+            ("peer_reject", "reject", peer, nginx),
+            ("forward", "forward", gateway, nginx),
+            ("peer_forward", "forward", peer, nginx),
+            ("upstream", "upstream", None, nginx),
+            ("tls_reject", "reject", tls_gateway, graph_like),
+            ("peer_tls_reject", "reject", peer_tls, graph_like),
+            ("tls_forward", "forward", tls_gateway, graph_like),
+            ("peer_tls_forward", "forward", peer_tls, graph_like),
+        ]
     print(f"-- warm-up: {warmup.calls} calls of each kind", flush=True)
     for name, kind, gw, upstream in paths:
         bench.run_load(kind, warmup, gw, upstream, None, label=name)
@@ -1009,18 +1061,25 @@ def run(args) -> int:
             res = bench.run_load(kind, shape, gw, upstream, f"{name}-{r}", label=name)
             runs[name].append(res)
             cpu = f", gateway CPU {res['cpu_us_per_call']:.1f} µs/call" if "cpu_us_per_call" in res else ""
-            print(f"   round {r + 1} {name:11s}: {res['rps']:9.0f} calls/s, p50 {res['p50_ms']:.2f} ms, "
+            print(f"   round {r + 1} {name:16s}: {res['rps']:9.0f} calls/s, p50 {res['p50_ms']:.2f} ms, "
                   f"p99 {res['p99_ms']:.2f} ms{cpu}, nginx saw {res['upstream_requests']} requests "
                   f"on {res['upstream_connections_opened']} new connections", flush=True)
     results["runs"] = runs
     results["peak_rss_kib_tls_gateway"] = status_kib(tls_gateway.pid, "VmHWM")
     PROCS.stop(tls_gateway.proc)
+    if peer_tls is not None:
+        results["peer"]["peak_rss_kib_tls"] = status_kib(peer_tls.pid, "VmHWM")
+        PROCS.stop(peer_tls.proc)
 
     print(f"-- latency at concurrency 1: {c1.calls} calls", flush=True)
     results["c1"] = {kind: bench.run_load(kind, c1, gateway if kind != "upstream" else None, nginx, f"{kind}-c1")
                      for kind in ("forward", "upstream")}
     results["peak_rss_kib_load_gateway"] = status_kib(gateway.pid, "VmHWM")
     PROCS.stop(gateway.proc)
+    if peer is not None:
+        results["peer"]["c1_forward"] = bench.run_load("forward", c1, peer, nginx, "peer-forward-c1", label="peer_forward_c1")
+        results["peer"]["peak_rss_kib"] = status_kib(peer.pid, "VmHWM")
+        PROCS.stop(peer.proc)
 
     results["in_flight"] = []
     for n, c, m in in_flight_steps:
@@ -1393,7 +1452,69 @@ def report(results: dict) -> str:
         lines.append(f"| {step['calls']:,} | -c {step['connections']} -m {step['streams']} | {step['idle_rss_kib'] / 1024:.1f} MiB | "
                      f"{step['rss_kib'] / 1024:.1f} MiB | {step['kib_per_call']:.2f} KiB |")
     lines += report_graph_like(results)
+    if "peer" in results:
+        lines += report_peer(results)
     return "\n".join(lines) + "\n"
+
+
+def report_peer(results: dict) -> list[str]:
+    """The gateway beside `--peer`, path by path, from the same rounds."""
+    runs, peer = results["runs"], results["peer"]
+    med = lambda name, key: median_of(runs[name], key)  # noqa: E731
+
+    def per_round(name: str, peer_name: str, key: str) -> float:
+        """Median over the rounds of gateway ÷ peer, each round's pair measured back to back."""
+        return statistics.median(g[key] / p[key] for g, p in zip(runs[name], runs[peer_name]))
+
+    def serial_ratio(reject: str, forward: str) -> float:
+        return statistics.median(f["rps"] * (1 / r["rps"] + 1 / u["rps"])
+                                 for r, f, u in zip(runs[reject], runs[forward], runs["upstream"]))
+
+    c1_gw, c1_peer, c1_up = results["c1"]["forward"], peer["c1_forward"], results["c1"]["upstream"]
+    rows = [
+        ("CPU per rejected call (no token), h2c", "reject", "peer_reject", "cpu_us_per_call", "{:.1f} µs"),
+        ("CPU per forwarded call (nginx 204 on loopback)", "forward", "peer_forward", "cpu_us_per_call", "{:.1f} µs"),
+        ("Forwarded calls/s", "forward", "peer_forward", "rps", "{:,.0f}"),
+        ("Over TLS h2 (nginx 204): CPU per rejected call", "tls_reject", "peer_tls_reject", "cpu_us_per_call", "{:.1f} µs"),
+        ("Over TLS h2: CPU per forwarded call", "tls_forward", "peer_tls_forward", "cpu_us_per_call", "{:.1f} µs"),
+        ("Over TLS h2: forwarded calls/s", "tls_forward", "peer_tls_forward", "rps", "{:,.0f}"),
+    ]
+    lines = [
+        "",
+        "### Beside a peer",
+        "",
+        f"The peer: `{peer['command']}`, started with `--listen`, `--admin-listen` and `--graph-url` like the gateway, one process "
+        "for the h2c upstream and one for the TLS h2 upstream (trusting the throwaway CA through `SSL_CERT_FILE`); each round runs "
+        "every path on the gateway, then at once on the peer. A Go peer speaks HTTP/1.1 to a plain `http://` upstream (nginx's "
+        "HTTP/1.1 port, the same nginx) and HTTP/2 by ALPN over TLS. Sample calls' grpc-status: forwarded "
+        f"{peer['sample_calls']['forwarded_grpc_status']}, no token {peer['sample_calls']['rejected_grpc_status']}; over TLS "
+        f"{peer['sample_calls_tls']['forwarded_grpc_status']} and {peer['sample_calls_tls']['rejected_grpc_status']}; every forwarded "
+        "call was checked against nginx's request count, as for the gateway.",
+        "",
+        "| Medians of the rounds | printjob-gateway | Peer | Gateway ÷ peer (median of the rounds' ratios) |",
+        "|---|---|---|---|",
+    ]
+    for label, name, peer_name, key, fmt in rows:
+        lines.append(f"| {label} | {fmt.format(med(name, key))} | {fmt.format(med(peer_name, key))} | {per_round(name, peer_name, key):.2f} |")
+    lines.append(f"| Forwarded throughput ÷ serial limit 1/(1/reject + 1/upstream), each with its own reject | "
+                 f"{serial_ratio('reject', 'forward'):.2f} | {serial_ratio('peer_reject', 'peer_forward'):.2f} | – |")
+    lines.append(f"| Added latency at one call in flight, forwarded minus nginx alone, p50 / p99 | "
+                 f"{(c1_gw['p50_ms'] - c1_up['p50_ms']) * 1000:+.0f} / {(c1_gw['p99_ms'] - c1_up['p99_ms']) * 1000:+.0f} µs | "
+                 f"{(c1_peer['p50_ms'] - c1_up['p50_ms']) * 1000:+.0f} / {(c1_peer['p99_ms'] - c1_up['p99_ms']) * 1000:+.0f} µs | – |")
+    lines.append(f"| Idle RSS right after start-up (gateway: median of the start-up runs) | "
+                 f"{results['summary']['idle_rss_kib'] / 1024:.1f} MiB | {peer['idle_rss_kib'] / 1024:.1f} MiB | "
+                 f"{results['summary']['idle_rss_kib'] / peer['idle_rss_kib']:.2f} |")
+    lines.append(f"| Peak RSS after the load (VmHWM) | {results['summary']['peak_rss_kib'] / 1024:.1f} MiB | "
+                 f"{peer['peak_rss_kib'] / 1024:.1f} MiB | – |")
+    lines += ["", "Per round (CPU µs per call; calls/s), gateway / peer:", "",
+              "| Round | Reject | Forward | TLS reject | TLS forward |", "|---|---|---|---|---|"]
+    for i in range(len(runs["reject"])):
+        cells = []
+        for name in ("reject", "forward", "tls_reject", "tls_forward"):
+            g, p = runs[name][i], runs[f"peer_{name}"][i]
+            cells.append(f"{g['cpu_us_per_call']:.1f} / {p['cpu_us_per_call']:.1f} µs; {g['rps']:,.0f} / {p['rps']:,.0f}")
+        lines.append(f"| {i + 1} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def report_graph_like(results: dict) -> list[str]:
@@ -1496,6 +1617,8 @@ def main() -> int:
     parser.add_argument("--gateway-label", default="unknown", help="which build: git describe of the commit or work tree")
     parser.add_argument("--baseline-binary", help="compare the fast path of this build with --binary's, side by side (bench/run.sh --compare REV)")
     parser.add_argument("--baseline-label", default="unknown", help="which build --baseline-binary is")
+    parser.add_argument("--peer", help="another gateway's command line (shell words), run with --listen, --admin-listen and "
+                        "--graph-url in the same rounds, and shown beside this one")
     parser.add_argument("--graph-protocol", choices=["http1", "http2"], default="http2",
                         help="the HTTP version the gateway speaks to its upstream (default http2, as to Graph over TLS)")
     args = parser.parse_args()

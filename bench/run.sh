@@ -9,6 +9,10 @@
 #                           under a minute; checks that the harness works and the numbers are sane,
 #                           enforces no target, and writes nothing outside target/ (for CI)
 #
+#   bench/run.sh --peer CMD     also runs another gateway, the command line CMD (shell words) plus
+#                               --listen, --admin-listen and --graph-url, in the same rounds, and
+#                               shows it beside this one (full or smoke run), e.g. the Go peer:
+#                               --peer ../shared/peers/go/gw (built by its build.sh); not needed by CI
 #   bench/run.sh --setup-only   install the tools and build, then stop (bench/profile.sh uses it)
 #   bench/run.sh --rev REV      benchmark commit REV (git archive, built under target/bench-rev/)
 #                               instead of the work tree, e.g. to compare two builds or to leave
@@ -52,7 +56,7 @@ done
 set -- "${args[@]+"${args[@]}"}"
 for arg in "$@"; do
     if [ "$arg" = "-h" ] || [ "$arg" = "--help" ]; then
-        sed -n '2,28p' "$0" | sed 's/^# \{0,1\}//'
+        sed -n '2,32p' "$0" | sed 's/^# \{0,1\}//'
         exec python3 "$repo/bench/harness.py" --help
     fi
     if [ "$arg" = "--setup-only" ]; then
