@@ -456,6 +456,9 @@ mod tests {
             let error = parse(&["printjob-gateway", "--graph-ca-file", path]).unwrap_err();
             assert!(error.to_string().contains("--graph-ca-file"), "{error}");
         }
+        // A device that never ends: refused after the size bound, not read until memory runs out.
+        let error = parse(&["printjob-gateway", "--graph-ca-file", "/dev/zero"]).unwrap_err();
+        assert!(error.to_string().contains("larger than"), "{error}");
         let ca = dir.path().join("ca.pem");
         let certified = rcgen::generate_simple_self_signed(vec!["ca.example".to_owned()]).unwrap();
         std::fs::write(&ca, certified.cert.pem()).unwrap();

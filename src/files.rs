@@ -23,6 +23,11 @@ use tokio::sync::Semaphore;
 /// takes seconds is broken.
 pub const READ_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// The most bytes read from a PEM file (a certificate chain, a key, a CA bundle): the public roots
+/// are about 220 KiB in PEM, so it fits many times over, and a wrong path (a device, a log) fails
+/// at once instead of filling memory.
+pub const MAX_PEM_BYTES: u64 = 1024 * 1024;
+
 /// Why a file could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum ReadError {

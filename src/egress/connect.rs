@@ -18,6 +18,7 @@ use tokio_rustls::{TlsConnector, client::TlsStream};
 use tower::Service;
 
 use super::ConnectSettings;
+use crate::files::{MAX_PEM_BYTES, read_to_limit};
 
 /// Which HTTP versions the gateway speaks to Graph (`--graph-protocol`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -35,7 +36,10 @@ pub enum Protocol {
 /// ID's connector is built with the same settings.)
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    /// The extra CA file could not be read.
+    /// The extra CA file could not be read whole.
+    #[error("cannot read CA certificates")]
+    CaFileRead(#[from] crate::files::ReadError),
+    /// The extra CA file holds something other than PEM certificates.
     #[error("cannot read CA certificates from {path}")]
     CaFile {
         /// The file.
@@ -337,8 +341,10 @@ fn tls_config(extra_ca: Option<&PathBuf>) -> Result<ClientConfig, ClientError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let extra_roots = match extra_ca {
         None => Vec::new(),
-        Some(path) => CertificateDer::pem_file_iter(path)
-            .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        // Read once at start-up, and already by the settings' check before the runtime started:
+        // bounded in size, so that a wrong path (a device) fails rather than fill memory.
+        Some(path) => CertificateDer::pem_slice_iter(&read_to_limit(path, MAX_PEM_BYTES)?)
+            .collect::<Result<Vec<_>, _>>()
             .map_err(|source| ClientError::CaFile {
                 path: path.clone(),
                 source,

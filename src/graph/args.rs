@@ -133,8 +133,12 @@ fn check_ca_file(path: &std::path::Path) -> Result<(), clap::Error> {
             format!("--graph-ca-file {}: {problem}", path.display()),
         )
     };
-    let certificates = CertificateDer::pem_file_iter(path)
-        .and_then(|certificates| certificates.collect::<Result<Vec<_>, _>>())
+    // Before the runtime starts: a read that blocks holds no worker, and SIGTERM still ends the
+    // process. Bounded, so that a device or a log given by mistake fails instead of filling memory.
+    let pem = crate::files::read_to_limit(path, crate::files::MAX_PEM_BYTES)
+        .map_err(|error| invalid(crate::telemetry::ErrorChain(&error).to_string()))?;
+    let certificates = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
         .map_err(|error| invalid(error.to_string()))?;
     if certificates.is_empty() {
         return Err(invalid("holds no PEM certificate".to_owned()));

@@ -36,9 +36,7 @@ use crate::{
 /// How often the TLS files are checked for changes.
 pub const POLL_INTERVAL: Duration = Duration::from_secs(1);
 
-/// The most bytes read from each TLS file: a certificate chain or a CA bundle (the public roots
-/// are about 220 KiB in PEM) fits many times over.
-pub const MAX_PEM_BYTES: u64 = 1024 * 1024;
+pub use crate::files::MAX_PEM_BYTES;
 
 /// Where the TLS material is.
 #[derive(Debug, Clone, PartialEq, Eq)]
