@@ -9,10 +9,9 @@ use tokio::time::Instant;
 use crate::{
     auth::BearerToken,
     backoff::RetryPolicy,
-    entra::{self, OnBehalfOf, SetupError, TokenExchange},
+    entra::{self, ExchangeMetrics, OnBehalfOf, SetupError, TokenExchange},
     error::CancelError,
     graph,
-    metrics::Metrics,
     request::ClientRequestId,
 };
 
@@ -34,7 +33,7 @@ impl GraphCredentials {
         settings: &entra::Settings,
         graph: &graph::Settings,
         retry: RetryPolicy,
-        metrics: &Metrics,
+        metrics: &ExchangeMetrics,
     ) -> Result<Self, SetupError> {
         Ok(match settings.exchange {
             TokenExchange::None => Self::PassThrough,

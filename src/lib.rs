@@ -29,7 +29,8 @@
 //!   HTTP-to-gRPC table, to the `tonic::Status` the caller sees.
 //! - [`simulator`]: a simulated Graph cancel endpoint with printers, job states and scripted
 //!   answers, for demos and for testing callers without Universal Print.
-//! - [`metrics`]: the Prometheus metrics handle.
+//! - [`metrics`]: the Prometheus registry that each subsystem registers its own metrics under,
+//!   and the scrape.
 //! - [`flags`]: what every subsystem's flags share (durations, bounded). Each subsystem declares
 //!   its own flags beside its settings; `config` composes them.
 //! - [`files`]: reads of the operator's files (TLS, the client credential) off the runtime's

@@ -14,17 +14,19 @@
 //!   a 503 with `Retry-After`) opens a window for the call's tenant and app: the retry is then
 //!   simply a call waiting at the gate, with the others, rather than a wait of its own.
 
+mod metrics;
+
 use std::future::Future;
 
 use tokio::time::Instant;
 use tracing::Span;
 
+pub use self::metrics::{AttemptMetrics, GraphFailure, RetryReason};
 pub use crate::backoff::RetryPolicy;
 use crate::{
     egress::retry::{self, Next, Observed, Operation, client_span},
     error::CancelError,
     graph::{GateCall, GraphAcceptance, GraphError, Held, Throttle},
-    metrics::{GraphFailure, Metrics, RetryReason},
 };
 
 /// A call's outcome and how many attempts it took.
@@ -46,7 +48,7 @@ impl RetryPolicy {
     pub async fn run<F, Fut>(
         &self,
         deadline: Instant,
-        metrics: &Metrics,
+        metrics: &AttemptMetrics,
         gate: GateCall<'_>,
         attempt: F,
     ) -> Attempted<Result<GraphAcceptance, CancelError>>
@@ -87,7 +89,7 @@ impl<T> Attempted<Result<T, CancelError>> {
 /// The attempts of one Graph call under the policy, for the retry loop.
 struct GraphCancel<'a, F> {
     policy: &'a RetryPolicy,
-    metrics: &'a Metrics,
+    metrics: &'a AttemptMetrics,
     gate: GateCall<'a>,
     attempt: F,
     /// The previous attempt's failure, which a call turned away at the gate answers with.

@@ -3,6 +3,8 @@
 //! metadata the caller needs. When Graph refuses a cancel with 409, it reads the job, so that a
 //! job that is already canceled answers OK: a retried cancel never turns into an error.
 
+mod metrics;
+
 use std::{
     future::Future,
     panic::AssertUnwindSafe,
@@ -29,13 +31,15 @@ use crate::{
     egress::retry::client_span,
     error::CancelError,
     graph::{GraphAcceptance, GraphClient, GraphError, GraphRejection, JobReadError},
-    metrics::{InFlight, JobReadOutcome, Metrics},
+    metrics::InFlight,
     proto::{CancelRequest, CancelResponse, PrintJobService},
     request::{CancelTarget, ClientRequestId, caller_timeout},
     retry::{Attempted, RetryPolicy},
     status::{code_name, correlation_metadata, is_server_error},
     telemetry::{self, ErrorChain},
 };
+
+pub use self::metrics::{CallMetrics, JobReadOutcome};
 
 /// The method this service serves, as metrics and logs name it.
 const METHOD: &str = "Cancel";
@@ -84,7 +88,7 @@ pub struct PrintJobGateway {
     graph: GraphClient,
     /// Which token goes to Graph: the caller's, or one exchanged for it.
     credentials: GraphCredentials,
-    metrics: Metrics,
+    metrics: CallMetrics,
     policy: CallPolicy,
     /// One permit per call in flight, shared by every connection.
     in_flight: Arc<Semaphore>,
@@ -159,7 +163,7 @@ impl PrintJobGateway {
     pub fn new(
         graph: GraphClient,
         credentials: GraphCredentials,
-        metrics: Metrics,
+        metrics: CallMetrics,
         policy: CallPolicy,
         abort: CancellationToken,
     ) -> Self {
@@ -307,7 +311,7 @@ impl PrintJobGateway {
             .retry
             .run(
                 call.deadline,
-                &self.metrics,
+                &self.metrics.attempts,
                 self.graph.throttle_gate().call(&token),
                 |attempt| {
                     attempts_made.store(attempt, Ordering::Relaxed);

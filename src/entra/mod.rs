@@ -25,6 +25,7 @@ mod assertion;
 mod authority;
 mod cache;
 mod credential;
+mod metrics;
 mod rate;
 
 use std::{
@@ -54,6 +55,7 @@ pub use self::{
     credential::{
         ClientAssertion, ClientSecret, CredentialError, CredentialSource, JWT_BEARER_ASSERTION,
     },
+    metrics::ExchangeMetrics,
 };
 use self::{
     cache::{CacheKey, CachedToken, Flight, FlightOutcome, Leader, Lookup, Remembered, TokenCache},
@@ -67,7 +69,6 @@ use crate::{
         self, ClientError, ConnectError, ConnectSettings, Connector, Protocol, SendError,
         retry::{self, Next, Observed, Operation, client_span},
     },
-    metrics::Metrics,
     request::ClientRequestId,
 };
 
@@ -254,7 +255,7 @@ struct Inner {
     rate: RateLimit,
     /// Entra's throttling of every exchange (HTTP 429, or 5xx with `Retry-After`), until it ends.
     throttled: std::sync::Mutex<Option<Remembered>>,
-    metrics: Metrics,
+    metrics: ExchangeMetrics,
 }
 
 // === impl OnBehalfOf ===
@@ -268,7 +269,7 @@ impl OnBehalfOf {
         connect: &ConnectSettings,
         graph_host: &str,
         retry: RetryPolicy,
-        metrics: Metrics,
+        metrics: ExchangeMetrics,
     ) -> Result<Self, SetupError> {
         let tenant_id = settings
             .tenant_id

@@ -11,7 +11,10 @@ use prometheus_client::{
     registry::{Registry, Unit},
 };
 
-use crate::{egress::PoolMetrics, metrics::InFlight};
+use crate::{
+    egress::PoolMetrics,
+    metrics::{InFlight, subsystem},
+};
 
 /// The metrics of Graph's client: its pool's and its throttle gate's. Cheap to clone.
 #[derive(Debug, Clone)]
@@ -39,13 +42,11 @@ struct Inner {
 
 impl GraphMetrics {
     /// Registers the pool's and the throttle gate's metrics, each in a sub-registry of
-    /// `registry` (the gateway's, whose prefix their names keep).
+    /// `registry` (whose prefix their names keep).
     pub fn register(registry: &mut Registry) -> Self {
         Self {
-            pool: PoolMetrics::register(registry.sub_registry_with_labels(std::iter::empty())),
-            throttle: ThrottleMetrics::register(
-                registry.sub_registry_with_labels(std::iter::empty()),
-            ),
+            pool: PoolMetrics::register(subsystem(registry)),
+            throttle: ThrottleMetrics::register(subsystem(registry)),
         }
     }
 }

@@ -247,11 +247,12 @@ impl EncodeLabelValue for ConnectionClosed {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::metrics::Metrics;
+    use crate::metrics::{Metrics, subsystem};
 
     #[test]
     fn series_of_fixed_label_sets_start_at_zero_and_names_keep_their_prefix() {
-        let (metrics, server) = Metrics::with_subsystem(ServerMetrics::register);
+        let (metrics, server) =
+            Metrics::with_subsystem(|registry| ServerMetrics::register(subsystem(registry)));
         let text = metrics.encode_prometheus_text();
         for expected in [
             r#"printjob_gateway_service_streams_refused_total{listener="admin"} 0"#,

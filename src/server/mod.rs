@@ -40,11 +40,11 @@ use self::{
 
 use crate::{
     credentials::GraphCredentials,
-    entra::{self, SetupError},
+    entra::{self, ExchangeMetrics, SetupError},
     graph::{self, GraphClient, GraphClientError, GraphMetrics},
-    metrics::Metrics,
+    metrics::{Metrics, subsystem},
     proto::{FILE_DESCRIPTOR_SET, PrintJobServiceServer},
-    service::{CallPolicy, PrintJobGateway},
+    service::{CallMetrics, CallPolicy, PrintJobGateway},
 };
 
 /// The largest request message accepted, in bytes. A CancelRequest with two IDs of the longest
@@ -228,13 +228,17 @@ pub async fn serve(
     for warning in settings.warnings() {
         tracing::warn!("{warning}");
     }
-    let (metrics, (server_metrics, graph_metrics)) = Metrics::with_subsystem(|registry| {
-        (
-            ServerMetrics::register(registry),
-            GraphMetrics::register(registry),
-        )
-    });
-    metrics.set_in_flight_limit(settings.calls.max_in_flight);
+    // Each subsystem registers its own metrics, under a sub-registry of the gateway's.
+    let (metrics, (call_metrics, server_metrics, graph_metrics, exchange_metrics)) =
+        Metrics::with_subsystem(|registry| {
+            (
+                CallMetrics::register(subsystem(registry)),
+                ServerMetrics::register(subsystem(registry)),
+                GraphMetrics::register(subsystem(registry)),
+                ExchangeMetrics::register(subsystem(registry)),
+            )
+        });
+    call_metrics.set_in_flight_limit(settings.calls.max_in_flight);
     server_metrics.set_connections_limit(settings.max_connections);
     let graph = GraphClient::new(&settings.graph, graph_metrics)?;
     let abort_calls = CancellationToken::new();
@@ -245,7 +249,7 @@ pub async fn serve(
         &settings.token_exchange,
         &settings.graph,
         settings.calls.retry,
-        &metrics,
+        &exchange_metrics,
     );
     let credentials = match until_stopped(&mut shutdown, credentials).await {
         Some(credentials) => credentials?,
@@ -254,7 +258,7 @@ pub async fn serve(
     let gateway = Arc::new(PrintJobGateway::new(
         graph,
         credentials,
-        metrics.clone(),
+        call_metrics,
         settings.calls,
         abort_calls.clone(),
     ));

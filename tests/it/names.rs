@@ -8,9 +8,12 @@ use std::{collections::BTreeSet, process::Command, time::Duration};
 
 use printjob_gateway::{
     egress::ResendReason,
+    entra::ExchangeMetrics,
     graph::GraphMetrics,
-    metrics::{GraphFailure, JobReadOutcome, Metrics, RetryReason},
+    metrics::{Metrics, subsystem},
+    retry::{GraphFailure, RetryReason},
     server::{ConnectionClosed, Listener, ServerMetrics},
+    service::{CallMetrics, JobReadOutcome},
 };
 
 use crate::support::{FakeGraph, TestGateway, http_client, process::BINARY};
@@ -166,13 +169,16 @@ fn help_shows_each_subsystems_flags_under_its_own_heading() {
 #[test]
 fn every_metric_family_keeps_its_name_and_type() {
     let expected = fixture_families();
-    let (metrics, (server, graph)) = Metrics::with_subsystem(|registry| {
+    // Every subsystem, as `serve` composes them.
+    let (metrics, (calls, server, graph, exchange)) = Metrics::with_subsystem(|registry| {
         (
-            ServerMetrics::register(registry),
-            GraphMetrics::register(registry),
+            CallMetrics::register(subsystem(registry)),
+            ServerMetrics::register(subsystem(registry)),
+            GraphMetrics::register(subsystem(registry)),
+            ExchangeMetrics::register(subsystem(registry)),
         )
     });
-    record_in_every_family(&metrics, &server, &graph);
+    record_in_every_family(&calls, &server, &graph, &exchange);
     let actual: BTreeSet<String> = families("openmetrics", &metrics.encode())
         .into_iter()
         .chain(families("prometheus", &metrics.encode_prometheus_text()))
@@ -309,15 +315,20 @@ fn families(format: &str, text: &str) -> BTreeSet<String> {
 
 /// Moves every family once, so that each one has a series and is written (a family without one
 /// is left out of a scrape).
-fn record_in_every_family(metrics: &Metrics, server: &ServerMetrics, graph: &GraphMetrics) {
+fn record_in_every_family(
+    calls: &CallMetrics,
+    server: &ServerMetrics,
+    graph: &GraphMetrics,
+    exchange: &ExchangeMetrics,
+) {
     let moment = Duration::from_millis(20);
-    metrics.call_answered("Cancel", "OK", moment);
-    metrics.graph_answered(204, moment);
-    metrics.graph_failed(GraphFailure::Transport);
-    metrics.retried(RetryReason::Throttled);
-    metrics.job_read(JobReadOutcome::Failed);
-    metrics.overloaded();
-    drop(metrics.in_flight());
+    calls.call_answered("Cancel", "OK", moment);
+    calls.attempts.graph_answered(204, moment);
+    calls.attempts.graph_failed(GraphFailure::Transport);
+    calls.attempts.retried(RetryReason::Throttled);
+    calls.job_read(JobReadOutcome::Failed);
+    calls.overloaded();
+    drop(calls.in_flight());
     graph.pool.graph_connection_opened("h2");
     graph.pool.graph_connection_closed();
     graph.pool.graph_calls_waiting(1);
@@ -328,10 +339,10 @@ fn record_in_every_family(metrics: &Metrics, server: &ServerMetrics, graph: &Gra
     drop(server.connection_open(Listener::Api));
     server.connection_closed(Listener::Api, ConnectionClosed::IdleTimeout);
     server.stream_refused(Listener::Admin);
-    metrics.token_exchanged("ok", moment);
-    metrics.token_cache_lookup(true);
+    exchange.token_exchanged("ok", moment);
+    exchange.token_cache_lookup(true);
     server.set_ready(true);
-    metrics.set_in_flight_limit(1000);
+    calls.set_in_flight_limit(1000);
     server.set_connections_limit(512);
     server.tls_certificate_loaded(Listener::Api, 1_893_542_400);
     server.tls_reloaded(Listener::Api, true);

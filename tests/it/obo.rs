@@ -15,9 +15,9 @@ use base64::{
 use printjob_gateway::{
     auth::BearerToken,
     credentials::GraphCredentials,
-    entra::{CredentialSource, TokenExchange},
+    entra::{CredentialSource, ExchangeMetrics, TokenExchange},
     graph,
-    metrics::Metrics,
+    metrics::{Metrics, subsystem},
     request::ClientRequestId,
     retry::RetryPolicy,
 };
@@ -401,7 +401,8 @@ async fn ten_thousand_lookups_from_a_hundred_callers_make_a_hundred_exchanges() 
         graph_scope: Some(GRAPH_SCOPE.to_owned()),
         ..Default::default()
     };
-    let metrics = Metrics::new();
+    let (scrape, metrics) =
+        Metrics::with_subsystem(|registry| ExchangeMetrics::register(subsystem(registry)));
     let credentials =
         GraphCredentials::new(&settings, &graph_settings, RetryPolicy::default(), &metrics)
             .await
@@ -450,7 +451,7 @@ async fn ten_thousand_lookups_from_a_hundred_callers_make_a_hundred_exchanges() 
             "caller {caller}"
         );
     }
-    let text = metrics.encode();
+    let text = scrape.encode();
     assert_eq!(
         sample(
             &text,

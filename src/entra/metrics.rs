@@ -1,0 +1,89 @@
+//! The token exchange's metrics: requests to Entra ID's token endpoint by outcome and how long
+//! they took, and lookups in the cache of exchanged tokens. Registered under a sub-registry of the
+//! gateway's (`metrics`).
+
+use std::{sync::Arc, time::Duration};
+
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{counter::Counter, family::Family, histogram::Histogram},
+    registry::{Registry, Unit},
+};
+
+use crate::metrics::latency_histogram;
+
+/// The token exchange's metrics. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct ExchangeMetrics {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    exchanges: Family<OutcomeLabels, Counter>,
+    duration: Histogram,
+    cache_lookups: Family<LookupLabels, Counter>,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LookupLabels {
+    result: &'static str,
+}
+
+// === impl ExchangeMetrics ===
+
+impl ExchangeMetrics {
+    /// Registers the token exchange's metrics in `registry` (a sub-registry for the exchange).
+    pub fn register(registry: &mut Registry) -> Self {
+        let exchanges = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "token_exchanges",
+            "Requests to Entra ID's token endpoint for the on-behalf-of exchange, by outcome",
+            exchanges.clone(),
+        );
+        let duration = latency_histogram();
+        registry.register_with_unit(
+            "token_exchange_duration",
+            "Time Entra ID's token endpoint took to answer one request",
+            Unit::Seconds,
+            duration.clone(),
+        );
+        let cache_lookups = Family::<LookupLabels, Counter>::default();
+        registry.register(
+            "token_cache_lookups",
+            "Lookups of an exchanged Graph token, by result: hit (cached, or shared with a call in flight) or miss",
+            cache_lookups.clone(),
+        );
+        Self {
+            inner: Arc::new(Inner {
+                exchanges,
+                duration,
+                cache_lookups,
+            }),
+        }
+    }
+
+    /// Counts a request to Entra ID's token endpoint by outcome (one of a fixed set of names),
+    /// and how long it took.
+    pub fn token_exchanged(&self, outcome: &'static str, duration: Duration) {
+        self.inner
+            .exchanges
+            .get_or_create(&OutcomeLabels { outcome })
+            .inc();
+        self.inner.duration.observe(duration.as_secs_f64());
+    }
+
+    /// Counts a lookup in the cache of exchanged tokens.
+    pub fn token_cache_lookup(&self, hit: bool) {
+        let result = if hit { "hit" } else { "miss" };
+        self.inner
+            .cache_lookups
+            .get_or_create(&LookupLabels { result })
+            .inc();
+    }
+}

@@ -1,0 +1,193 @@
+//! The service's metrics: calls answered by method and code and how long they took, calls in
+//! flight and their limit, calls refused at it, the reads of a job after a 409, and (registered
+//! with them, set by `retry`) Graph's attempts. Registered under a sub-registry of the gateway's
+//! (`metrics`), with the outcomes of a job read, which only the service tells apart.
+
+use std::{fmt::Write as _, sync::Arc, time::Duration};
+
+use prometheus_client::{
+    encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder},
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    registry::{Registry, Unit},
+};
+
+use crate::{
+    metrics::{InFlight, latency_histogram, subsystem},
+    retry::AttemptMetrics,
+};
+
+/// What a read of a job, after Graph refused a cancel with 409, found.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
+pub enum JobReadOutcome {
+    /// The job is canceled: the call answered OK with `already_canceled`.
+    AlreadyCanceled,
+    /// The job is in another state, such as completed: the call answered FAILED_PRECONDITION.
+    NotCancelable,
+    /// The read failed: the call answered the 409 as it is.
+    Failed,
+    /// The call's deadline ran out during the read.
+    Timeout,
+}
+
+/// The service's metrics, and the attempts of its Graph calls. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct CallMetrics {
+    inner: Arc<Inner>,
+    /// Graph's attempts, which the retry loop counts.
+    pub attempts: AttemptMetrics,
+}
+
+#[derive(Debug)]
+struct Inner {
+    calls: Family<CallLabels, Counter>,
+    call_duration: Family<MethodLabels, Histogram>,
+    job_reads: Family<JobReadLabels, Counter>,
+    in_flight: Gauge,
+    overload_rejections: Counter,
+    in_flight_limit: Gauge,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CallLabels {
+    method: &'static str,
+    code: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MethodLabels {
+    method: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct JobReadLabels {
+    outcome: JobReadOutcome,
+}
+
+// === impl CallMetrics ===
+
+impl CallMetrics {
+    /// Registers the service's metrics and Graph's attempts, each in a sub-registry of
+    /// `registry` (whose prefix their names keep).
+    pub fn register(registry: &mut Registry) -> Self {
+        let attempts = AttemptMetrics::register(subsystem(registry));
+        let registry = subsystem(registry);
+        let calls = Family::<CallLabels, Counter>::default();
+        registry.register(
+            "calls",
+            "gRPC calls answered, by method and gRPC code",
+            calls.clone(),
+        );
+        let call_duration = Family::<MethodLabels, Histogram>::new_with_constructor(
+            latency_histogram as fn() -> Histogram,
+        );
+        registry.register_with_unit(
+            "call_duration",
+            "Time from a call's arrival to its answer",
+            Unit::Seconds,
+            call_duration.clone(),
+        );
+        let job_reads = Family::<JobReadLabels, Counter>::default();
+        registry.register(
+            "job_reads",
+            "Reads of a job after Graph refused a cancel with 409, by what they found",
+            job_reads.clone(),
+        );
+        let in_flight = Gauge::default();
+        registry.register(
+            "calls_in_flight",
+            "Cancel calls being served now",
+            in_flight.clone(),
+        );
+        let overload_rejections = Counter::default();
+        registry.register(
+            "overload_rejections",
+            "Calls refused with RESOURCE_EXHAUSTED because the gateway was at its limit of calls in flight",
+            overload_rejections.clone(),
+        );
+        let in_flight_limit = Gauge::default();
+        registry.register(
+            "calls_in_flight_limit",
+            "The most cancel calls served at once (--max-in-flight)",
+            in_flight_limit.clone(),
+        );
+        // Series of small fixed label sets start at 0 (see `metrics`).
+        for outcome in [
+            JobReadOutcome::AlreadyCanceled,
+            JobReadOutcome::NotCancelable,
+            JobReadOutcome::Failed,
+            JobReadOutcome::Timeout,
+        ] {
+            let _ = job_reads.get_or_create(&JobReadLabels { outcome });
+        }
+        Self {
+            inner: Arc::new(Inner {
+                calls,
+                call_duration,
+                job_reads,
+                in_flight,
+                overload_rejections,
+                in_flight_limit,
+            }),
+            attempts,
+        }
+    }
+
+    /// Sets the limit an operator's alerts compare the calls in flight with: `--max-in-flight`.
+    pub fn set_in_flight_limit(&self, max_in_flight: usize) {
+        self.inner
+            .in_flight_limit
+            .set(i64::try_from(max_in_flight).unwrap_or(i64::MAX));
+    }
+
+    /// Counts an answered call and its duration.
+    ///
+    /// `code` is the gRPC code's name, such as `NOT_FOUND` ([`crate::status::code_name`]).
+    pub fn call_answered(&self, method: &'static str, code: &'static str, duration: Duration) {
+        self.inner
+            .calls
+            .get_or_create(&CallLabels { method, code })
+            .inc();
+        self.inner
+            .call_duration
+            .get_or_create(&MethodLabels { method })
+            .observe(duration.as_secs_f64());
+    }
+
+    /// Counts a read of a job after a 409, by what it found.
+    pub fn job_read(&self, outcome: JobReadOutcome) {
+        self.inner
+            .job_reads
+            .get_or_create(&JobReadLabels { outcome })
+            .inc();
+    }
+
+    /// Counts a call turned away at the limit of calls in flight.
+    pub fn overloaded(&self) {
+        self.inner.overload_rejections.inc();
+    }
+
+    /// Counts a call in flight until the returned guard is dropped.
+    pub fn in_flight(&self) -> InFlight {
+        InFlight::count(self.inner.in_flight.clone())
+    }
+}
+
+// === impl JobReadOutcome ===
+
+impl JobReadOutcome {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::AlreadyCanceled => "already_canceled",
+            Self::NotCancelable => "not_cancelable",
+            Self::Failed => "failed",
+            Self::Timeout => "timeout",
+        }
+    }
+}
+
+impl EncodeLabelValue for JobReadOutcome {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
+        encoder.write_str(self.as_str())
+    }
+}
