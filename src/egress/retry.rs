@@ -136,3 +136,183 @@ pub(crate) async fn run<O: Operation>(
         tokio::time::sleep(wait).await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+
+    use super::*;
+
+    /// What the scripted operation's rule says after a failure.
+    #[derive(Clone, Copy)]
+    enum Rule {
+        Stop,
+        Again,
+        After(Option<Duration>),
+    }
+
+    /// An operation that answers from a script: each attempt takes `delay`, then gives its
+    /// answer (`Ok(n)` or `Err(name)`), and records what the loop did, with the paused clock's
+    /// time since the start.
+    struct Script {
+        start: Instant,
+        ready: Result<(), &'static str>,
+        answers: VecDeque<(Duration, Result<u32, &'static str>)>,
+        rule: Rule,
+        events: Vec<(String, Duration)>,
+    }
+
+    impl Script {
+        fn new(answers: &[(u64, Result<u32, &'static str>)], rule: Rule) -> Self {
+            Self {
+                start: Instant::now(),
+                ready: Ok(()),
+                answers: answers
+                    .iter()
+                    .map(|&(ms, answer)| (Duration::from_millis(ms), answer))
+                    .collect(),
+                rule,
+                events: Vec::new(),
+            }
+        }
+
+        fn event(&mut self, what: String) {
+            self.events.push((what, self.start.elapsed()));
+        }
+    }
+
+    impl Operation for Script {
+        type Output = u32;
+        type Error = &'static str;
+        type Failure = String;
+
+        async fn ready(&mut self, _deadline: Instant, attempts: u32) -> Result<(), String> {
+            self.ready
+                .map_err(|refusal| format!("{refusal} after {attempts}"))
+        }
+
+        fn span(&self, attempt: u32) -> Span {
+            client_span!("test.op", "POST /op", "POST", attempt = attempt)
+        }
+
+        fn attempt(&mut self, attempt: u32) -> impl Future<Output = Result<u32, &'static str>> {
+            self.event(format!("attempt {attempt}"));
+            let (delay, answer) = self.answers.pop_front().expect("a scripted answer");
+            async move {
+                tokio::time::sleep(delay).await;
+                answer
+            }
+        }
+
+        fn observe(
+            &mut self,
+            outcome: Option<Result<u32, &'static str>>,
+            _span: &Span,
+            _elapsed: Duration,
+        ) -> Observed<u32, &'static str, String> {
+            match outcome {
+                Some(Ok(n)) => Observed::Done(n),
+                Some(Err(error)) => Observed::Failed(error),
+                None => Observed::Ended("deadline".to_owned()),
+            }
+        }
+
+        fn after(&mut self, error: &'static str, _attempts: u32) -> Next<&'static str, String> {
+            match self.rule {
+                Rule::Stop => Next::Stop(format!("stopped at {error}")),
+                Rule::Again => Next::Again,
+                Rule::After(wait) => Next::After { error, wait },
+            }
+        }
+
+        fn too_late(&mut self, error: &'static str, attempts: u32, wait: Duration) -> String {
+            format!("too late after {error} ({attempts}) for {wait:?}")
+        }
+
+        fn retrying(&mut self, error: &'static str, _attempts: u32, wait: Duration) {
+            self.event(format!("retrying after {error} in {wait:?}"));
+        }
+    }
+
+    fn at(events: &[(String, Duration)], what: &str) -> Duration {
+        events
+            .iter()
+            .find(|(event, _)| event == what)
+            .unwrap_or_else(|| panic!("no {what:?} in {events:?}"))
+            .1
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failures_are_tried_again_after_the_backoff_until_one_succeeds() {
+        let mut op = Script::new(
+            &[(0, Err("a")), (0, Err("b")), (0, Ok(7))],
+            Rule::After(None),
+        );
+        let deadline = Instant::now() + Duration::from_secs(60);
+        assert_eq!(run(&mut op, deadline).await, (Ok(7), 3));
+        // 200 ms doubling, plus up to as much again at random.
+        let second = at(&op.events, "attempt 2");
+        let third = at(&op.events, "attempt 3");
+        assert!(
+            (Duration::from_millis(200)..=Duration::from_millis(400)).contains(&second),
+            "{second:?}"
+        );
+        let gap = third - second;
+        assert!(
+            (Duration::from_millis(400)..=Duration::from_millis(800)).contains(&gap),
+            "{gap:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_wait_the_other_side_asks_for_replaces_the_backoff() {
+        let wait = Duration::from_secs(3);
+        let mut op = Script::new(&[(0, Err("a")), (0, Ok(1))], Rule::After(Some(wait)));
+        let deadline = Instant::now() + Duration::from_secs(60);
+        assert_eq!(run(&mut op, deadline).await, (Ok(1), 2));
+        assert_eq!(at(&op.events, "attempt 2"), wait);
+        assert_eq!(at(&op.events, "retrying after a in 3s"), Duration::ZERO);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_wait_that_would_end_past_the_deadline_is_not_made() {
+        let mut op = Script::new(&[(0, Err("a"))], Rule::After(Some(Duration::from_secs(2))));
+        let deadline = Instant::now() + Duration::from_secs(1);
+        let (outcome, attempts) = run(&mut op, deadline).await;
+        assert_eq!(outcome, Err("too late after a (1) for 2s".to_owned()));
+        assert_eq!(attempts, 1);
+        assert_eq!(op.start.elapsed(), Duration::ZERO, "no wait was made");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn again_tries_at_once_and_stop_ends_with_the_rules_failure() {
+        let mut op = Script::new(&[(10, Err("a")), (10, Err("b")), (10, Ok(3))], Rule::Again);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        assert_eq!(run(&mut op, deadline).await, (Ok(3), 3));
+        assert_eq!(at(&op.events, "attempt 3"), Duration::from_millis(20));
+
+        let mut op = Script::new(&[(0, Err("a"))], Rule::Stop);
+        assert_eq!(
+            run(&mut op, deadline).await,
+            (Err("stopped at a".to_owned()), 1)
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_deadline_ends_an_attempt_and_a_refusal_before_one_sends_nothing() {
+        let mut op = Script::new(&[(5_000, Ok(1))], Rule::After(None));
+        let deadline = Instant::now() + Duration::from_secs(1);
+        assert_eq!(
+            run(&mut op, deadline).await,
+            (Err("deadline".to_owned()), 1)
+        );
+        assert_eq!(op.start.elapsed(), Duration::from_secs(1));
+
+        let mut op = Script::new(&[], Rule::After(None));
+        op.ready = Err("held");
+        assert_eq!(
+            run(&mut op, deadline).await,
+            (Err("held after 0".to_owned()), 0)
+        );
+    }
+}

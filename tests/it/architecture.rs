@@ -79,6 +79,11 @@ const OWNERS: &[(&str, &[&str], &str)] = &[
         "only graph/ reads Graph's JSON and entra/ Entra ID's (the simulator is their independent twin)",
     ),
     (
+        "backoff()",
+        &["egress/retry.rs", "graph/throttle.rs", "backoff.rs"],
+        "there is one retry loop (egress/retry.rs) that waits between attempts; the throttle gate only sizes its windows by the same schedule",
+    ),
+    (
         "code_for_http_status",
         &["status.rs"],
         "only status.rs maps HTTP to gRPC",
