@@ -43,8 +43,9 @@ pub enum CancelError {
         /// because that wait would have ended past the deadline.
         retry_delay: Option<Duration>,
     },
-    /// Graph refused the cancel because the job can no longer be canceled (409), and a read of
-    /// the job found it in a state other than canceled, such as completed or aborted.
+    /// Graph refused the cancel with a 4xx other than 401, 403, 404 and 429, and a read of the job
+    /// found it in a state other than canceled, such as completed, aborted or
+    /// `unknownFutureValue`: the job can no longer be canceled (FAILED_PRECONDITION).
     #[error("Graph answered HTTP {} and the job is {job_state}", .rejection.status)]
     NotCancelable {
         /// Graph's refusal of the cancel.
@@ -125,7 +126,7 @@ impl CancelError {
         }
     }
 
-    /// The job's state, when a read of the job after a 409 found one.
+    /// The job's state, when a read of the job after Graph refused the cancel found one.
     pub fn job_state(&self) -> Option<&str> {
         match self {
             Self::NotCancelable { job_state, .. } => Some(job_state),

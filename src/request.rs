@@ -23,25 +23,42 @@ const GRPC_TIMEOUT: &str = "grpc-timeout";
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PrinterId(String);
 
+/// A printer share ID, with the same rules as [`PrinterId`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShareId(String);
+
 /// A print job ID, with the same rules as [`PrinterId`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PrintJobId(String);
 
+/// What holds a job in Graph: a printer, or a printer share (both are Graph's `printerBase`, whose
+/// `jobs` the cancel and the read reach).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JobParent {
+    /// `/print/printers/{printerId}`.
+    Printer(PrinterId),
+    /// `/print/shares/{printerShareId}`.
+    Share(ShareId),
+}
+
 /// The print job a Cancel call names.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CancelTarget {
-    /// The printer that holds the job.
-    pub printer_id: PrinterId,
+    /// The printer or share that holds the job.
+    pub parent: JobParent,
     /// The job to cancel.
     pub print_job_id: PrintJobId,
 }
 
 /// A request field that fails validation, named as the proto names it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid {field}: {problem}")]
+#[error("invalid {field}{}: {problem}", .other_field.map(|f| format!(" and {f}")).unwrap_or_default())]
 pub struct InvalidField {
     /// The proto field name, such as `printer_id`.
     pub field: &'static str,
+    /// The other field, when the problem is the two together (`printer_id` and `share_id`, of
+    /// which exactly one must be set).
+    pub other_field: Option<&'static str>,
     /// What is wrong with it, in words a caller can act on.
     pub problem: &'static str,
 }
@@ -56,14 +73,57 @@ impl TryFrom<CancelRequest> for CancelTarget {
     type Error = InvalidField;
 
     fn try_from(request: CancelRequest) -> Result<Self, Self::Error> {
+        let both = |problem| InvalidField {
+            field: "printer_id",
+            other_field: Some("share_id"),
+            problem,
+        };
+        let parent = match (request.printer_id.is_empty(), request.share_id.is_empty()) {
+            (false, true) => {
+                JobParent::Printer(PrinterId(validate_id("printer_id", request.printer_id)?))
+            }
+            (true, false) => JobParent::Share(ShareId(validate_id("share_id", request.share_id)?)),
+            (true, true) => return Err(both("exactly one of printer_id and share_id is required")),
+            (false, false) => {
+                return Err(both(
+                    "only one of printer_id and share_id may be set, not both",
+                ));
+            }
+        };
         Ok(Self {
-            printer_id: PrinterId(validate_id("printer_id", request.printer_id)?),
+            parent,
             print_job_id: PrintJobId(validate_id("print_job_id", request.print_job_id)?),
         })
     }
 }
 
+// === impl JobParent ===
+
+impl JobParent {
+    /// The parent's ID as the caller sent it.
+    pub fn id(&self) -> &str {
+        match self {
+            Self::Printer(PrinterId(id)) | Self::Share(ShareId(id)) => id,
+        }
+    }
+
+    /// The request field that named it: `printer_id` or `share_id`, as logs and spans name it.
+    pub fn field(&self) -> &'static str {
+        match self {
+            Self::Printer(_) => "printer_id",
+            Self::Share(_) => "share_id",
+        }
+    }
+}
+
 impl PrinterId {
+    /// The ID as the caller sent it.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl ShareId {
     /// The ID as the caller sent it.
     pub fn as_str(&self) -> &str {
         &self.0
@@ -89,7 +149,11 @@ fn validate_id(field: &'static str, id: String) -> Result<String, InvalidField> 
     } else {
         return Ok(id);
     };
-    Err(InvalidField { field, problem })
+    Err(InvalidField {
+        field,
+        other_field: None,
+        problem,
+    })
 }
 
 // === impl ClientRequestId ===
@@ -157,7 +221,41 @@ mod tests {
         CancelTarget::try_from(CancelRequest {
             printer_id: printer_id.into(),
             print_job_id: print_job_id.into(),
+            share_id: String::new(),
         })
+    }
+
+    #[test]
+    fn exactly_one_of_printer_and_share_is_required_and_both_fields_are_named() {
+        let request = |printer_id: &str, share_id: &str| CancelRequest {
+            printer_id: printer_id.into(),
+            print_job_id: "1".into(),
+            share_id: share_id.into(),
+        };
+        let share = CancelTarget::try_from(request("", "s/1")).unwrap();
+        assert_eq!(
+            (share.parent.field(), share.parent.id()),
+            ("share_id", "s/1")
+        );
+        let printer = CancelTarget::try_from(request("p", "")).unwrap();
+        assert_eq!(
+            (printer.parent.field(), printer.parent.id()),
+            ("printer_id", "p")
+        );
+        for (printer_id, share_id) in [("", ""), ("p", "s")] {
+            let error = CancelTarget::try_from(request(printer_id, share_id)).unwrap_err();
+            assert_eq!(
+                (error.field, error.other_field),
+                ("printer_id", Some("share_id"))
+            );
+            let message = error.to_string();
+            assert!(
+                message.starts_with("invalid printer_id and share_id: "),
+                "{message}"
+            );
+        }
+        let error = CancelTarget::try_from(request("", "..")).unwrap_err();
+        assert_eq!((error.field, error.other_field), ("share_id", None));
     }
 
     #[test]
@@ -172,7 +270,14 @@ mod tests {
             ("p", "1", None),
             ("../x", "a/b?c#d", None),
             ("%2e%2e", "é 𝄞", None),
-            ("", "1", Some(("printer_id", "is required"))),
+            (
+                "",
+                "1",
+                Some((
+                    "printer_id",
+                    "exactly one of printer_id and share_id is required",
+                )),
+            ),
             ("p", "", Some(("print_job_id", "is required"))),
             ("..", "1", Some(("printer_id", "cannot be `.` or `..`"))),
             ("p", ".", Some(("print_job_id", "cannot be `.` or `..`"))),

@@ -1,7 +1,8 @@
 //! The `PrintJobService` implementation: turns a call into validated domain types at the boundary,
 //! makes the Graph call within the call's deadline, and answers with the status and correlation
-//! metadata the caller needs. When Graph refuses a cancel with 409, it reads the job, so that a
-//! job that is already canceled answers OK: a retried cancel never turns into an error.
+//! metadata the caller needs. When Graph refuses a cancel with a 4xx that may mean the job can no
+//! longer be canceled, it reads the job, so that a job that is already canceled answers OK: a
+//! retried cancel never turns into an error.
 
 mod metrics;
 
@@ -33,7 +34,7 @@ use crate::{
     graph::{GraphAcceptance, GraphClient, GraphError, GraphRejection, JobReadError},
     metrics::InFlight,
     proto::{CancelRequest, CancelResponse, PrintJobService},
-    request::{CancelTarget, ClientRequestId, caller_timeout},
+    request::{CancelTarget, ClientRequestId, JobParent, caller_timeout},
     retry::{Attempted, RetryPolicy},
     status::{code_name, correlation_metadata, is_server_error},
     telemetry::{self, ErrorChain},
@@ -272,7 +273,7 @@ impl PrintJobGateway {
         let target = CancelTarget::try_from(request.into_inner());
         if let Ok(target) = &target {
             let span = Span::current();
-            span.record("printer_id", target.printer_id.as_str());
+            span.record(target.parent.field(), target.parent.id());
             span.record("print_job_id", target.print_job_id.as_str());
         }
         Ok(ValidCall {
@@ -329,7 +330,7 @@ impl PrintJobGateway {
             Err(CancelError::Graph {
                 source: GraphError::Rejected(refusal),
                 ..
-            }) if refusal.is_not_cancelable() => {
+            }) if refusal.calls_for_job_read() => {
                 self.read_refused_job(call, &token, client_request_id, refusal)
                     .await
             }
@@ -338,10 +339,12 @@ impl PrintJobGateway {
         Attempted { outcome, attempts }
     }
 
-    /// Reads the job after Graph refused its cancel with 409, within the call's deadline, with
-    /// the cancel's token and `client-request-id`. A canceled job is a success: the cancel this
-    /// call retried (or an earlier call) went through before its answer was lost. Another state
-    /// is FAILED_PRECONDITION with that state. A failed read leaves the refusal as it is.
+    /// Reads the job after Graph refused its cancel with a 4xx that may mean "no longer
+    /// cancelable" ([`GraphRejection::calls_for_job_read`]), within the call's deadline, with
+    /// the cancel's token and `client-request-id`, under the same printer or share. A canceled job
+    /// is a success: the cancel this call retried (or an earlier call) went through before its
+    /// answer was lost. Another state (`unknown` and `unknownFutureValue` included) is
+    /// FAILED_PRECONDITION with that state. A failed read leaves the refusal as it is.
     async fn read_refused_job(
         &self,
         call: &ValidCall,
@@ -356,7 +359,10 @@ impl PrintJobGateway {
         }
         let span = client_span!(
             "graph.read_job",
-            "GET /print/printers/{printerId}/jobs/{printJobId}",
+            match call.target.parent {
+                JobParent::Printer(_) => "GET /print/printers/{printerId}/jobs/{printJobId}",
+                JobParent::Share(_) => "GET /print/shares/{printerShareId}/jobs/{printJobId}",
+            },
             "GET"
         );
         let read = self
@@ -416,8 +422,7 @@ impl PrintJobGateway {
 enum Canceled {
     /// Graph accepted it.
     Accepted(GraphAcceptance),
-    /// Graph refused it (409) because the job can no longer be canceled, and the job reads
-    /// canceled.
+    /// Graph refused it (a 4xx other than 401, 403, 404 and 429) and the job reads canceled.
     AlreadyCanceled(Box<GraphRejection>),
 }
 
@@ -506,6 +511,7 @@ fn call_span(client_request_id: &ClientRequestId, metadata: &MetadataMap) -> Spa
         rpc.grpc.status_code = field::Empty,
         method = METHOD,
         printer_id = field::Empty,
+        share_id = field::Empty,
         print_job_id = field::Empty,
         client_request_id = client_request_id.as_str(),
         graph_request_id = field::Empty,

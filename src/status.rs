@@ -34,7 +34,7 @@ pub const GATEWAY_DOMAIN: &str = "printjob-gateway";
 pub const REQUEST_ID: &str = "request-id";
 /// Response metadata: the `client-request-id` sent to Graph, on every answer.
 pub const CLIENT_REQUEST_ID: &str = "client-request-id";
-/// Response metadata: Graph's authentication challenge on 401.
+/// Response metadata: Graph's authentication challenge (on 401, and a claims challenge on 403).
 pub const WWW_AUTHENTICATE: &str = "www-authenticate";
 
 /// The longest `www-authenticate` challenge passed on to a caller. Graph's and Entra ID's
@@ -53,9 +53,11 @@ pub const MAX_WWW_AUTHENTICATE_BYTES: usize = 6 * 1024;
 /// RESOURCE_EXHAUSTED, 499 CANCELLED, 500 INTERNAL, 501 UNIMPLEMENTED, 503 UNAVAILABLE, 504
 /// DEADLINE_EXCEEDED) and Microsoft Graph's "Microsoft Graph error responses and resource types"
 /// page, which says what each status means for Graph. Where they differ, the meaning for this one
-/// call wins: Graph answers 409 when a job can no longer be canceled, which is FAILED_PRECONDITION
-/// (retrying will not help), not ABORTED; 504 is Graph's gateway timing out, not the caller's
-/// deadline, so it is UNAVAILABLE; 405, 406, 411 and 415 can only mean the gateway built a wrong
+/// call wins: 409 Conflict is a state the job is in, which is FAILED_PRECONDITION (retrying will
+/// not help), not ABORTED (a 4xx after which the job reads neither cancelable nor canceled is
+/// FAILED_PRECONDITION whatever its status, and a 403 with a claims challenge is UNAUTHENTICATED:
+/// see `CancelError::code`); 504 is Graph's gateway timing out, not the caller's deadline, so it
+/// is UNAVAILABLE; 405, 406, 411 and 415 can only mean the gateway built a wrong
 /// request, so they are INTERNAL. Redirects are never followed and so land in UNKNOWN.
 /// The README publishes this same table.
 pub fn code_for_http_status(status: StatusCode) -> Code {
@@ -219,11 +221,18 @@ impl CancelError {
             Self::Unauthenticated(_) => Code::Unauthenticated,
             Self::InvalidArgument(_) => Code::InvalidArgument,
             Self::DeadlineExceeded { .. } | Self::MessageLate { .. } => Code::DeadlineExceeded,
+            // A claims challenge asks for a new token (with the claims), on 403 as on 401.
             Self::Graph {
                 source: GraphError::Rejected(rejection),
                 ..
-            }
-            | Self::NotCancelable { rejection, .. } => code_for_http_status(rejection.status),
+            } if rejection.claims_challenge => Code::Unauthenticated,
+            Self::Graph {
+                source: GraphError::Rejected(rejection),
+                ..
+            } => code_for_http_status(rejection.status),
+            // Graph refused the cancel and the job reads neither cancelable nor canceled: whatever
+            // 4xx Graph chose for that, retrying will not help.
+            Self::NotCancelable { .. } => Code::FailedPrecondition,
             Self::Graph { .. } => Code::Unavailable,
             // The code Graph's own answer would have had: RESOURCE_EXHAUSTED, or UNAVAILABLE
             // for a 503.
@@ -256,7 +265,9 @@ impl CancelError {
                 let (reason, extra) = self.gateway_reason();
                 details.set_error_info(reason, GATEWAY_DOMAIN, extra);
                 if let Self::InvalidArgument(invalid) = self {
-                    details.add_bad_request_violation(invalid.field, invalid.problem);
+                    for field in std::iter::once(invalid.field).chain(invalid.other_field) {
+                        details.add_bad_request_violation(field, invalid.problem);
+                    }
                 }
                 self.gateway_message()
             }
@@ -305,7 +316,11 @@ impl CancelError {
         };
         let mut metadata = HashMap::new();
         if let Self::InvalidArgument(invalid) = self {
-            metadata.insert("field".to_owned(), invalid.field.to_owned());
+            let field = match invalid.other_field {
+                Some(other) => format!("{},{other}", invalid.field),
+                None => invalid.field.to_owned(),
+            };
+            metadata.insert("field".to_owned(), field);
         }
         if let Self::Throttled { status, .. } = self {
             metadata.insert("httpStatus".to_owned(), status.as_u16().to_string());
@@ -330,7 +345,8 @@ impl CancelError {
 }
 
 /// Fills the details of a Graph rejection and returns its status message: Graph's own message
-/// when it sent one. `job_state` is the job's state read after a 409, as metadata `jobState`.
+/// when it sent one. `job_state` is the job's state read after the refusal, as metadata
+/// `jobState`.
 fn describe_rejection(
     rejection: &GraphRejection,
     job_state: Option<&str>,
@@ -346,6 +362,12 @@ fn describe_rejection(
     }
     if let Some(inner_code) = &rejection.inner_code {
         info.insert("graphInnerErrorCode".to_owned(), inner_code.clone());
+    }
+    if !rejection.detail_codes.is_empty() {
+        info.insert(
+            "graphDetailCodes".to_owned(),
+            rejection.detail_codes.join(","),
+        );
     }
     if let Some(job_state) = job_state {
         info.insert("jobState".to_owned(), job_state.to_owned());

@@ -25,10 +25,12 @@ fuzz_target!(|data: &[u8]| {
     let _ = BearerToken::parse(data);
 
     let text = String::from_utf8_lossy(data);
-    let (printer_id, print_job_id) = text.split_once('\n').unwrap_or((&text, "1"));
+    let (printer_id, rest) = text.split_once('\n').unwrap_or((&text, "1"));
+    let (print_job_id, share_id) = rest.split_once('\n').unwrap_or((rest, ""));
     let request = CancelRequest {
         printer_id: printer_id.to_owned(),
         print_job_id: print_job_id.to_owned(),
+        share_id: share_id.to_owned(),
     };
     if let Ok(target) = CancelTarget::try_from(request) {
         let base = GraphBaseUrl::parse("https://graph.microsoft.com/v1.0").unwrap();

@@ -15,7 +15,7 @@ use crate::backoff::{BACKOFF_MAX, backoff};
 /// `client_span!("graph.cancel", "POST /…/cancel", "POST", attempt = number)`; without `attempt`
 /// for a request that is never retried. The operation records the answer's status on it.
 macro_rules! client_span {
-    ($name:literal, $otel_name:literal, $method:literal $(, attempt = $attempt:expr)?) => {
+    ($name:literal, $otel_name:expr, $method:literal $(, attempt = $attempt:expr)?) => {
         tracing::info_span!(
             $name,
             otel.kind = "client",

@@ -1,7 +1,8 @@
-//! Reading a print job's state, `GET /print/printers/{printerId}/jobs/{printJobId}?$select=status`:
-//! what the gateway does when Graph refuses a cancel with 409, to tell a job that is already
-//! canceled (the cancel succeeded earlier, perhaps by this call's own attempt whose answer was
-//! lost) from one that completed or aborted.
+//! Reading a print job's state, `GET /print/printers/{printerId}/jobs/{printJobId}?$select=status`
+//! (or the same under `/print/shares/{printerShareId}`): what the gateway does when Graph refuses a
+//! cancel with a 4xx that may mean "no longer cancelable", to tell a job that is already canceled
+//! (the cancel succeeded earlier, perhaps by this call's own attempt whose answer was lost) from
+//! one that completed or aborted.
 
 use std::time::SystemTime;
 
@@ -17,8 +18,10 @@ const MAX_STATE_LEN: usize = 64;
 /// A print job's status as Graph reports it (`printJobStatus`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PrintJobStatus {
-    /// `status.state`, Graph's `printJobProcessingState`: `pending`, `processing`, `paused`,
-    /// `stopped`, `completed`, `canceled`, `aborted`, or a value added later.
+    /// `status.state`, Graph's `printJobProcessingState`: `unknown`, `pending`, `processing`,
+    /// `paused`, `stopped`, `completed`, `canceled`, `aborted`, `unknownFutureValue` (what Graph
+    /// sends for a member added later, to a client that does not send
+    /// `Prefer: include-unknown-enum-members`), or such a later value.
     pub state: String,
     /// `status.description`, a human-readable description, bounded in length, for the logs.
     pub description: Option<String>,
@@ -52,17 +55,30 @@ struct Status {
 // === impl GraphRejection ===
 
 impl GraphRejection {
-    /// Whether Graph refused a cancel because the job can no longer be canceled (409 Conflict):
-    /// it is canceled already, or it completed or aborted. Reading the job tells which.
-    pub fn is_not_cancelable(&self) -> bool {
-        self.status == StatusCode::CONFLICT
+    /// Whether Graph's refusal of a cancel may mean that the job can no longer be canceled (it is
+    /// canceled already, or it completed or aborted), so that reading the job tells which: any
+    /// 4xx but 401, 403, 404 and 429. Graph documents only the class `4XX` for the cancel
+    /// action, not which status a job that can no longer be canceled gets (409 is a guess; 400
+    /// and 423 are as likely), so the gateway does not rely on one. 401 and 403 are about the
+    /// token, 404 about the IDs and 429 about the rate: none of them says anything about the
+    /// job, and a read would only repeat them.
+    pub fn calls_for_job_read(&self) -> bool {
+        self.status.is_client_error()
+            && !matches!(
+                self.status,
+                StatusCode::UNAUTHORIZED
+                    | StatusCode::FORBIDDEN
+                    | StatusCode::NOT_FOUND
+                    | StatusCode::TOO_MANY_REQUESTS
+            )
     }
 }
 
 // === impl PrintJobStatus ===
 
 impl PrintJobStatus {
-    /// Whether the job is canceled.
+    /// Whether the job is canceled: only the state `canceled` is. `unknown` and
+    /// `unknownFutureValue` say nothing about it, so they are not.
     pub fn is_canceled(&self) -> bool {
         self.state == "canceled"
     }
@@ -90,7 +106,8 @@ impl PrintJobStatus {
 
 impl GraphClient {
     /// Reads a print job's status:
-    /// `GET {base}/print/printers/{printerId}/jobs/{printJobId}?$select=status`.
+    /// `GET {base}/print/printers/{printerId}/jobs/{printJobId}?$select=status`, or the same under
+    /// `/print/shares/{printerShareId}` when the cancel went through a share.
     ///
     /// The request is the cancel's with another method and URL, so that it carries the same
     /// token, `client-request-id`, trace context and headers, and goes through the same entry
@@ -176,6 +193,9 @@ mod tests {
             ("completed", false),
             ("aborted", false),
             ("processing", false),
+            ("unknown", false),
+            ("unknownFutureValue", false),
+            ("Canceled", false),
         ] {
             let status = PrintJobStatus {
                 state: state.to_owned(),
@@ -183,6 +203,18 @@ mod tests {
                 request_id: None,
             };
             assert_eq!(status.is_canceled(), canceled, "{state}");
+        }
+    }
+
+    #[test]
+    fn every_4xx_but_401_403_404_and_429_calls_for_a_read() {
+        for status in 100..=599 {
+            let status = StatusCode::from_u16(status).unwrap();
+            let rejection =
+                GraphRejection::new(status, &http::HeaderMap::new(), b"", SystemTime::now());
+            let expected = (400..500).contains(&status.as_u16())
+                && ![401, 403, 404, 429].contains(&status.as_u16());
+            assert_eq!(rejection.calls_for_job_read(), expected, "HTTP {status}");
         }
     }
 }

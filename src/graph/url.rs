@@ -8,7 +8,7 @@ use percent_encoding::utf8_percent_encode;
 
 use crate::{
     egress::{PATH_SEGMENT, UrlError as GraphUrlError, check_url_is_safe},
-    request::CancelTarget,
+    request::{CancelTarget, JobParent},
 };
 
 /// The base URL of Microsoft Graph, such as `https://graph.microsoft.com/v1.0`.
@@ -82,12 +82,17 @@ impl GraphBaseUrl {
         self.job_uri(target, "?$select=status")
     }
 
-    /// `{base}/print/printers/{printerId}/jobs/{printJobId}` and a fixed `tail`.
+    /// `{base}/print/printers/{printerId}/jobs/{printJobId}` (or `/print/shares/{printerShareId}`)
+    /// and a fixed `tail`.
     fn job_uri(&self, target: &CancelTarget, tail: &'static str) -> Uri {
+        let collection = match target.parent {
+            JobParent::Printer(_) => "printers",
+            JobParent::Share(_) => "shares",
+        };
         let path = format!(
-            "{}/print/printers/{}/jobs/{}{tail}",
+            "{}/print/{collection}/{}/jobs/{}{tail}",
             self.path,
-            utf8_percent_encode(target.printer_id.as_str(), PATH_SEGMENT),
+            utf8_percent_encode(target.parent.id(), PATH_SEGMENT),
             utf8_percent_encode(target.print_job_id.as_str(), PATH_SEGMENT),
         );
         Uri::builder()
@@ -199,17 +204,26 @@ mod tests {
             ("...", "a..b", ".../jobs/a..b"),
         ];
         for (printer_id, print_job_id, expected) in cases {
-            let target = CancelTarget::try_from(CancelRequest {
-                printer_id: printer_id.into(),
-                print_job_id: print_job_id.into(),
-            })
-            .unwrap();
-            let expected =
-                format!("https://graph.microsoft.com/v1.0/print/printers/{expected}/cancel");
-            assert_eq!(base.cancel_url(&target), expected);
-            assert_eq!(base.cancel_uri(&target).to_string(), expected);
-            let read = expected.replace("/cancel", "?$select=status");
-            assert_eq!(base.job_status_uri(&target).to_string(), read);
+            for (collection, share) in [("printers", false), ("shares", true)] {
+                let parent_id = String::from(printer_id);
+                let target = CancelTarget::try_from(CancelRequest {
+                    printer_id: if share {
+                        String::new()
+                    } else {
+                        parent_id.clone()
+                    },
+                    print_job_id: print_job_id.into(),
+                    share_id: if share { parent_id } else { String::new() },
+                })
+                .unwrap();
+                let expected = format!(
+                    "https://graph.microsoft.com/v1.0/print/{collection}/{expected}/cancel"
+                );
+                assert_eq!(base.cancel_url(&target), expected);
+                assert_eq!(base.cancel_uri(&target).to_string(), expected);
+                let read = expected.replace("/cancel", "?$select=status");
+                assert_eq!(base.job_status_uri(&target).to_string(), read);
+            }
         }
     }
 }

@@ -5,11 +5,17 @@
 //! It is a model of Graph written independently of [`crate::graph`], on purpose: a mistake in the
 //! gateway's reading of Graph is not mirrored here, so tests against the simulator can catch it.
 //!
-//! Routes:
+//! Routes (each also under `/v1.0/print/shares/{printerShareId}`, for the jobs of a share's
+//! printer):
 //! - `POST /v1.0/print/printers/{printerId}/jobs/{printJobId}/cancel`: 204, or a Graph-shaped JSON
 //!   error; 401 without a bearer token.
-//! - `GET /v1.0/print/printers/{printerId}/jobs/{printJobId}`: the job's `printJob` JSON with its
-//!   `status`, or the same errors.
+//! - `GET /v1.0/print/printers/{printerId}/jobs/{printJobId}`: the job's `printJob` JSON with
+//!   `@odata.context`, only the properties `$select` names when it names some (400 for a
+//!   property `printJob` lacks), or the same errors.
+//!
+//! Errors are shaped as Graph's are, including where its real answers leave its published schema:
+//! `innerError.date` is ISO 8601 without an offset, a scenario may send an empty `code`, nested
+//! `innerError` levels and `details`, and a 429 carries Graph's `innerError.code` `"429"`.
 //! - `POST /{tenant}/oauth2/v2.0/token`: the simulated Microsoft Entra token endpoint, for the
 //!   gateway's on-behalf-of exchange ([`entra`]).
 //! - `GET /__requests`: the requests received (the newest [`MAX_RECORDED`]), as JSON.
@@ -36,12 +42,13 @@ use axum::{
     response::{IntoResponse, Response},
     routing::{get, post},
 };
+use base64::Engine as _;
 use serde::Serialize;
 use tokio::net::TcpListener;
 
 pub use self::args::SimulatorArgs;
 use self::entra::{Entra, TokenExchange};
-use self::model::{Answer, Failure, Model, usual_error};
+use self::model::{Answer, Failure, Model, Parent, usual_error};
 use self::scenario::RuleMethod;
 pub use self::scenario::{Scenario, ScenarioError};
 
@@ -84,8 +91,11 @@ pub struct ReceivedRequest {
     pub method: String,
     /// The request target exactly as received: path and query, not normalised.
     pub path: String,
-    /// The printer ID, decoded, when the path is a cancel or a job read.
+    /// The printer ID, decoded, when the path is a cancel or a job read under a printer.
     pub printer_id: Option<String>,
+    /// The printer share ID, decoded, when the path is a cancel or a job read under a share.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub share_id: Option<String>,
     /// The job ID, decoded, when the path is a cancel or a job read.
     pub print_job_id: Option<String>,
     /// Whether an `Authorization: Bearer` token came with it. The token itself is never kept.
@@ -94,6 +104,12 @@ pub struct ReceivedRequest {
     pub client_request_id: Option<String>,
     /// The `traceparent` header.
     pub traceparent: Option<String>,
+    /// The `content-length` header, which tells whether a body came (Graph's cancel takes none).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub content_length: Option<String>,
+    /// The `content-type` header.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub content_type: Option<String>,
     /// The status answered.
     pub status: u16,
     /// The `request-id` answered.
@@ -110,9 +126,26 @@ pub struct ReceivedRequest {
 /// The IDs a cancel or job read named, passed from the handler to the recording layer.
 #[derive(Debug, Clone)]
 struct JobIds {
-    printer_id: String,
+    parent: Parent,
     print_job_id: String,
 }
+
+/// The properties of Graph's `printJob` (CSDL `microsoft.graph.printJob` and its `entity` base),
+/// which `$select` may name.
+const PRINT_JOB_PROPERTIES: &[&str] = &[
+    "id",
+    "acknowledgedDateTime",
+    "configuration",
+    "createdBy",
+    "createdDateTime",
+    "errorCode",
+    "isFetchable",
+    "redirectedFrom",
+    "redirectedTo",
+    "status",
+    "documents",
+    "tasks",
+];
 
 // === impl Simulator ===
 
@@ -151,6 +184,14 @@ impl Simulator {
                 "/v1.0/print/printers/{printer_id}/jobs/{print_job_id}",
                 get(read_job),
             )
+            .route(
+                "/v1.0/print/shares/{share_id}/jobs/{print_job_id}/cancel",
+                post(cancel_through_share),
+            )
+            .route(
+                "/v1.0/print/shares/{share_id}/jobs/{print_job_id}",
+                get(read_job_through_share),
+            )
             .route("/{tenant}/oauth2/v2.0/token", post(entra::token))
             .method_not_allowed_fallback(method_not_allowed)
             .fallback(no_such_resource)
@@ -184,65 +225,133 @@ async fn cancel(
     headers: HeaderMap,
 ) -> Response {
     let ids = JobIds {
-        printer_id,
+        parent: Parent::Printer(printer_id),
         print_job_id,
     };
-    answer_job_request(simulator, RuleMethod::Post, ids, &headers, Model::cancel).await
+    answer_job_request(simulator, RuleMethod::Post, ids, &headers, None).await
+}
+
+async fn cancel_through_share(
+    State(simulator): State<Simulator>,
+    Path((share_id, print_job_id)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    let ids = JobIds {
+        parent: Parent::Share(share_id),
+        print_job_id,
+    };
+    answer_job_request(simulator, RuleMethod::Post, ids, &headers, None).await
 }
 
 async fn read_job(
     State(simulator): State<Simulator>,
     Path((printer_id, print_job_id)): Path<(String, String)>,
+    uri: axum::http::Uri,
     headers: HeaderMap,
 ) -> Response {
     let ids = JobIds {
-        printer_id,
+        parent: Parent::Printer(printer_id),
         print_job_id,
     };
-    answer_job_request(simulator, RuleMethod::Get, ids, &headers, Model::read).await
+    answer_job_request(simulator, RuleMethod::Get, ids, &headers, Some(query(&uri))).await
+}
+
+async fn read_job_through_share(
+    State(simulator): State<Simulator>,
+    Path((share_id, print_job_id)): Path<(String, String)>,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+) -> Response {
+    let ids = JobIds {
+        parent: Parent::Share(share_id),
+        print_job_id,
+    };
+    answer_job_request(simulator, RuleMethod::Get, ids, &headers, Some(query(&uri))).await
 }
 
 /// Answers a cancel or read of a job: 401 without a token, or with one the simulated Entra did not
 /// issue when the scenario requires issued tokens; else the first matching rule, after
-/// its delay; else what `decide` makes of the printers and jobs.
+/// its delay; else a 400 for a `$select` of a property `printJob` lacks; else what the model
+/// makes of the printers and jobs. `query` is the read's query (`None` for a cancel).
 async fn answer_job_request(
     simulator: Simulator,
     method: RuleMethod,
     ids: JobIds,
     headers: &HeaderMap,
-    decide: fn(&mut Model, &str, &str) -> Answer,
+    query: Option<Vec<(String, String)>>,
 ) -> Response {
     let JobIds {
-        printer_id,
+        parent,
         print_job_id,
     } = &ids;
     let tenant = bearer(headers).and_then(tenant_of);
     let throttled =
         || lock(&simulator.shared.model).throttled(tenant.as_deref(), std::time::Instant::now());
+    let select = query.as_deref().and_then(selected);
     let answer = if let Some(refused) = entra_refusal(&simulator, headers) {
         refused
     } else if let Some(throttled) = throttled() {
         throttled
     } else if bearer_token(headers) {
-        let plan = lock(&simulator.shared.model).plan(method, printer_id, print_job_id);
+        let plan = lock(&simulator.shared.model).plan(method, parent, print_job_id);
         if let Some(delay) = plan.delay {
             tokio::time::sleep(delay).await;
         }
-        match plan.answer {
-            Some(answer) => answer,
-            None => decide(&mut lock(&simulator.shared.model), printer_id, print_job_id),
+        let unknown = select
+            .iter()
+            .flatten()
+            .find(|p| !PRINT_JOB_PROPERTIES.contains(&p.as_str()));
+        match (plan.answer, unknown) {
+            (Some(answer), _) => answer,
+            (None, Some(property)) => failure(
+                400,
+                "BadRequest",
+                &format!(
+                    "Could not find a property named '{property}' on type 'microsoft.graph.printJob'."
+                ),
+            ),
+            (None, None) => {
+                let mut model = lock(&simulator.shared.model);
+                match method {
+                    RuleMethod::Post => model.cancel(parent, print_job_id),
+                    RuleMethod::Get => model.read(parent, print_job_id),
+                }
+            }
         }
     } else {
-        Answer::Failed(Failure {
-            status: 401,
-            code: "InvalidAuthenticationToken".to_owned(),
-            message: "Access token is empty.".to_owned(),
-            retry_after: None,
-        })
+        failure(401, "InvalidAuthenticationToken", "Access token is empty.")
     };
-    let mut response = respond(answer, headers);
-    response.extensions_mut().insert(ids);
+    let read = ReadView {
+        parent,
+        select: select.as_deref(),
+    };
+    let mut response = respond(answer, headers, Some(&read));
+    response.extensions_mut().insert(ids.clone());
     response
+}
+
+/// A request's query, decoded.
+fn query(uri: &axum::http::Uri) -> Vec<(String, String)> {
+    url::form_urlencoded::parse(uri.query().unwrap_or_default().as_bytes())
+        .into_owned()
+        .collect()
+}
+
+/// The properties a read's `$select` names, when it names some.
+fn selected(query: &[(String, String)]) -> Option<Vec<String>> {
+    let (_, value) = query.iter().rev().find(|(key, _)| key == "$select")?;
+    let properties: Vec<String> = value
+        .split(',')
+        .map(|p| p.trim().to_owned())
+        .filter(|p| !p.is_empty())
+        .collect();
+    (!properties.is_empty()).then_some(properties)
+}
+
+/// How a job read is shown: its parent (for `@odata.context`) and its `$select`.
+struct ReadView<'a> {
+    parent: &'a Parent,
+    select: Option<&'a [String]>,
 }
 
 /// Graph's 401 when the scenario requires tokens issued by the simulated Entra endpoint and the
@@ -261,7 +370,7 @@ fn entra_refusal(simulator: &Simulator, headers: &HeaderMap) -> Option<Answer> {
 
 async fn method_not_allowed(headers: HeaderMap) -> Response {
     let (code, message) = usual_error(405);
-    respond(failure(405, code, message), &headers)
+    respond(failure(405, code, message), &headers, None)
 }
 
 async fn no_such_resource(headers: HeaderMap) -> Response {
@@ -272,6 +381,7 @@ async fn no_such_resource(headers: HeaderMap) -> Response {
             "No resource was found that matches the request.",
         ),
         &headers,
+        None,
     )
 }
 
@@ -284,13 +394,16 @@ fn failure(status: u16, code: &str, message: &str) -> Answer {
         status,
         code: code.to_owned(),
         message: message.to_owned(),
-        retry_after: None,
+        ..Failure::default()
     })
 }
 
+/// Graph's `WWW-Authenticate` challenge, as it sends it on 401.
+const CHALLENGE: &str = r#"Bearer realm="", authorization_uri="https://login.microsoftonline.com/common/oauth2/authorize", client_id="00000003-0000-0000-c000-000000000000""#;
+
 /// Builds Graph's answer: the status, `request-id`, the echoed `client-request-id`, the
-/// diagnostic header, and for errors Graph's JSON body.
-fn respond(answer: Answer, request: &HeaderMap) -> Response {
+/// diagnostic header, and for errors Graph's JSON body. `read` shows a job read.
+fn respond(answer: Answer, request: &HeaderMap, read: Option<&ReadView<'_>>) -> Response {
     let request_id = uuid::Uuid::new_v4().to_string();
     let client_request_id = request
         .get("client-request-id")
@@ -298,47 +411,14 @@ fn respond(answer: Answer, request: &HeaderMap) -> Response {
         .map_or_else(|| request_id.clone(), str::to_owned);
     let mut response = match answer {
         Answer::Accepted(status) => status_code(status).into_response(),
-        Answer::Job { id, state } => Json(serde_json::json!({
-            "id": id,
-            "status": {
-                "state": state,
-                "description": state.description(),
-                "details": [],
-                "isAcquiredByPrinter": false,
-            }
-        }))
-        .into_response(),
-        Answer::Failed(failure) => {
-            let body = serde_json::json!({
-                "error": {
-                    "code": failure.code,
-                    "message": failure.message,
-                    "innerError": {
-                        "date": httpdate::fmt_http_date(std::time::SystemTime::now()),
-                        "request-id": request_id,
-                        "client-request-id": client_request_id,
-                    }
-                }
-            });
-            let mut response = (status_code(failure.status), Json(body)).into_response();
-            if let Some(retry_after) = failure
-                .retry_after
-                .and_then(|v| HeaderValue::try_from(v).ok())
-            {
-                response
-                    .headers_mut()
-                    .insert(header::RETRY_AFTER, retry_after);
-            }
-            if failure.status == 401 {
-                response.headers_mut().insert(
-                    header::WWW_AUTHENTICATE,
-                    HeaderValue::from_static(
-                        r#"Bearer realm="", authorization_uri="https://login.microsoftonline.com/common/oauth2/authorize", client_id="00000003-0000-0000-c000-000000000000""#,
-                    ),
-                );
-            }
-            response
+        Answer::Job { id, state } => {
+            let host = request
+                .get(header::HOST)
+                .and_then(|value| value.to_str().ok())
+                .unwrap_or("graph.microsoft.com");
+            Json(job_json(&id, state, host, read)).into_response()
         }
+        Answer::Failed(failure) => failure_response(failure, &request_id, &client_request_id),
     };
     let headers = response.headers_mut();
     for (name, value) in [
@@ -351,6 +431,142 @@ fn respond(answer: Answer, request: &HeaderMap) -> Response {
     }
     headers.insert("x-ms-ags-diagnostic", HeaderValue::from_static(DIAGNOSTIC));
     response
+}
+
+/// A `printJob` as Graph shows it: `@odata.context`, then every property, or only those `$select`
+/// names (and `@odata.context` says which, as `jobs(status)`).
+fn job_json(
+    id: &str,
+    state: scenario::JobState,
+    host: &str,
+    read: Option<&ReadView<'_>>,
+) -> serde_json::Value {
+    let select = read.and_then(|read| read.select);
+    let (collection, parent) = match read.map(|read| read.parent) {
+        Some(Parent::Share(share)) => ("shares", share.as_str()),
+        Some(Parent::Printer(printer)) => ("printers", printer.as_str()),
+        None => ("printers", ""),
+    };
+    let selection = select.map_or_else(String::new, |s| format!("({})", s.join(",")));
+    let context = format!(
+        "http://{host}/v1.0/$metadata#print/{collection}('{}')/jobs{selection}/$entity",
+        parent.replace('\'', "''")
+    );
+    let full = serde_json::json!({
+        "id": id,
+        "createdDateTime": format!("{}Z", iso_8601(std::time::SystemTime::now())),
+        "acknowledgedDateTime": null,
+        "errorCode": null,
+        "isFetchable": state == scenario::JobState::Pending || state == scenario::JobState::Processing,
+        "redirectedFrom": null,
+        "redirectedTo": null,
+        "status": {
+            "state": state,
+            "description": state.description(),
+            "details": [],
+            "isAcquiredByPrinter": false,
+        },
+    });
+    let mut body = serde_json::Map::new();
+    body.insert("@odata.context".to_owned(), context.into());
+    if let serde_json::Value::Object(properties) = full {
+        for (name, value) in properties {
+            if select.is_none_or(|s| s.contains(&name)) {
+                body.insert(name, value);
+            }
+        }
+    }
+    serde_json::Value::Object(body)
+}
+
+/// Graph's error answer. Its body follows Graph's real answers: `innerError.date` without an
+/// offset, nested `innerError` levels, `details` (always present, as Graph sends it), and on a
+/// 429 the `innerError` of Graph's throttling page (`code` and `status` `"429"`).
+fn failure_response(failure: Failure, request_id: &str, client_request_id: &str) -> Response {
+    let mut codes: Vec<String> = Vec::new();
+    let mut inner = serde_json::json!({
+        "date": iso_8601(std::time::SystemTime::now()),
+        "request-id": request_id,
+        "client-request-id": client_request_id,
+    });
+    if failure.status == 429 {
+        codes.push("429".to_owned());
+        inner["message"] = "Please retry after".into();
+        inner["status"] = "429".into();
+    }
+    codes.extend(failure.inner_codes);
+    // Innermost first: each level wraps the one below it.
+    let mut nested: Option<serde_json::Value> = None;
+    for code in codes.iter().skip(1).rev() {
+        let mut level = serde_json::json!({ "code": code });
+        if let Some(below) = nested.take() {
+            level["innerError"] = below;
+        }
+        nested = Some(level);
+    }
+    if let Some(code) = codes.first() {
+        inner["code"] = code.clone().into();
+    }
+    if let Some(below) = nested {
+        inner["innerError"] = below;
+    }
+    let body = serde_json::json!({
+        "error": {
+            "code": failure.code,
+            "message": failure.message,
+            "details": failure.details,
+            "innerError": inner,
+        }
+    });
+    let mut response = (status_code(failure.status), Json(body)).into_response();
+    if let Some(retry_after) = failure
+        .retry_after
+        .and_then(|v| HeaderValue::try_from(v).ok())
+    {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, retry_after);
+    }
+    let challenge = match (&failure.claims, failure.status) {
+        (Some(claims), _) => Some(format!(
+            r#"{CHALLENGE}, error="insufficient_claims", claims="{}""#,
+            base64::engine::general_purpose::STANDARD.encode(claims)
+        )),
+        (None, 401) => Some(CHALLENGE.to_owned()),
+        (None, _) => None,
+    };
+    if let Some(challenge) = challenge.and_then(|c| HeaderValue::try_from(c).ok()) {
+        response
+            .headers_mut()
+            .insert(header::WWW_AUTHENTICATE, challenge);
+    }
+    response
+}
+
+/// A time as Graph writes `innerError.date`: ISO 8601 in UTC to the second, without an offset
+/// (`2020-08-18T12:51:51`), which its published schema (`date-time` with an offset) does not
+/// allow but its answers send.
+fn iso_8601(time: std::time::SystemTime) -> String {
+    let seconds = time
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_secs());
+    let (days, rest) = (seconds / 86_400, seconds % 86_400);
+    // Howard Hinnant's days-to-civil, for days since 1970-01-01 (never negative here).
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + u64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}",
+        rest / 3_600,
+        rest % 3_600 / 60,
+        rest % 60
+    )
 }
 
 fn status_code(status: u16) -> StatusCode {
@@ -388,7 +604,10 @@ async fn record(State(simulator): State<Simulator>, request: Request, next: Next
     let response = next.run(request).await;
 
     if let Some(ids) = response.extensions().get::<JobIds>() {
-        entry.printer_id = Some(ids.printer_id.clone());
+        match &ids.parent {
+            Parent::Printer(printer) => entry.printer_id = Some(printer.clone()),
+            Parent::Share(share) => entry.share_id = Some(share.clone()),
+        }
         entry.print_job_id = Some(ids.print_job_id.clone());
     }
     if let Some(exchange) = response.extensions().get::<TokenExchange>() {
@@ -430,14 +649,31 @@ impl From<&Request> for ReceivedRequest {
                 .path_and_query()
                 .map_or_else(String::new, |pq| pq.to_string()),
             printer_id: None,
+            share_id: None,
             print_job_id: None,
             bearer_token: bearer_token(request.headers()),
             client_request_id: header("client-request-id"),
             traceparent: header("traceparent"),
+            content_length: header("content-length"),
+            content_type: header("content-type"),
             status: 0,
             request_id: String::new(),
             bearer_token_sha256: bearer(request.headers()).map(entra::sha256_prefix),
             token_exchange: None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates_are_iso_8601_without_an_offset() {
+        let at = |seconds| std::time::UNIX_EPOCH + std::time::Duration::from_secs(seconds);
+        assert_eq!(iso_8601(at(0)), "1970-01-01T00:00:00");
+        assert_eq!(iso_8601(at(1_597_755_111)), "2020-08-18T12:51:51");
+        assert_eq!(iso_8601(at(951_782_400)), "2000-02-29T00:00:00");
+        assert_eq!(iso_8601(at(4_102_444_799)), "2099-12-31T23:59:59");
     }
 }

@@ -6,7 +6,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::scenario::{JobState, Rule, RuleMethod, Scenario, ThrottleSpec};
+use super::scenario::{ErrorDetailSpec, JobState, Rule, RuleMethod, Scenario, ThrottleSpec};
 
 /// What the simulated Graph answers to one cancel or read.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -20,12 +20,24 @@ pub(crate) enum Answer {
 }
 
 /// A Graph-shaped error answer.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub(crate) struct Failure {
     pub status: u16,
     pub code: String,
     pub message: String,
     pub retry_after: Option<String>,
+    /// Codes of nested `innerError` levels, outermost first.
+    pub inner_codes: Vec<String>,
+    pub details: Vec<ErrorDetailSpec>,
+    /// The claims JSON of a claims challenge.
+    pub claims: Option<String>,
+}
+
+/// What a job request names as the job's parent: a printer, or a printer share.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Parent {
+    Printer(String),
+    Share(String),
 }
 
 /// How a call will be answered: after `delay`, with `answer`, or by the printers and jobs when
@@ -40,9 +52,12 @@ pub(crate) struct Plan {
 #[derive(Debug)]
 pub(crate) struct Model {
     printers: HashMap<String, Printer>,
+    /// Each share's printer.
+    shares: HashMap<String, String>,
     rules: Vec<(Rule, Option<u64>)>,
     /// Each tenant's throttle window, and when its current one opened.
     throttles: Vec<(ThrottleSpec, Option<Instant>)>,
+    not_cancelable_status: u16,
 }
 
 #[derive(Debug)]
@@ -86,10 +101,17 @@ impl Model {
             .into_iter()
             .map(|spec| (spec, None))
             .collect();
+        let shares = scenario
+            .shares
+            .into_iter()
+            .map(|share| (share.id, share.printer))
+            .collect();
         Self {
             printers,
+            shares,
             rules,
             throttles,
+            not_cancelable_status: scenario.not_cancelable_status.unwrap_or(409),
         }
     }
 
@@ -117,16 +139,34 @@ impl Model {
             code: code.to_owned(),
             message: message.to_owned(),
             retry_after: Some(format!("{}.{:03}", millis / 1000, millis % 1000)),
+            ..Failure::default()
         }))
     }
 
-    /// The plan for a cancel (`POST`) or read (`GET`) of `job` on `printer`: the first rule that
-    /// matches and has uses left, which spends one use; or no rule at all.
-    pub(crate) fn plan(&mut self, method: RuleMethod, printer: &str, job: &str) -> Plan {
+    /// The printer a request names, directly or through a share; `None` for an unknown share.
+    fn printer_of<'a>(&'a self, parent: &'a Parent) -> Option<&'a str> {
+        match parent {
+            Parent::Printer(printer) => Some(printer),
+            Parent::Share(share) => self.shares.get(share).map(String::as_str),
+        }
+    }
+
+    /// The plan for a cancel (`POST`) or read (`GET`) of `job` under `parent`: the first rule
+    /// that matches and has uses left, which spends one use; or no rule at all.
+    pub(crate) fn plan(&mut self, method: RuleMethod, parent: &Parent, job: &str) -> Plan {
+        let printer = self.printer_of(parent).map(str::to_owned);
+        let share = match parent {
+            Parent::Share(share) => Some(share.as_str()),
+            Parent::Printer(_) => None,
+        };
         let matching = self.rules.iter_mut().find(|(rule, uses)| {
             uses.is_none_or(|left| left > 0)
                 && rule.method == method
-                && rule.printer.as_deref().is_none_or(|p| p == printer)
+                && rule
+                    .printer
+                    .as_deref()
+                    .is_none_or(|p| printer.as_deref() == Some(p))
+                && rule.share.as_deref().is_none_or(|s| share == Some(s))
                 && rule.job.as_deref().is_none_or(|j| j == job)
         });
         let Some((rule, uses)) = matching else {
@@ -148,6 +188,9 @@ impl Model {
                     code: rule.code.clone().unwrap_or_else(|| code.to_owned()),
                     message: rule.message.clone().unwrap_or_else(|| message.to_owned()),
                     retry_after: rule.retry_after.clone(),
+                    inner_codes: rule.inner_codes.clone(),
+                    details: rule.details.clone(),
+                    claims: rule.claims.clone(),
                 })
             }
         });
@@ -157,49 +200,61 @@ impl Model {
         }
     }
 
-    /// Cancels `job` on `printer` by the state machine: a pending, processing, paused or stopped
-    /// job becomes canceled; a completed, canceled or aborted one cannot be canceled (409
-    /// `notAllowed`); an unknown printer or job is 404 `itemNotFound`.
-    pub(crate) fn cancel(&mut self, printer: &str, job: &str) -> Answer {
-        let Some(found) = self.printers.get_mut(printer) else {
-            return not_found(format!("The printer '{printer}' was not found."));
+    /// Cancels `job` under `parent` by the state machine: a pending, processing, paused or
+    /// stopped job becomes canceled; a completed, canceled, aborted, unknown or
+    /// unknownFutureValue one cannot be canceled (409 `notAllowed`, or the scenario's
+    /// `notCancelableStatus`); an unknown printer, share or job is 404 `itemNotFound`.
+    pub(crate) fn cancel(&mut self, parent: &Parent, job: &str) -> Answer {
+        let refused_status = self.not_cancelable_status;
+        let printer = match self.printer_of(parent) {
+            Some(printer) => printer.to_owned(),
+            None => return parent_not_found(parent),
+        };
+        let Some(found) = self.printers.get_mut(&printer) else {
+            return parent_not_found(parent);
         };
         let Some(state) = found.jobs.get_mut(job) else {
             return if found.any_job {
                 Answer::Accepted(204)
             } else {
                 not_found(format!(
-                    "The print job '{job}' was not found on printer '{printer}'."
+                    "The print job '{job}' was not found on printer '{}'.",
+                    parent_name(parent)
                 ))
             };
         };
         if !state.is_cancelable() {
+            let code = match refused_status {
+                409 => "notAllowed",
+                other => usual_error(other).0,
+            };
             return Answer::Failed(Failure {
-                status: 409,
-                code: "notAllowed".to_owned(),
+                status: refused_status,
+                code: code.to_owned(),
                 message: format!(
                     "The print job is already {} and cannot be canceled.",
                     state.name()
                 ),
-                retry_after: None,
+                ..Failure::default()
             });
         }
         *state = JobState::Canceled;
         Answer::Accepted(204)
     }
 
-    /// Reads `job` on `printer`: the job and its state, or 404 `itemNotFound`. A job of an
+    /// Reads `job` under `parent`: the job and its state, or 404 `itemNotFound`. A job of an
     /// `anyJob` printer that is not listed reads as processing, as it cancels.
-    pub(crate) fn read(&mut self, printer: &str, job: &str) -> Answer {
-        let Some(found) = self.printers.get(printer) else {
-            return not_found(format!("The printer '{printer}' was not found."));
+    pub(crate) fn read(&mut self, parent: &Parent, job: &str) -> Answer {
+        let Some(found) = self.printer_of(parent).and_then(|p| self.printers.get(p)) else {
+            return parent_not_found(parent);
         };
         let state = match found.jobs.get(job) {
             Some(state) => *state,
             None if found.any_job => JobState::Processing,
             None => {
                 return not_found(format!(
-                    "The print job '{job}' was not found on printer '{printer}'."
+                    "The print job '{job}' was not found on printer '{}'.",
+                    parent_name(parent)
                 ));
             }
         };
@@ -215,7 +270,20 @@ fn not_found(message: String) -> Answer {
         status: 404,
         code: "itemNotFound".to_owned(),
         message,
-        retry_after: None,
+        ..Failure::default()
+    })
+}
+
+fn parent_name(parent: &Parent) -> &str {
+    match parent {
+        Parent::Printer(id) | Parent::Share(id) => id,
+    }
+}
+
+fn parent_not_found(parent: &Parent) -> Answer {
+    not_found(match parent {
+        Parent::Printer(printer) => format!("The printer '{printer}' was not found."),
+        Parent::Share(share) => format!("The printer share '{share}' was not found."),
     })
 }
 
@@ -240,6 +308,7 @@ pub(crate) fn usual_error(status: u16) -> (&'static str, &'static str) {
             "notAllowed",
             "The print job cannot be canceled in its current state.",
         ),
+        423 => ("resourceLocked", "The resource is locked."),
         429 => (
             "TooManyRequests",
             "Too many requests: retry after the time in the Retry-After header.",
@@ -263,6 +332,14 @@ mod tests {
         Model::new(Scenario::parse(scenario, "test").unwrap())
     }
 
+    fn printer(id: &str) -> Parent {
+        Parent::Printer(id.to_owned())
+    }
+
+    fn share(id: &str) -> Parent {
+        Parent::Share(id.to_owned())
+    }
+
     #[test]
     fn cancel_follows_the_job_state_machine() {
         let mut model = Model::new(Scenario::builtin());
@@ -273,33 +350,36 @@ mod tests {
 
         for job in ["1", "2", "6"] {
             assert_eq!(
-                model.cancel("printer-1", job),
+                model.cancel(&printer("printer-1"), job),
                 Answer::Accepted(204),
                 "job {job}"
             );
             assert_eq!(
-                failed(model.cancel("printer-1", job)),
+                failed(model.cancel(&printer("printer-1"), job)),
                 (409, "notAllowed".into()),
                 "job {job} again"
             );
         }
         for job in ["3", "4", "5"] {
             assert_eq!(
-                failed(model.cancel("printer-1", job)),
+                failed(model.cancel(&printer("printer-1"), job)),
                 (409, "notAllowed".into()),
                 "job {job}"
             );
         }
         assert_eq!(
-            failed(model.cancel("printer-1", "99")),
+            failed(model.cancel(&printer("printer-1"), "99")),
             (404, "itemNotFound".into())
         );
         assert_eq!(
-            failed(model.cancel("no-such-printer", "1")),
+            failed(model.cancel(&printer("no-such-printer"), "1")),
             (404, "itemNotFound".into())
         );
         for _ in 0..3 {
-            assert_eq!(model.cancel("any-job-printer", "7"), Answer::Accepted(204));
+            assert_eq!(
+                model.cancel(&printer("any-job-printer"), "7"),
+                Answer::Accepted(204)
+            );
         }
     }
 
@@ -319,20 +399,20 @@ mod tests {
         };
 
         let post = RuleMethod::Post;
-        assert_eq!(status(model.plan(post, "p", "1")), (500, None));
+        assert_eq!(status(model.plan(post, &printer("p"), "1")), (500, None));
         assert_eq!(
-            status(model.plan(post, "p", "2")),
+            status(model.plan(post, &printer("p"), "2")),
             (429, Some("2.5".into()))
         );
         assert_eq!(
-            status(model.plan(post, "p", "2")),
+            status(model.plan(post, &printer("p"), "2")),
             (429, Some("2.5".into()))
         );
-        let third = model.plan(post, "p", "2");
+        let third = model.plan(post, &printer("p"), "2");
         assert_eq!(third.delay, Some(Duration::from_millis(10)));
         assert_eq!(status(third), (202, None));
         assert_eq!(
-            status(model.plan(post, "p", "1")),
+            status(model.plan(post, &printer("p"), "1")),
             (500, None),
             "unlimited rules never run out"
         );
@@ -342,7 +422,7 @@ mod tests {
     fn without_a_matching_rule_the_state_decides() {
         let mut model = model(r#"{"rules": [{"printer": "other", "status": 503}]}"#);
         assert_eq!(
-            model.plan(RuleMethod::Post, "p", "1"),
+            model.plan(RuleMethod::Post, &printer("p"), "1"),
             Plan {
                 delay: None,
                 answer: None
@@ -364,12 +444,21 @@ mod tests {
             _ => None,
         };
 
-        assert_eq!(status(model.plan(RuleMethod::Get, "p", "1")), Some(403));
-        assert_eq!(status(model.plan(RuleMethod::Get, "p", "1")), None);
-        assert_eq!(status(model.plan(RuleMethod::Post, "p", "1")), Some(503));
-        assert_eq!(model.plan(RuleMethod::Get, "p", "2").delay, None);
         assert_eq!(
-            model.plan(RuleMethod::Post, "p", "2").delay,
+            status(model.plan(RuleMethod::Get, &printer("p"), "1")),
+            Some(403)
+        );
+        assert_eq!(
+            status(model.plan(RuleMethod::Get, &printer("p"), "1")),
+            None
+        );
+        assert_eq!(
+            status(model.plan(RuleMethod::Post, &printer("p"), "1")),
+            Some(503)
+        );
+        assert_eq!(model.plan(RuleMethod::Get, &printer("p"), "2").delay, None);
+        assert_eq!(
+            model.plan(RuleMethod::Post, &printer("p"), "2").delay,
             Some(Duration::from_secs(1))
         );
     }
@@ -428,15 +517,77 @@ mod tests {
             Answer::Accepted(status) => Err(status),
         };
 
-        assert_eq!(state(model.read("printer-1", "2")), Ok(JobState::Pending));
-        model.cancel("printer-1", "2");
-        assert_eq!(state(model.read("printer-1", "2")), Ok(JobState::Canceled));
-        assert_eq!(state(model.read("printer-1", "3")), Ok(JobState::Completed));
         assert_eq!(
-            state(model.read("any-job-printer", "7")),
+            state(model.read(&printer("printer-1"), "2")),
+            Ok(JobState::Pending)
+        );
+        model.cancel(&printer("printer-1"), "2");
+        assert_eq!(
+            state(model.read(&printer("printer-1"), "2")),
+            Ok(JobState::Canceled)
+        );
+        assert_eq!(
+            state(model.read(&printer("printer-1"), "3")),
+            Ok(JobState::Completed)
+        );
+        assert_eq!(
+            state(model.read(&printer("any-job-printer"), "7")),
             Ok(JobState::Processing)
         );
-        assert_eq!(state(model.read("printer-1", "99")), Err(404));
-        assert_eq!(state(model.read("no-such-printer", "1")), Err(404));
+        assert_eq!(state(model.read(&printer("printer-1"), "99")), Err(404));
+        assert_eq!(
+            state(model.read(&printer("no-such-printer"), "1")),
+            Err(404)
+        );
+    }
+
+    #[test]
+    fn a_share_reaches_its_printers_jobs_and_rules_can_name_it() {
+        let mut model = model(
+            r#"{
+                "printers": [{"id": "p", "jobs": [{"id": "1"}, {"id": "2", "state": "unknownFutureValue"}]}],
+                "shares": [{"id": "s", "printer": "p"}],
+                "rules": [{"share": "s", "job": "9", "status": 503}],
+                "notCancelableStatus": 400
+            }"#,
+        );
+        let failed = |answer: Answer| match answer {
+            Answer::Failed(failure) => (failure.status, failure.code),
+            other => panic!("expected a failure, got {other:?}"),
+        };
+        assert_eq!(model.cancel(&share("s"), "1"), Answer::Accepted(204));
+        assert_eq!(
+            model.read(&printer("p"), "1"),
+            Answer::Job {
+                id: "1".into(),
+                state: JobState::Canceled
+            },
+            "the share's job is the printer's"
+        );
+        assert_eq!(
+            failed(model.cancel(&share("s"), "1")),
+            (400, "invalidRequest".into()),
+            "notCancelableStatus"
+        );
+        assert_eq!(
+            failed(model.cancel(&printer("p"), "2")),
+            (400, "invalidRequest".into()),
+            "unknownFutureValue cannot be canceled"
+        );
+        assert_eq!(failed(model.cancel(&share("nope"), "1")).0, 404);
+        assert_eq!(failed(model.read(&share("nope"), "1")).0, 404);
+        assert!(
+            model
+                .plan(RuleMethod::Post, &share("s"), "9")
+                .answer
+                .is_some()
+        );
+        assert!(
+            model
+                .plan(RuleMethod::Post, &printer("p"), "9")
+                .answer
+                .is_none(),
+            "a share rule does not match the printer's own path"
+        );
     }
 }

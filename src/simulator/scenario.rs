@@ -19,6 +19,15 @@ pub struct Scenario {
     /// The printers Graph knows. Any other printer ID answers 404.
     #[serde(default, deserialize_with = "unique_printers")]
     pub printers: Vec<PrinterSpec>,
+    /// The printer shares Graph knows, each of a listed printer: a job reached through a share
+    /// (`/print/shares/{id}/jobs/{jobId}`) is that printer's job. Any other share ID answers 404.
+    #[serde(default, deserialize_with = "unique_shares")]
+    pub shares: Vec<ShareSpec>,
+    /// The HTTP status of the answer to a cancel of a job that can no longer be canceled
+    /// (completed, canceled, aborted, unknown): 409 when absent. Graph documents only the class
+    /// `4XX` there, so a scenario can make it 400 or 423 to see how a client copes.
+    #[serde(default, deserialize_with = "client_error_status")]
+    pub not_cancelable_status: Option<u16>,
     /// Scripted answers, tried in order; the first that matches a call and has uses left applies.
     #[serde(default)]
     pub rules: Vec<Rule>,
@@ -62,6 +71,16 @@ pub struct PrinterSpec {
     pub any_job: bool,
 }
 
+/// A printer share: another name under which a printer's jobs are reached.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ShareSpec {
+    /// The share's ID.
+    pub id: String,
+    /// The ID of the printer it shares, which must be listed under `printers`.
+    pub printer: String,
+}
+
 /// A print job.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
@@ -73,10 +92,13 @@ pub struct JobSpec {
     pub state: JobState,
 }
 
-/// A print job's processing state, as Graph names them (`printJobProcessingState`).
+/// A print job's processing state, as Graph names them (`printJobProcessingState`, all nine
+/// members).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub enum JobState {
+    /// Graph does not know the state: cannot be canceled here.
+    Unknown,
     /// Waiting to be printed.
     Pending,
     /// Printing.
@@ -91,6 +113,9 @@ pub enum JobState {
     Canceled,
     /// Ended by an error: cannot be canceled.
     Aborted,
+    /// The evolvable enumeration's sentinel: what Graph sends for a state added later to a client
+    /// that does not send `Prefer: include-unknown-enum-members`. Cannot be canceled here.
+    UnknownFutureValue,
 }
 
 /// A scripted answer.
@@ -100,6 +125,11 @@ pub struct Rule {
     /// The printer it applies to; every printer when absent.
     #[serde(default)]
     pub printer: Option<String>,
+    /// The printer share it applies to: only requests through that share
+    /// (`/print/shares/{id}/…`) match. Absent, requests through a printer match, and so do those
+    /// through a share of a printer the rule matches.
+    #[serde(default)]
+    pub share: Option<String>,
     /// The job it applies to; every job when absent.
     #[serde(default)]
     pub job: Option<String>,
@@ -111,9 +141,23 @@ pub struct Rule {
     /// printers and jobs as usual (after `delay`).
     #[serde(default, deserialize_with = "http_status")]
     pub status: Option<u16>,
-    /// The Graph error code; a usual one for the status when absent.
+    /// The Graph error code; a usual one for the status when absent. `""` sends an empty code,
+    /// as Graph's real answers sometimes do.
     #[serde(default)]
     pub code: Option<String>,
+    /// The codes of nested `innerError` objects, outermost first: `["a", "b"]` sends
+    /// `"innerError": {"code": "a", …, "innerError": {"code": "b"}}` (after Graph's own `"429"`
+    /// on a 429).
+    #[serde(default)]
+    pub inner_codes: Vec<String>,
+    /// The error's `details`: `[{"code", "message", "target"?}]`.
+    #[serde(default)]
+    pub details: Vec<ErrorDetailSpec>,
+    /// A claims challenge: the claims JSON that Conditional Access requires, sent base64-encoded
+    /// in `WWW-Authenticate: Bearer …, error="insufficient_claims", claims="…"` (Graph sends it
+    /// on 403 as well as on 401).
+    #[serde(default)]
+    pub claims: Option<String>,
     /// The Graph error message; a usual one for the status when absent.
     #[serde(default)]
     pub message: Option<String>,
@@ -127,6 +171,19 @@ pub struct Rule {
     /// Applies to the first `times` matching calls only; to every matching call when absent.
     #[serde(default)]
     pub times: Option<u64>,
+}
+
+/// One entry of an error's `details`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ErrorDetailSpec {
+    /// The detail's code.
+    pub code: String,
+    /// The detail's message.
+    pub message: String,
+    /// What it is about, such as a property name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
 }
 
 /// The request a rule scripts.
@@ -185,10 +242,22 @@ impl Scenario {
 
     /// Parses a scenario; `origin` names it in errors.
     pub fn parse(text: &str, origin: &str) -> Result<Self, ScenarioError> {
-        serde_json::from_str(text).map_err(|problem| ScenarioError::Invalid {
+        let invalid = |problem| ScenarioError::Invalid {
             path: origin.to_owned(),
             problem,
-        })
+        };
+        let scenario: Self = serde_json::from_str(text).map_err(invalid)?;
+        if let Some(share) = scenario
+            .shares
+            .iter()
+            .find(|share| !scenario.printers.iter().any(|p| p.id == share.printer))
+        {
+            return Err(invalid(serde_json::Error::custom(format!(
+                "share {:?} names printer {:?}, which is not listed",
+                share.id, share.printer
+            ))));
+        }
+        Ok(scenario)
     }
 }
 
@@ -199,14 +268,24 @@ impl JobState {
         Self::Processing
     }
 
-    /// Whether a job in this state can still be canceled.
+    /// Whether a job in this state can still be canceled. Graph publishes no rule; the
+    /// simulator refuses the finished states and the ones it cannot tell.
     pub fn is_cancelable(self) -> bool {
-        !matches!(self, Self::Completed | Self::Canceled | Self::Aborted)
+        !matches!(
+            self,
+            Self::Completed
+                | Self::Canceled
+                | Self::Aborted
+                | Self::Unknown
+                | Self::UnknownFutureValue
+        )
     }
 
     /// Graph's human-readable description of the state (`status.description`).
     pub fn description(self) -> &'static str {
         match self {
+            Self::Unknown => "The print job's state is unknown.",
+            Self::UnknownFutureValue => "The print job is in a state this client does not know.",
             Self::Pending => "The print job is waiting to be processed.",
             Self::Processing => "The print job is being processed.",
             Self::Paused => "The print job has been paused.",
@@ -220,6 +299,8 @@ impl JobState {
     /// The state's name, as Graph spells it.
     pub fn name(self) -> &'static str {
         match self {
+            Self::Unknown => "unknown",
+            Self::UnknownFutureValue => "unknownFutureValue",
             Self::Pending => "pending",
             Self::Processing => "processing",
             Self::Paused => "paused",
@@ -237,6 +318,10 @@ fn unique_printers<'de, D: Deserializer<'de>>(
     deserializer.deserialize_seq(UniqueIds::new("printer"))
 }
 
+fn unique_shares<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<ShareSpec>, D::Error> {
+    deserializer.deserialize_seq(UniqueIds::new("share"))
+}
+
 fn unique_jobs<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<JobSpec>, D::Error> {
     deserializer.deserialize_seq(UniqueIds::new("job"))
 }
@@ -247,6 +332,12 @@ trait Identified {
 }
 
 impl Identified for PrinterSpec {
+    fn id(&self) -> &str {
+        &self.id
+    }
+}
+
+impl Identified for ShareSpec {
     fn id(&self) -> &str {
         &self.id
     }
@@ -311,6 +402,18 @@ pub(super) fn http_status<'de, D: Deserializer<'de>>(
     if !(200..=599).contains(&status) {
         return Err(D::Error::custom(format!(
             "status {status} is not an HTTP status from 200 to 599"
+        )));
+    }
+    Ok(Some(status))
+}
+
+fn client_error_status<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<u16>, D::Error> {
+    let status = u16::deserialize(deserializer)?;
+    if !(400..=499).contains(&status) || [401, 403, 404, 429].contains(&status) {
+        return Err(D::Error::custom(format!(
+            "notCancelableStatus {status} is not a 4xx other than 401, 403, 404 and 429"
         )));
     }
     Ok(Some(status))
@@ -416,6 +519,16 @@ mod tests {
                 "unknown variant `DELETE`",
             ),
             ("{\n  \"printers\": [\n", "line 3", "EOF"),
+            (
+                "{\n  \"shares\": [{\"id\": \"s\", \"printer\": \"nope\"}]\n}",
+                "",
+                "share \"s\" names printer \"nope\"",
+            ),
+            (
+                "{\n  \"notCancelableStatus\": 404\n}",
+                "line 3",
+                "notCancelableStatus 404",
+            ),
         ];
         for (text, line, problem) in cases {
             let error = Scenario::parse(text, "test.json").unwrap_err().to_string();
@@ -424,6 +537,40 @@ mod tests {
                 "{error}"
             );
         }
+    }
+
+    #[test]
+    fn all_nine_processing_states_are_scriptable() {
+        let names = [
+            "unknown",
+            "pending",
+            "processing",
+            "paused",
+            "stopped",
+            "completed",
+            "canceled",
+            "aborted",
+            "unknownFutureValue",
+        ];
+        let jobs: Vec<_> = names
+            .iter()
+            .map(|state| serde_json::json!({"id": state, "state": state}))
+            .collect();
+        let text = serde_json::json!({"printers": [{"id": "p", "jobs": jobs}]}).to_string();
+        let scenario = Scenario::parse(&text, "test").unwrap();
+        let read: Vec<_> = scenario.printers[0]
+            .jobs
+            .iter()
+            .map(|job| job.state.name())
+            .collect();
+        assert_eq!(read, names);
+        let cancelable: Vec<_> = scenario.printers[0]
+            .jobs
+            .iter()
+            .filter(|job| job.state.is_cancelable())
+            .map(|job| job.state.name())
+            .collect();
+        assert_eq!(cancelable, ["pending", "processing", "paused", "stopped"]);
     }
 
     #[test]

@@ -1,7 +1,8 @@
-//! An idempotent Cancel: when Graph refuses a cancel with 409, the gateway reads the job (same
+//! An idempotent Cancel: when Graph refuses a cancel with a 4xx other than 401, 403, 404 and 429
+//! (Graph documents only the class, so 409 is not relied on), the gateway reads the job (same
 //! token, same `client-request-id`, same encoding of the IDs, same deadline) and answers OK with
-//! `already_canceled` when it is canceled, FAILED_PRECONDITION with `jobState` when it is not, and
-//! the 409's own answer when the read fails.
+//! `already_canceled` when it is canceled, FAILED_PRECONDITION with `jobState` when it is not
+//! (`unknown` and `unknownFutureValue` included), and the refusal's own answer when the read fails.
 
 use std::time::Duration;
 
@@ -398,4 +399,103 @@ async fn the_logs_show_the_read_its_failure_and_the_state_found() {
     assert_eq!(access["span"]["job_state"], "canceled");
     assert_eq!(access["span"]["grpc_code"], "OK");
     assert_eq!(access["span"]["http_status"], 409);
+}
+
+#[tokio::test]
+async fn a_job_that_can_no_longer_be_canceled_is_read_whatever_4xx_graph_answers() {
+    // Graph documents `4XX` for the cancel action, not 409: a simulator that answers 400 or 423
+    // for a job that can no longer be canceled must get the same answers as with 409.
+    for (refusal, reason) in [(400, "INVALID_REQUEST"), (423, "RESOURCE_LOCKED")] {
+        let (simulator, url) = simulate(&format!(
+            r#"{{
+                "printers": [{{"id": "p", "jobs": [
+                    {{"id": "1", "state": "processing"}},
+                    {{"id": "2", "state": "completed"}},
+                    {{"id": "3", "state": "unknownFutureValue"}},
+                    {{"id": "4", "state": "unknown"}}
+                ]}}],
+                "notCancelableStatus": {refusal}
+            }}"#
+        ))
+        .await;
+        let gateway = TestGateway::start(&url).await;
+        let call = |job: &'static str| gateway.call().ids("p", job).send();
+
+        let first = call("1").await.expect("canceled");
+        assert!(!first.get_ref().already_canceled);
+        let again = call("1")
+            .await
+            .unwrap_or_else(|status| panic!("HTTP {refusal}: a repeated cancel is OK: {status:?}"));
+        assert!(again.get_ref().already_canceled, "HTTP {refusal}");
+
+        for (job, state) in [
+            ("2", "completed"),
+            ("3", "unknownFutureValue"),
+            ("4", "unknown"),
+        ] {
+            let status = call(job).await.unwrap_err();
+            assert_eq!(
+                status.code(),
+                Code::FailedPrecondition,
+                "HTTP {refusal}, {state}: {status:?}"
+            );
+            let info = status.get_details_error_info().unwrap();
+            assert_eq!(info.metadata["jobState"], state, "HTTP {refusal}");
+            assert_eq!(info.metadata["httpStatus"], refusal.to_string());
+            assert_eq!(info.reason, reason);
+        }
+        let methods: Vec<String> = simulator.received().into_iter().map(|r| r.method).collect();
+        assert_eq!(
+            methods,
+            [
+                "POST", "POST", "GET", "POST", "GET", "POST", "GET", "POST", "GET"
+            ],
+            "HTTP {refusal}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn refusals_about_the_token_the_ids_or_the_rate_never_read_the_job() {
+    let graph = FakeGraph::start().await;
+    let gateway = TestGateway::start_with(&graph.url(), |settings| {
+        // One attempt, so that the 429 is the answer rather than a retry.
+        settings.calls.retry.max_attempts = 1;
+    })
+    .await;
+    for (status, code) in [
+        (401, Code::Unauthenticated),
+        (403, Code::PermissionDenied),
+        (404, Code::NotFound),
+        (429, Code::ResourceExhausted),
+    ] {
+        graph.queue("POST", Reply::graph_error(status, "someCode", "Refused."));
+        let answer = cancel(&gateway).send().await.unwrap_err();
+        assert_eq!(answer.code(), code, "HTTP {status}");
+        let info = answer.get_details_error_info().unwrap();
+        assert!(!info.metadata.contains_key("jobState"), "HTTP {status}");
+    }
+    let methods: Vec<String> = graph.requests().into_iter().map(|r| r.method).collect();
+    assert_eq!(methods, ["POST"; 4], "no read after 401, 403, 404 or 429");
+}
+
+#[tokio::test]
+async fn a_400_whose_read_fails_keeps_invalid_argument() {
+    let graph = FakeGraph::start().await;
+    let gateway = TestGateway::start(&graph.url()).await;
+    graph.queue(
+        "POST",
+        Reply::graph_error(400, "invalidRequest", "Cannot cancel."),
+    );
+    graph.queue("GET", Reply::graph_error(500, "generalException", "Oops."));
+
+    let status = cancel(&gateway).send().await.unwrap_err();
+
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert_eq!(status.message(), "Cannot cancel.");
+    let info = status.get_details_error_info().unwrap();
+    assert_eq!(info.reason, "INVALID_REQUEST");
+    assert!(!info.metadata.contains_key("jobState"));
+    let methods: Vec<String> = graph.requests().into_iter().map(|r| r.method).collect();
+    assert_eq!(methods, ["POST", "GET"]);
 }

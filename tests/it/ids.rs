@@ -13,7 +13,6 @@ async fn empty_ids_are_invalid_arguments_naming_the_field_and_graph_is_not_calle
     let gateway = TestGateway::start(&graph.url()).await;
     let too_long = "x".repeat(257);
     let cases = [
-        ("", "42", "printer_id"),
         ("printer-1", "", "print_job_id"),
         (too_long.as_str(), "42", "printer_id"),
         ("printer-1", too_long.as_str(), "print_job_id"),
@@ -44,6 +43,49 @@ async fn empty_ids_are_invalid_arguments_naming_the_field_and_graph_is_not_calle
             ("INVALID_FIELD", "printjob-gateway")
         );
     }
+    assert!(graph.requests().is_empty());
+}
+
+#[tokio::test]
+async fn exactly_one_of_printer_and_share_is_required_naming_both_and_graph_is_not_called() {
+    let graph = FakeGraph::start().await;
+    let gateway = TestGateway::start(&graph.url()).await;
+    let neither = gateway.call().ids("", "42");
+    let both = gateway.call().ids("printer-1", "42").share_id("share-1");
+
+    for (call, problem) in [
+        (
+            neither,
+            "exactly one of printer_id and share_id is required",
+        ),
+        (
+            both,
+            "only one of printer_id and share_id may be set, not both",
+        ),
+    ] {
+        let status = call.send().await.unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+        assert_eq!(
+            status.message(),
+            format!("invalid printer_id and share_id: {problem}")
+        );
+        let bad_request = status.get_details_bad_request().expect("BadRequest");
+        let fields: Vec<&str> = bad_request
+            .field_violations
+            .iter()
+            .map(|v| v.field.as_str())
+            .collect();
+        assert_eq!(fields, ["printer_id", "share_id"]);
+        let info = status.get_details_error_info().unwrap();
+        assert_eq!(info.reason, "INVALID_FIELD");
+        assert_eq!(info.metadata["field"], "printer_id,share_id");
+    }
+    let dot_segment = gateway.call().share("..", "42").send().await.unwrap_err();
+    assert_eq!(dot_segment.code(), Code::InvalidArgument);
+    assert_eq!(
+        dot_segment.message(),
+        "invalid share_id: cannot be `.` or `..`"
+    );
     assert!(graph.requests().is_empty());
 }
 

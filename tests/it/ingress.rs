@@ -44,6 +44,7 @@ fn cancel_request() -> Vec<u8> {
     printjob_gateway::proto::CancelRequest {
         printer_id: "printer-1".to_owned(),
         print_job_id: "42".to_owned(),
+        share_id: String::new(),
     }
     .encode_to_vec()
 }

@@ -19,6 +19,7 @@ mod egress;
 mod egress_pool;
 mod entra;
 mod faults;
+mod graph_contract;
 mod idempotent;
 mod ids;
 mod ingress;

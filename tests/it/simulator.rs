@@ -241,7 +241,18 @@ async fn it_answers_a_job_read_with_the_state_cancels_leave() {
     assert_eq!(read.headers()["client-request-id"], "abc");
     assert!(read.headers().contains_key("request-id"));
     let body = json(read).await;
-    assert_eq!(body["id"], "4");
+    assert_eq!(
+        body["id"],
+        serde_json::Value::Null,
+        "only what $select names"
+    );
+    assert!(
+        body["@odata.context"]
+            .as_str()
+            .unwrap()
+            .ends_with("/$metadata#print/printers('printer-1')/jobs(status)/$entity"),
+        "{body}"
+    );
     assert_eq!(body["status"]["state"], "canceled");
     assert_eq!(
         body["status"]["description"],

@@ -57,7 +57,7 @@ after(() => client.close());
 
 // Calls Cancel and resolves with everything a caller can see: error, initial and trailing
 // metadata, and how long the call took.
-function cancel(printerId, printJobId, { token = TOKEN, timeoutMs = 10000, metadata = {} } = {}) {
+function cancel(printerId, printJobId, { token = TOKEN, timeoutMs = 10000, metadata = {}, shareId = '' } = {}) {
   const md = new grpc.Metadata();
   if (token !== null) md.set('authorization', `Bearer ${token}`);
   for (const [key, value] of Object.entries(metadata)) md.set(key, value);
@@ -70,7 +70,7 @@ function cancel(printerId, printJobId, { token = TOKEN, timeoutMs = 10000, metad
       if (pending === 0) resolve({ ...outcome, elapsedMs: performance.now() - started });
     };
     const call = client.Cancel(
-      { printer_id: printerId, print_job_id: printJobId },
+      { printer_id: printerId, print_job_id: printJobId, share_id: shareId },
       md,
       { deadline: Date.now() + timeoutMs },
       (error, response) => {
@@ -148,6 +148,27 @@ test('a paused job is canceled once, then answered as already canceled', async (
       ['GET', '/v1.0/print/printers/printer-1/jobs/6?$select=status', 200],
     ],
   );
+});
+
+test('through a printer share: the cancel and the read go to the share', async () => {
+  const first = await cancel('', 'node-share-1', { shareId: 'any-job-share' });
+  assert.equal(first.error, null);
+  // share-1 shares printer-1, whose job 4 is canceled.
+  const requestId = randomUUID();
+  const second = await cancel('', '4', { shareId: 'share-1', metadata: { 'x-request-id': requestId } });
+  assert.equal(second.error, null);
+  assert.deepEqual(second.response, { already_canceled: true });
+  const seen = await graphRequests(requestId);
+  assert.deepEqual(
+    seen.map((r) => [r.method, r.path, r.shareId]),
+    [
+      ['POST', '/v1.0/print/shares/share-1/jobs/4/cancel', 'share-1'],
+      ['GET', '/v1.0/print/shares/share-1/jobs/4?$select=status', 'share-1'],
+    ],
+  );
+  const both = await cancel('printer-1', '4', { shareId: 'share-1' });
+  assert.equal(both.error.code, grpc.status.INVALID_ARGUMENT);
+  assert.deepEqual(details(both).BadRequest.field_violations.map((v) => v.field), ['printer_id', 'share_id']);
 });
 
 test('a completed job: FAILED_PRECONDITION with jobState', async () => {

@@ -88,12 +88,12 @@ def cancel(client, stubs):
     """Calls Cancel; returns (response, metadata) or raises grpc.RpcError."""
     pb2, _ = stubs
 
-    def call(printer_id, print_job_id, token=TOKEN, timeout=10, metadata=()):
+    def call(printer_id, print_job_id, token=TOKEN, timeout=10, metadata=(), share_id=""):
         md = list(metadata)
         if token is not None:
             md.append(("authorization", f"Bearer {token}"))
         return client.Cancel.with_call(
-            pb2.CancelRequest(printer_id=printer_id, print_job_id=print_job_id),
+            pb2.CancelRequest(printer_id=printer_id, print_job_id=print_job_id, share_id=share_id),
             metadata=md,
             timeout=timeout,
         )

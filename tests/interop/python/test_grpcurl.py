@@ -85,6 +85,7 @@ def test_describe_the_service(gateway):
     ), described
     request = ok(grpcurl("-plaintext", gateway, "describe", "graph.print.v1.CancelRequest"))
     assert "string printer_id = 1;" in request and "string print_job_id = 2;" in request, request
+    assert "string share_id = 3;" in request, request
 
 
 @pytest.mark.parametrize("listener", ["gateway", "admin"])
@@ -114,6 +115,19 @@ def test_cancel_not_found_exit_code_and_details(gateway):
 def test_cancel_already_canceled_job_is_ok_with_the_field(gateway):
     # Job 4 is canceled: Graph answers 409, the gateway reads the job and answers OK.
     assert json.loads(ok(cancel(gateway, "printer-1", "4"))) == {"alreadyCanceled": True}
+
+
+def test_cancel_through_a_share(gateway):
+    def through_share(share_id, print_job_id):
+        body = json.dumps({"share_id": share_id, "print_job_id": print_job_id})
+        headers = ["-H", f"authorization: Bearer {TOKEN}"]
+        return grpcurl("-plaintext", "-emit-defaults", *headers, "-d", body, gateway, CANCEL)
+
+    assert json.loads(ok(through_share("any-job-share", "grpcurl-share-1"))) == {"alreadyCanceled": False}
+    # share-1 shares printer-1: job 4 is canceled, job 5 aborted.
+    assert json.loads(ok(through_share("share-1", "4"))) == {"alreadyCanceled": True}
+    details = assert_error(through_share("share-1", "5"), "FailedPrecondition")
+    assert details["ErrorInfo"]["metadata"]["jobState"] == "aborted"
 
 
 def test_cancel_completed_job_is_failed_precondition(gateway):

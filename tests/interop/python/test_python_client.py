@@ -168,9 +168,31 @@ def test_invalid_id_is_invalid_argument_with_bad_request(cancel, graph_requests)
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     details = details_of(error)
     assert details["ErrorInfo"].reason == "INVALID_FIELD"
-    assert details["ErrorInfo"].metadata["field"] == "printer_id"
-    assert [v.field for v in details["BadRequest"].field_violations] == ["printer_id"]
+    assert details["ErrorInfo"].metadata["field"] == "printer_id,share_id"
+    assert [v.field for v in details["BadRequest"].field_violations] == ["printer_id", "share_id"]
     assert not [r for r in graph_requests() if r.get("clientRequestId") == request_id]
+
+
+def test_cancel_through_a_share_goes_to_the_share_and_a_canceled_job_is_ok(cancel, graph_requests):
+    request_id = new_request_id()
+    response, _ = cancel("", "python-share-1", share_id="any-job-share",
+                         metadata=[("x-request-id", request_id)])
+    assert not response.already_canceled
+    # share-1 shares printer-1, whose job 4 is canceled: the refusal and the read go to the share.
+    repeat_id = new_request_id()
+    response, _ = cancel("", "4", share_id="share-1", metadata=[("x-request-id", repeat_id)])
+    assert response.already_canceled
+    seen = [(r["method"], r["path"], r.get("shareId"))
+            for r in graph_requests() if r.get("clientRequestId") in (request_id, repeat_id)]
+    assert seen == [
+        ("POST", "/v1.0/print/shares/any-job-share/jobs/python-share-1/cancel", "any-job-share"),
+        ("POST", "/v1.0/print/shares/share-1/jobs/4/cancel", "share-1"),
+        ("GET", "/v1.0/print/shares/share-1/jobs/4?$select=status", "share-1"),
+    ], seen
+    with pytest.raises(grpc.RpcError) as raised:
+        cancel("printer-1", "4", share_id="share-1")
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "printer_id and share_id" in raised.value.details()
 
 
 def test_throttled_is_resource_exhausted_with_retry_info(cancel):

@@ -1,9 +1,10 @@
 """The README's "Calling it" snippets, run exactly as printed: documentation that cannot rot.
 
 Each snippet is a fenced block whose first line is a marker comment (`# interop-test: grpcurl`,
-`# interop-test: python-stubs`, `# interop-test: python`, `// interop-test: node`). The blocks are
-taken from README.md verbatim and run with the environment the README names
-(PRINTJOB_GATEWAY_TARGET, which the sidecar overlays give the app; TOKEN, PRINTER_ID, PRINT_JOB_ID),
+`# interop-test: grpcurl-share`, `# interop-test: python-stubs`, `# interop-test: python`,
+`// interop-test: node`). The blocks are taken from README.md verbatim and run with the environment the
+README names (PRINTJOB_GATEWAY_TARGET, which the sidecar overlays give the app; TOKEN, PRINTER_ID or
+SHARE_ID, PRINT_JOB_ID),
 from the repository root (Node) or from a scratch directory that links proto/ (Python, whose stub
 command writes into the current directory).
 """
@@ -54,11 +55,15 @@ def run(command, cwd, **env):
 
 
 OUTCOMES = {
-    # PRINTER_ID, PRINT_JOB_ID, exit code: what every snippet must print
-    "ok": ("any-job-printer", "readme-{language}", 0),
+    # (PRINTER_ID or SHARE_ID, its value), PRINT_JOB_ID, exit code: what every snippet must print
+    "ok": (("PRINTER_ID", "any-job-printer"), "readme-{language}", 0),
     # The built-in scenario's job 4 is canceled: Graph refuses the cancel (409), the job reads canceled.
-    "already_canceled": ("printer-1", "4", 0),
-    "not_found": ("printer-1", "no-such-job", 1),
+    "already_canceled": (("PRINTER_ID", "printer-1"), "4", 0),
+    "not_found": (("PRINTER_ID", "printer-1"), "no-such-job", 1),
+    # Through printer shares: any-job-share shares any-job-printer, share-1 shares printer-1 (whose
+    # job 4 is canceled: the refusal and the read both go through the share).
+    "share_ok": (("SHARE_ID", "any-job-share"), "readme-share-{language}", 0),
+    "share_already_canceled": (("SHARE_ID", "share-1"), "4", 0),
 }
 
 
@@ -74,9 +79,10 @@ def python_dir(tmp_path_factory):
     return directory
 
 
-def snippet_command(language, python_dir):
+def snippet_command(language, python_dir, share):
     if language == "grpcurl":
-        return ["bash", "-euc", snippet("sh", "interop-test: grpcurl")], REPO, {}
+        marker = "interop-test: grpcurl-share" if share else "interop-test: grpcurl"
+        return ["bash", "-euc", snippet("sh", marker)], REPO, {}
     if language == "python":
         return ["python", "cancel_job.py"], python_dir, {}
     if language == "node":
@@ -87,21 +93,22 @@ def snippet_command(language, python_dir):
     raise AssertionError(language)
 
 
-@pytest.mark.parametrize("outcome", ["ok", "already_canceled", "not_found"])
+@pytest.mark.parametrize("outcome", sorted(OUTCOMES))
 @pytest.mark.parametrize("language", ["grpcurl", "python", "node"])
 def test_snippet(language, outcome, python_dir, gateway):
     if language != "grpcurl":
         assert shutil.which("python" if language == "python" else "node")
-    printer_id, print_job_id, exit_code = OUTCOMES[outcome]
+    (parent_variable, parent_id), print_job_id, exit_code = OUTCOMES[outcome]
+    share = parent_variable == "SHARE_ID"
     print_job_id = print_job_id.format(language=language)
-    command, cwd, env = snippet_command(language, python_dir)
+    command, cwd, env = snippet_command(language, python_dir, share)
     result = run(
         command,
         cwd,
         PRINTJOB_GATEWAY_TARGET=gateway,
         TOKEN="readme-token",
-        PRINTER_ID=printer_id,
         PRINT_JOB_ID=print_job_id,
+        **{parent_variable: parent_id},
         **env,
     )
     output = result.stdout + result.stderr
@@ -109,7 +116,7 @@ def test_snippet(language, outcome, python_dir, gateway):
     if language == "grpcurl":
         if outcome != "not_found":
             assert result.returncode == 0, output
-            expected = {"alreadyCanceled": outcome == "already_canceled"}
+            expected = {"alreadyCanceled": outcome.endswith("already_canceled")}
             assert json.loads(result.stdout) == expected, output
         else:
             assert result.returncode == 64 + 5, output
@@ -120,9 +127,10 @@ def test_snippet(language, outcome, python_dir, gateway):
     lines = result.stdout.splitlines()
     assert re.fullmatch(r"  request-id=[0-9a-f-]{36} client-request-id=[0-9a-f-]{36}", lines[1]), output
     if outcome != "not_found":
-        already_canceled = "true" if outcome == "already_canceled" else "false"
+        already_canceled = "true" if outcome.endswith("already_canceled") else "false"
+        where = f"share {parent_id}" if share else f"printer {parent_id}"
         assert lines[0] == (
-            f"OK: canceled job {print_job_id} on printer {printer_id} (already_canceled={already_canceled})"
+            f"OK: canceled job {print_job_id} on {where} (already_canceled={already_canceled})"
         ), output
         assert len(lines) == 2, output
     else:

@@ -124,6 +124,7 @@ pub struct Call {
     addr: SocketAddr,
     printer_id: String,
     print_job_id: String,
+    share_id: String,
     metadata: Vec<(String, String)>,
     timeout: Option<Duration>,
 }
@@ -137,6 +138,7 @@ impl Call {
             addr,
             printer_id: "printer-1".to_owned(),
             print_job_id: "42".to_owned(),
+            share_id: String::new(),
             metadata: vec![(
                 "authorization".to_owned(),
                 format!("Bearer {}", super::TOKEN),
@@ -149,6 +151,21 @@ impl Call {
     pub fn ids(mut self, printer_id: &str, print_job_id: &str) -> Self {
         self.printer_id = printer_id.to_owned();
         self.print_job_id = print_job_id.to_owned();
+        self
+    }
+
+    /// Names the job through a printer share: sets `share_id` and `print_job_id`, and clears
+    /// `printer_id`.
+    pub fn share(mut self, share_id: &str, print_job_id: &str) -> Self {
+        self.printer_id.clear();
+        self.share_id = share_id.to_owned();
+        self.print_job_id = print_job_id.to_owned();
+        self
+    }
+
+    /// Sets `share_id` beside whatever `printer_id` is.
+    pub fn share_id(mut self, share_id: &str) -> Self {
+        self.share_id = share_id.to_owned();
         self
     }
 
@@ -215,6 +232,7 @@ impl Call {
         let mut request = tonic::Request::new(CancelRequest {
             printer_id: self.printer_id,
             print_job_id: self.print_job_id,
+            share_id: self.share_id,
         });
         for (key, value) in &self.metadata {
             let key = MetadataKey::from_bytes(key.as_bytes()).unwrap();
