@@ -232,6 +232,7 @@ pub fn demo_instructions(grpc: ListenAddr, simulator: SocketAddr, exchange: bool
          \n\
          More printers: any-job-printer (always succeeds), throttled-printer (RESOURCE_EXHAUSTED with RetryInfo),\n\
          flaky-printer (UNAVAILABLE twice, then OK), unavailable-printer, slow-printer (3 s), forbidden-printer.\n\
+         Printer shares, named with share_id instead of printer_id: share-1 (printer-1's jobs), any-job-share.\n\
          What the simulated Graph received: curl http://{simulator}/__requests\n\
          Stop with Ctrl-C.\n",
         cancel(user, "printer-1", "1"),

@@ -92,6 +92,14 @@ wait_for_line() {
     done
 }
 
+# Saves what the simulated Graph at $1 (its /__requests URL) received into $2, for the contract check
+# (.ci/run: tests/contract/check.py requests tests/interop/work/graph-requests*.json).
+save_graph_requests() {
+    "$venv/bin/python" -c 'import sys, urllib.request
+with urllib.request.urlopen(sys.argv[1], timeout=10) as answer, open(sys.argv[2], "wb") as out:
+    out.write(answer.read())' "$1" "$2"
+}
+
 # Reads field $2 of the JSON log line $1.
 json_field() {
     "$venv/bin/python" -c 'import json, sys; print(json.loads(sys.argv[1])[sys.argv[2]])' "$1" "$2"
@@ -324,6 +332,8 @@ inside() {
         fi
         stop_gateway
     done
+    # Every request the gateways sent to the simulated Graph, for the contract check.
+    save_graph_requests "${SIMULATOR_URL%/v1.0}/__requests" "$work/graph-requests.json"
 
     run_suite "the --demo mode end to end, with the grpcurl commands it prints" demo 127.0.0.1:0 tcp
     run_suite "the --demo mode on a Unix socket, with the grpcurl commands it prints" \
@@ -376,6 +386,21 @@ demo() {
         echo "the demo's second command: expected exit 73 and FailedPrecondition with Graph's error and jobState, got exit $rc"
         return 1
     fi
+    # A cancel through a printer share, as the first command with share_id: share-1 shares printer-1,
+    # whose job 2 is pending: canceled, then already canceled (Graph refuses, the read through the
+    # share finds it canceled).
+    local share_command
+    share_command="$(sed -E 's/"printer_id":"printer-1","print_job_id":"[0-9]+"/"share_id":"share-1","print_job_id":"2"/; s/grpcurl -plaintext/grpcurl -plaintext -emit-defaults/' <<<"${commands[0]}")"
+    for expected in '{"alreadyCanceled":false}' '{"alreadyCanceled":true}'; do
+        rc=0
+        out="$(bash -c "$share_command" 2>&1)" || rc=$?
+        printf '%s\n' "$out"
+        if [ "$rc" -ne 0 ] || [ "$(tr -d ' \n' <<<"$out")" != "$expected" ]; then
+            echo "the cancel through share-1 ($share_command): expected exit 0 and $expected, got exit $rc"
+            return 1
+        fi
+    done
+    save_graph_requests "$(grep -o 'http://[0-9.:]*/__requests' "$log" | head -1)" "$work/graph-requests-demo-$2.json"
     # It stops cleanly on SIGTERM.
     kill -TERM "$pid"
     rc=0
@@ -466,6 +491,7 @@ for secret in ("demo-token", "mfa-user-token", "demo-client-secret", "sim-graph-
     assert secret not in text, f"{secret} in /__requests"
 print(f"the simulator: {len(issued)} exchange, {len(graph)} Graph calls with the issued token")
 PY
+    save_graph_requests "$requests" "$work/graph-requests-demo-obo.json"
     kill -TERM "$pid"
     rc=0
     wait "$pid" || rc=$?
