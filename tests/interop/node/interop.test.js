@@ -17,6 +17,17 @@ const protobuf = require('protobufjs');
 
 const REPO = path.resolve(__dirname, '..', '..', '..');
 const TOKEN = 'interop-token';
+// The app in tenantToken's tokens (any GUID: the simulated Graph takes any token).
+const APP = '0a11ce00-0000-4000-8000-000000001e57';
+
+// A JWT-shaped bearer token, unsigned, naming `tenant` (a new GUID by default) and APP. The
+// gateway's throttle gate keeps one window per tenant and app, read unverified from the token;
+// every token that is not a JWT (TOKEN among them) shares one. A test that makes Graph throttle
+// sends a tenant of its own, so that the window its 429 opens holds no other test's call.
+function tenantToken(tenant = randomUUID()) {
+  const part = (claims) => Buffer.from(JSON.stringify(claims)).toString('base64url');
+  return `${part({ alg: 'none', typ: 'JWT' })}.${part({ tid: tenant, appid: APP })}.interop`;
+}
 
 function env(name) {
   const value = process.env[name];
@@ -220,15 +231,22 @@ test('invalid ID: INVALID_ARGUMENT with BadRequest', async () => {
   assert.deepEqual(found.BadRequest.field_violations.map((v) => v.field), ['print_job_id']);
 });
 
-test('throttled: RESOURCE_EXHAUSTED with RetryInfo', async () => {
+test('throttled: RESOURCE_EXHAUSTED with RetryInfo; other tenants are not held', async () => {
   // Graph answers 429 with Retry-After 2; with a 1 s deadline no retry fits, so the answer is at once.
-  const outcome = await cancel('throttled-printer', 'node-1', { timeoutMs: 1000 });
+  // The token names a tenant of its own: the gateway then holds that tenant's calls for 2 s, and
+  // no other tenant's.
+  const outcome = await cancel('throttled-printer', 'node-1', { token: tenantToken(), timeoutMs: 1000 });
   assert.equal(outcome.error.code, grpc.status.RESOURCE_EXHAUSTED, outcome.error.details);
   const found = details(outcome);
   assert.equal(found.ErrorInfo.metadata.httpStatus, '429');
   assert.deepEqual(found.RetryInfo.retry_delay, { seconds: 2, nanos: 0 });
   assert.ok(outcome.elapsedMs < 1000, `answered after ${outcome.elapsedMs} ms`);
   assert.ok(the(outcome, 'request-id'));
+
+  // Another tenant's call, at once, is not held by that window: had it been, its deadline (1.5 s,
+  // inside the 2 s window) would have had it turned away at once with RESOURCE_EXHAUSTED.
+  const other = await cancel('any-job-printer', 'node-other-tenant', { token: tenantToken(), timeoutMs: 1500 });
+  assert.equal(other.error, null, other.error && other.error.details);
 });
 
 test('a client deadline is honoured', async () => {

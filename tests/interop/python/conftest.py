@@ -7,6 +7,7 @@ own variables (see there). The Python stubs are generated here, at test time,
 from proto/ into a temporary directory: nothing generated is ever committed.
 """
 
+import base64
 import importlib
 import json
 import os
@@ -23,6 +24,8 @@ REPO = pathlib.Path(__file__).resolve().parents[3]
 PROTO_DIR = REPO / "proto"
 SERVICE_PROTO = "graph/print/v1/print_job_service.proto"
 TOKEN = "interop-token"
+# The app in tenant_token's tokens (any GUID: the simulated Graph takes any token).
+APP = "0a11ce00-0000-4000-8000-000000001e57"
 
 
 def _env(name):
@@ -111,6 +114,21 @@ def graph_requests(simulator_url):
             return json.load(answer)
 
     return fetch
+
+
+def tenant_token(tenant=None):
+    """A JWT-shaped bearer token, unsigned, naming `tenant` (a new GUID when None) and APP.
+
+    The gateway's throttle gate keeps one window per tenant and app, read unverified from the
+    token; every token that is not a JWT (TOKEN among them) shares one. A test that makes Graph
+    throttle sends a tenant of its own, so that the window its 429 opens holds no other test's call.
+    """
+
+    def part(claims):
+        return base64.urlsafe_b64encode(json.dumps(claims).encode()).rstrip(b"=").decode()
+
+    tenant = tenant or str(uuid.uuid4())
+    return f"{part({'alg': 'none', 'typ': 'JWT'})}.{part({'tid': tenant, 'appid': APP})}.interop"
 
 
 def new_request_id():

@@ -10,7 +10,7 @@ import subprocess
 
 import pytest
 
-from conftest import TOKEN
+from conftest import TOKEN, tenant_token
 
 GRPCURL = shutil.which("grpcurl")
 SERVICE = "graph.print.v1.PrintJobService"
@@ -148,8 +148,9 @@ def test_cancel_without_token_is_unauthenticated(gateway):
 
 
 def test_cancel_throttled_is_resource_exhausted_with_retry_info(gateway):
-    # A 1 s deadline: no retry after Retry-After 2 fits, so the answer comes at once.
-    result = cancel(gateway, "throttled-printer", "grpcurl-3", "-max-time", "1")
+    # A 1 s deadline: no retry after Retry-After 2 fits, so the answer comes at once. A tenant of
+    # its own: the throttle window this 429 opens holds only that tenant's calls.
+    result = cancel(gateway, "throttled-printer", "grpcurl-3", "-max-time", "1", token=tenant_token())
     details = assert_error(result, "ResourceExhausted")
     assert details["RetryInfo"]["retryDelay"] == "2s"
     assert details["ErrorInfo"]["metadata"]["httpStatus"] == "429"

@@ -11,7 +11,7 @@ import pytest
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
-from conftest import all_metadata, new_request_id
+from conftest import all_metadata, new_request_id, tenant_token
 
 
 def details_of(error):
@@ -197,10 +197,11 @@ def test_cancel_through_a_share_goes_to_the_share_and_a_canceled_job_is_ok(cance
 
 def test_throttled_is_resource_exhausted_with_retry_info(cancel):
     # Graph answers 429 with Retry-After 2. With a 1 s deadline no retry fits, so the gateway
-    # answers at once (with or without its own retries).
+    # answers at once (with or without its own retries). The token names a tenant of its own: the
+    # gateway then holds that tenant's calls for 2 s, and no other tenant's.
     started = time.monotonic()
     with pytest.raises(grpc.RpcError) as raised:
-        cancel("throttled-printer", "py-1", timeout=1)
+        cancel("throttled-printer", "py-1", token=tenant_token(), timeout=1)
     elapsed = time.monotonic() - started
     error = raised.value
     assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, error
@@ -210,6 +211,11 @@ def test_throttled_is_resource_exhausted_with_retry_info(cancel):
     assert details["RetryInfo"].retry_delay.ToTimedelta().total_seconds() == 2
     assert elapsed < 1, f"answered after {elapsed:.2f} s"
     assert all_metadata(error).get("request-id"), "Graph answered, so its request-id comes back"
+
+    # Another tenant's call, at once, is not held by that window: had it been, its deadline
+    # (1.5 s, inside the 2 s window) would have had it turned away at once with RESOURCE_EXHAUSTED.
+    response, _ = cancel("any-job-printer", "py-other-tenant", token=tenant_token(), timeout=1.5)
+    assert response.already_canceled is False
 
 
 def test_client_deadline_is_honoured(cancel):
