@@ -361,12 +361,13 @@ demo() {
     pids+=("$pid")
     wait_for_line "$log" "printjob-gateway serving" "$pid" >/dev/null
     mapfile -t commands < <(grep -E '^  grpcurl ' "$log" | sed 's/^  //')
-    if [ "${#commands[@]}" -ne 2 ]; then
-        echo "expected two grpcurl commands in the demo's output, found ${#commands[@]}:"
+    if [ "${#commands[@]}" -ne 3 ]; then
+        echo "expected three grpcurl commands in the demo's output, found ${#commands[@]}:"
         cat "$log"
         return 1
     fi
-    printf 'demo printed:\n  %s\n  %s\n' "${commands[0]}" "${commands[1]}"
+    printf 'demo printed:\n'
+    printf '  %s\n' "${commands[@]}"
 
     # The first succeeds and prints {} (grpcurl 1.8.6 spreads the empty object over three lines).
     local out rc=0
@@ -400,6 +401,47 @@ demo() {
             return 1
         fi
     done
+    # The third names a tenant that the simulated Graph throttles for 5 s from its first call: run
+    # three times at once, as the demo suggests, every call answers OK once the window has ended (the
+    # gateway's default deadline, 10 s, outlasts it), the log shows the window with that tenant, and
+    # /metrics counts it.
+    local tries=() codes=() i throttled_tenant admin
+    for i in 0 1 2; do
+        bash -c "${commands[2]}" >"$work/demo-$2-throttled-$i.out" 2>&1 &
+        tries+=($!)
+    done
+    for i in 0 1 2; do
+        rc=0
+        wait "${tries[$i]}" || rc=$?
+        codes+=("$rc")
+    done
+    for i in 0 1 2; do
+        out="$(cat "$work/demo-$2-throttled-$i.out")"
+        printf '%s\n' "$out"
+        if [ "${codes[$i]}" -ne 0 ] || [ "$(tr -d ' \n' <<<"$out")" != "{}" ]; then
+            echo "the demo's third command, run three times at once: expected exit 0 and {} from each, got exit ${codes[$i]}"
+            return 1
+        fi
+    done
+    # The tenant (tid) of the command's token, a JWT: the window must be that tenant's.
+    throttled_tenant="$("$venv/bin/python" -c 'import base64, json, re, sys
+token = re.search(r"Bearer ([^ \x27]+)", sys.argv[1]).group(1)
+payload = token.split(".")[1]
+print(json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))["tid"])' "${commands[2]}")"
+    if ! grep -F 'Graph is throttling this tenant and app' "$log" | grep -qF "tenant=$throttled_tenant"; then
+        echo "the demo's log shows no throttle window for tenant $throttled_tenant:"
+        cat "$log"
+        return 1
+    fi
+    admin="$(grep -o 'printjob-gateway serving.* admin=[0-9.:]*' "$log" | sed 's/.* admin=//')"
+    if ! "$venv/bin/python" -c 'import sys, urllib.request
+metrics = urllib.request.urlopen(f"http://{sys.argv[1]}/metrics", timeout=10).read().decode()
+windows = [float(l.split()[1]) for l in metrics.splitlines() if l.startswith("printjob_gateway_graph_throttle_windows_total ")]
+assert windows and windows[0] >= 1, f"printjob_gateway_graph_throttle_windows_total: {windows}"
+print(f"the gateway opened {windows[0]:.0f} throttle window(s)")' "$admin"; then
+        echo "the demo's /metrics at $admin counts no throttle window"
+        return 1
+    fi
     save_graph_requests "$(grep -o 'http://[0-9.:]*/__requests' "$log" | head -1)" "$work/graph-requests-demo-$2.json"
     # It stops cleanly on SIGTERM.
     kill -TERM "$pid"
