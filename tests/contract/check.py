@@ -14,6 +14,7 @@ Exits 1 with each violation listed when the contract is broken, 0 otherwise.
 """
 
 import argparse
+import base64
 import concurrent.futures
 import json
 import pathlib
@@ -126,8 +127,8 @@ class Simulator:
         self.process.wait(timeout=30)
 
 
-def send(method, url, token=True):
-    headers = {"Authorization": f"Bearer {TOKEN}"} if token else {}
+def send(method, url, token=TOKEN):
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
     request = urllib.request.Request(url, method=method, headers=headers,
                                      data=b"" if method == "POST" else None)
     try:
@@ -137,8 +138,17 @@ def send(method, url, token=True):
         return answer.code, {k.lower(): v for k, v in answer.headers.items()}, answer.read(), headers
 
 
+def tenant_token(tenant):
+    """A JWT-shaped token (unsigned) naming `tenant`: the simulator reads its `tid` unverified, to
+    answer a tenant that the scenario throttles with that tenant's 429s."""
+    def part(claims):
+        return base64.urlsafe_b64encode(json.dumps(claims).encode()).rstrip(b"=").decode()
+    return f"{part({'alg': 'none', 'typ': 'JWT'})}.{part({'tid': tenant})}.contract"
+
+
 def probes(scenario):
-    """(method, path, token) sequences, one per job: each runs in order, the sequences in parallel."""
+    """(method, path, token) sequences, one per job (and one per throttled tenant): each runs in
+    order, the sequences in parallel. A token of None sends none."""
     parents = []  # (collection, id, job IDs)
     printers = {p["id"]: p for p in scenario.get("printers", [])}
     for printer in printers.values():
@@ -163,18 +173,27 @@ def probes(scenario):
         for job in jobs:
             base = f"/print/{collection}/{urllib.parse.quote(parent, safe='')}/jobs/{urllib.parse.quote(job, safe='')}"
             sequences.append([
-                ("GET", base, True),
-                ("GET", base + "?$select=status", True),
-                ("POST", base + "/cancel", True),
-                ("POST", base + "/cancel", True),
-                ("GET", base + "?$select=id,status", True),
+                ("GET", base, TOKEN),
+                ("GET", base + "?$select=status", TOKEN),
+                ("POST", base + "/cancel", TOKEN),
+                ("POST", base + "/cancel", TOKEN),
+                ("GET", base + "?$select=id,status", TOKEN),
             ])
     sequences.append([
-        ("POST", "/print/printers/printer-1/jobs/1/cancel", False),
-        ("GET", "/print/printers/printer-1/jobs/1?$select=status", False),
-        ("POST", "/print/printers/no-such-printer/jobs/1/cancel", True),
-        ("GET", "/print/shares/no-such-share/jobs/1?$select=status", True),
+        ("POST", "/print/printers/printer-1/jobs/1/cancel", None),
+        ("GET", "/print/printers/printer-1/jobs/1?$select=status", None),
+        ("POST", "/print/printers/no-such-printer/jobs/1/cancel", TOKEN),
+        ("GET", "/print/shares/no-such-share/jobs/1?$select=status", TOKEN),
     ])
+    # A tenant the scenario throttles: its first call opens the window, and every call in it is
+    # answered 429 (the cancel and the read alike).
+    for throttle in scenario.get("throttle", []):
+        token = tenant_token(throttle["tenant"])
+        base = "/print/printers/throttled-tenant-probe/jobs/1"
+        sequences.append([
+            ("POST", base + "/cancel", token),
+            ("GET", base + "?$select=status", token),
+        ])
     return sequences
 
 
