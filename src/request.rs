@@ -114,6 +114,23 @@ impl JobParent {
             Self::Share(_) => "share_id",
         }
     }
+
+    /// Graph's route for cancelling a job of this parent, as client spans name it (a template:
+    /// spans of every call share one name, and no ID reaches a span's name).
+    pub fn cancel_route(&self) -> &'static str {
+        match self {
+            Self::Printer(_) => "POST /print/printers/{printerId}/jobs/{printJobId}/cancel",
+            Self::Share(_) => "POST /print/shares/{printerShareId}/jobs/{printJobId}/cancel",
+        }
+    }
+
+    /// Graph's route for reading a job of this parent, as client spans name it.
+    pub fn read_route(&self) -> &'static str {
+        match self {
+            Self::Printer(_) => "GET /print/printers/{printerId}/jobs/{printJobId}",
+            Self::Share(_) => "GET /print/shares/{printerShareId}/jobs/{printJobId}",
+        }
+    }
 }
 
 impl PrinterId {

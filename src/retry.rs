@@ -43,11 +43,13 @@ pub struct Attempted<T> {
 impl RetryPolicy {
     /// Calls `attempt` until it succeeds, fails definitively, runs out of attempts, or the next
     /// wait would not fit before `deadline`. `attempt` gets the attempt number, from 1. Each
-    /// attempt passes `gate` first, runs in a client span (`graph.cancel`) and is counted in
-    /// `metrics`. The time held at the gate goes on the current (call's) span as `held_ms`.
+    /// attempt passes `gate` first, runs in a client span (`graph.cancel`, named `route`: Graph's
+    /// route template) and is counted in `metrics`. The time held at the gate goes on the current
+    /// (call's) span as `held_ms`.
     pub async fn run<F, Fut>(
         &self,
         deadline: Instant,
+        route: &'static str,
         metrics: &AttemptMetrics,
         gate: GateCall<'_>,
         attempt: F,
@@ -58,6 +60,7 @@ impl RetryPolicy {
     {
         let mut cancel = GraphCancel {
             policy: self,
+            route,
             metrics,
             gate,
             attempt,
@@ -89,6 +92,8 @@ impl<T> Attempted<Result<T, CancelError>> {
 /// The attempts of one Graph call under the policy, for the retry loop.
 struct GraphCancel<'a, F> {
     policy: &'a RetryPolicy,
+    /// Graph's route template, the client spans' name: a printer's or a share's cancel.
+    route: &'static str,
     metrics: &'a AttemptMetrics,
     gate: GateCall<'a>,
     attempt: F,
@@ -127,12 +132,7 @@ where
     }
 
     fn span(&self, attempt: u32) -> Span {
-        client_span!(
-            "graph.cancel",
-            "POST /print/printers/{printerId}/jobs/{printJobId}/cancel",
-            "POST",
-            attempt = attempt
-        )
+        client_span!("graph.cancel", self.route, "POST", attempt = attempt)
     }
 
     fn attempt(

@@ -34,7 +34,7 @@ use crate::{
     graph::{GraphAcceptance, GraphClient, GraphError, GraphRejection, JobReadError},
     metrics::InFlight,
     proto::{CancelRequest, CancelResponse, PrintJobService},
-    request::{CancelTarget, ClientRequestId, JobParent, caller_timeout},
+    request::{CancelTarget, ClientRequestId, caller_timeout},
     retry::{Attempted, RetryPolicy},
     status::{code_name, correlation_metadata, is_server_error},
     telemetry::{self, ErrorChain},
@@ -312,6 +312,7 @@ impl PrintJobGateway {
             .retry
             .run(
                 call.deadline,
+                call.target.parent.cancel_route(),
                 &self.metrics.attempts,
                 self.graph.throttle_gate().call(&token),
                 |attempt| {
@@ -357,14 +358,7 @@ impl PrintJobGateway {
             self.metrics.job_read(JobReadOutcome::Timeout);
             return Err(deadline_exceeded);
         }
-        let span = client_span!(
-            "graph.read_job",
-            match call.target.parent {
-                JobParent::Printer(_) => "GET /print/printers/{printerId}/jobs/{printJobId}",
-                JobParent::Share(_) => "GET /print/shares/{printerShareId}/jobs/{printJobId}",
-            },
-            "GET"
-        );
+        let span = client_span!("graph.read_job", call.target.parent.read_route(), "GET");
         let read = self
             .graph
             .job_status(&call.target, token, client_request_id);

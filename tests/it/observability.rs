@@ -536,3 +536,77 @@ async fn without_an_otlp_endpoint_no_trace_context_is_sent_to_graph() {
 
     assert!(!graph.requests()[0].headers.contains_key("traceparent"));
 }
+
+#[tokio::test]
+async fn client_spans_name_graphs_route_of_the_printer_or_the_share_the_call_went_through() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let collector_addr = listener.local_addr().unwrap();
+    let (spans_tx, mut spans) = mpsc::unbounded_channel();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(TraceServiceServer::new(Collector(spans_tx)))
+            .serve_with_incoming(TcpListenerStream::new(listener)),
+    );
+    // Job 1 is canceled already: Graph refuses its cancel and the gateway reads it, so each call
+    // makes both client spans, the cancel's and the read's.
+    let scenario = r#"{"printers": [{"id": "p", "jobs": [{"id": "1", "state": "canceled"}]}],
+                       "shares": [{"id": "s", "printer": "p"}]}"#;
+    let (_graph, graph_url) = simulated_graph(Scenario::parse(scenario, "test").unwrap()).await;
+    let endpoint = format!("http://{collector_addr}");
+    let gateway = GatewayProcess::spawn(
+        &["--graph-url", &graph_url],
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+            ("OTEL_BSP_SCHEDULE_DELAY", "50"),
+        ],
+    )
+    .await;
+    let printer_trace = "4bf92f3577b34da6a3ce929d0e0e4737";
+    let share_trace = "4bf92f3577b34da6a3ce929d0e0e4738";
+    for (trace_id, call) in [
+        (printer_trace, Call::to(gateway.grpc_addr).ids("p", "1")),
+        (share_trace, Call::to(gateway.grpc_addr).share("s", "1")),
+    ] {
+        let answer = call
+            .metadata("traceparent", &format!("00-{trace_id}-00f067aa0ba902b7-01"))
+            .send()
+            .await
+            .expect("OK: already canceled");
+        assert!(answer.into_inner().already_canceled);
+    }
+
+    // Client spans (SPAN_KIND_CLIENT) by trace. The exporter sends every 50 ms; 20 s is for a
+    // loaded machine.
+    let clients_of = |received: &[OtlpSpan], trace_id: &str| -> BTreeSet<String> {
+        received
+            .iter()
+            .filter(|s| hex(&s.trace_id) == trace_id && s.kind == 3)
+            .map(|s| s.name.clone())
+            .collect()
+    };
+    let mut received = Vec::new();
+    let all_in = tokio::time::timeout(Duration::from_secs(20), async {
+        while clients_of(&received, printer_trace).len() < 2
+            || clients_of(&received, share_trace).len() < 2
+        {
+            received.push(spans.recv().await.unwrap());
+        }
+    })
+    .await;
+    assert!(all_in.is_ok(), "4 client spans arrive: {received:#?}");
+    assert_eq!(
+        clients_of(&received, printer_trace),
+        BTreeSet::from([
+            "POST /print/printers/{printerId}/jobs/{printJobId}/cancel".to_owned(),
+            "GET /print/printers/{printerId}/jobs/{printJobId}".to_owned(),
+        ])
+    );
+    assert_eq!(
+        clients_of(&received, share_trace),
+        BTreeSet::from([
+            "POST /print/shares/{printerShareId}/jobs/{printJobId}/cancel".to_owned(),
+            "GET /print/shares/{printerShareId}/jobs/{printJobId}".to_owned(),
+        ])
+    );
+    gateway.terminate(Duration::from_secs(10)).await;
+}
