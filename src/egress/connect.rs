@@ -341,14 +341,7 @@ fn tls_config(extra_ca: Option<&PathBuf>) -> Result<ClientConfig, ClientError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let extra_roots = match extra_ca {
         None => Vec::new(),
-        // Read once at start-up, and already by the settings' check before the runtime started:
-        // bounded in size, so that a wrong path (a device) fails rather than fill memory.
-        Some(path) => CertificateDer::pem_slice_iter(&read_to_limit(path, MAX_PEM_BYTES)?)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|source| ClientError::CaFile {
-                path: path.clone(),
-                source,
-            })?,
+        Some(path) => read_ca_certificates(path)?,
     };
     let verifier =
         rustls_platform_verifier::Verifier::new_with_extra_roots(extra_roots, provider.clone())?;
@@ -357,6 +350,20 @@ fn tls_config(extra_ca: Option<&PathBuf>) -> Result<ClientConfig, ClientError> {
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(verifier))
         .with_no_client_auth())
+}
+
+/// The certificates of an extra CA file. Read at start-up (and already by the settings' check,
+/// before the runtime started), bounded in size, so that a wrong path (a device) fails rather
+/// than fill memory.
+pub(crate) fn read_ca_certificates(
+    path: &std::path::Path,
+) -> Result<Vec<CertificateDer<'static>>, ClientError> {
+    CertificateDer::pem_slice_iter(&read_to_limit(path, MAX_PEM_BYTES)?)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|source| ClientError::CaFile {
+            path: path.to_path_buf(),
+            source,
+        })
 }
 
 /// A proxy's address without its credentials, for the logs.

@@ -17,7 +17,7 @@ use std::{path::PathBuf, time::Duration};
 pub use self::answer::{MAX_MESSAGE_LEN, parse_retry_after, read_bounded};
 pub(crate) use self::answer::{bounded_identifier, bounded_message};
 pub use self::connect::{ClientError, ConnectError, Protocol, ProxyEnv};
-pub(crate) use self::connect::{Connected, Connector, Negotiated};
+pub(crate) use self::connect::{Connected, Connector, Negotiated, read_ca_certificates};
 pub(crate) use self::once::send_once;
 pub use self::pool::{Body, PoolMetrics, ResendReason, SendError};
 pub(crate) use self::pool::{Pool, PoolSettings};

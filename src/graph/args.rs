@@ -126,7 +126,6 @@ impl GraphArgs {
 /// Checks that an extra CA file for Graph is readable and holds at least one certificate: an
 /// empty file would otherwise add nothing, silently, and Graph's TLS would fail at the first call.
 fn check_ca_file(path: &std::path::Path) -> Result<(), clap::Error> {
-    use rustls::pki_types::{CertificateDer, pem::PemObject};
     let invalid = |problem: String| {
         clap::Error::raw(
             ErrorKind::InvalidValue,
@@ -134,12 +133,9 @@ fn check_ca_file(path: &std::path::Path) -> Result<(), clap::Error> {
         )
     };
     // Before the runtime starts: a read that blocks holds no worker, and SIGTERM still ends the
-    // process. Bounded, so that a device or a log given by mistake fails instead of filling memory.
-    let pem = crate::files::read_to_limit(path, crate::files::MAX_PEM_BYTES)
+    // process. The same read as the connector's, so that what passes here loads there.
+    let certificates = crate::egress::read_ca_certificates(path)
         .map_err(|error| invalid(crate::telemetry::ErrorChain(&error).to_string()))?;
-    let certificates = CertificateDer::pem_slice_iter(&pem)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|error| invalid(error.to_string()))?;
     if certificates.is_empty() {
         return Err(invalid("holds no PEM certificate".to_owned()));
     }
