@@ -17,6 +17,11 @@ use tokio::{
 /// The path of the binary under test.
 pub const BINARY: &str = env!("CARGO_BIN_EXE_printjob-gateway");
 
+/// The most memory a gateway process may ever hold in the tests that measure it. It idles near
+/// 10 MiB; a gateway that buffered a 20 MB body, or a message per hostile stream, would pass this
+/// at once.
+pub const PEAK_RSS_LIMIT_KIB: u64 = 64 * 1024;
+
 /// A running gateway process.
 pub struct GatewayProcess {
     child: Child,

@@ -178,7 +178,7 @@ fn a_panic_anywhere_is_one_json_error_line_and_nothing_else() {
     let output = std::process::Command::new(std::env::current_exe().unwrap())
         .args([
             "--exact",
-            "panics::a_panic_anywhere_is_one_json_error_line_and_nothing_else",
+            "lifecycle::panics::a_panic_anywhere_is_one_json_error_line_and_nothing_else",
             "--nocapture",
             "--test-threads",
             "1",

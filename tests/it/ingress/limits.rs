@@ -1,13 +1,22 @@
 //! Overload protection and request limits: beyond the cap on calls in flight, calls fail fast
 //! with RESOURCE_EXHAUSTED; oversized messages and headers are refused; the gateway serves on.
 
+use std::time::Duration;
+
 use tonic::Code;
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };
 use tonic_types::StatusExt;
 
-use crate::support::{FakeGraph, Reply, TestGateway, fake_graph::Hold};
+use crate::support::{
+    FakeGraph, Reply, TestGateway,
+    fake_graph::Hold,
+    gateway::Call,
+    metrics::{metrics, sample, wait_for_sample},
+    process::{GatewayProcess, PEAK_RSS_LIMIT_KIB},
+    raw::{RawH2, silent_connections, stalling_body},
+};
 
 #[tokio::test]
 async fn beyond_the_cap_calls_fail_fast_and_health_still_answers() {
@@ -86,4 +95,65 @@ async fn an_oversized_header_list_is_refused_and_the_gateway_serves_on() {
     assert!(status.message().contains("431"), "{status:?}");
     assert!(graph.requests().is_empty());
     gateway.call().send().await.expect("the gateway serves on");
+}
+
+/// Issue 13's hostile load on the real binary, at its default limits: 1,000 connections that
+/// never speak plus 1,000 streams that send their headers and never their message. The gateway
+/// runs as its own process so that its memory is measured alone (VmHWM in /proc).
+#[tokio::test]
+async fn silent_connections_and_header_only_streams_leave_memory_bounded_and_calls_served() {
+    crate::support::raw::raise_open_files_limit();
+    let graph = FakeGraph::start().await;
+    let gateway = GatewayProcess::spawn(&["--graph-url", &graph.url()], &[]).await;
+
+    let silent = silent_connections(gateway.grpc_addr, 1_000).await;
+    let mut streams = Vec::new();
+    let mut connections = Vec::new();
+    for _ in 0..10 {
+        let mut raw = RawH2::connect(gateway.grpc_addr).await;
+        for _ in 0..100 {
+            streams.push(tokio::spawn(raw.cancel(Some("6S"), stalling_body(&[]))));
+        }
+        connections.push(raw);
+    }
+    wait_for_sample(
+        gateway.admin_addr,
+        "printjob_gateway_calls_in_flight",
+        1_000.0,
+    )
+    .await;
+
+    // At --max-in-flight (1,000 by default) a further stream on a connection at its share is
+    // refused at once rather than queued.
+    let (code, message) = connections[0].cancel(Some("6S"), stalling_body(&[])).await;
+    assert_eq!(code, Code::ResourceExhausted as i32, "{message}");
+    // A caller on a connection of its own is under its share while the others are over theirs:
+    // it waits for the first place given back, when the header-only streams end at the message
+    // wait (2 s), and is served.
+    Call::to(gateway.grpc_addr)
+        .timeout(Duration::from_secs(30))
+        .send()
+        .await
+        .expect("a normal call is served once a header-only stream has ended");
+    let peak = gateway.peak_rss_kib();
+    assert!(peak < PEAK_RSS_LIMIT_KIB, "peak RSS {peak} KiB under load");
+
+    for stream in streams {
+        let (code, message) = stream.await.unwrap();
+        assert_eq!(code, Code::DeadlineExceeded as i32, "{message}");
+    }
+    let text = metrics(gateway.admin_addr).await;
+    assert!(
+        sample(
+            &text,
+            r#"printjob_gateway_connections_closed_total{listener="api",reason="limit"}"#
+        ) >= 1.0,
+        "silent connections over the cap were closed:\n{text}"
+    );
+    let peak = gateway.peak_rss_kib();
+    assert!(peak < PEAK_RSS_LIMIT_KIB, "peak RSS {peak} KiB");
+    drop(silent);
+    drop(connections);
+    let (status, logs) = gateway.terminate(Duration::from_secs(10)).await;
+    assert!(status.success(), "{logs}");
 }

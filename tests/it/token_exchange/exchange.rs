@@ -35,7 +35,7 @@ use crate::support::{
 
 /// The test-only client certificate: a chain (the client's certificate, then its CA) and the
 /// client's RSA key; see `fixtures/README.md`.
-const CLIENT_CERTIFICATE: &str = include_str!("fixtures/client-certificate.pem");
+const CLIENT_CERTIFICATE: &str = include_str!("../fixtures/client-certificate.pem");
 
 const GRAPH_SCOPE: &str = "https://graph.microsoft.com/.default";
 

@@ -42,7 +42,7 @@ async fn exercise(dir: &Path, graph: &FakeGraph, entra: &FakeEntra) -> Vec<Strin
     let certificate = CredentialSource::CertificateFile(write(
         dir,
         "client.pem",
-        include_str!("fixtures/client-certificate.pem"),
+        include_str!("../fixtures/client-certificate.pem"),
     ));
     let federated = CredentialSource::FederatedTokenFile(write(dir, "federated", FEDERATED));
     for credential in [secret, certificate, federated] {
@@ -174,7 +174,7 @@ async fn the_binary_takes_the_workload_identity_environment_and_logs_no_secret_a
 async fn a_credential_that_cannot_be_loaded_stops_start_up_with_its_path() {
     let dir = tempfile::tempdir().unwrap();
     let key_only = write(dir.path(), "key-only.pem", {
-        let pem = include_str!("fixtures/client-certificate.pem");
+        let pem = include_str!("../fixtures/client-certificate.pem");
         &pem[pem.find("-----BEGIN PRIVATE KEY-----").unwrap()..]
     });
     let cases = [
