@@ -111,7 +111,13 @@ def main() -> int:
     parser.add_argument("--calls", type=int, default=5000)
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--streams", type=int, default=8)
+    parser.add_argument("--token-bytes", type=int, default=0,
+                        help="send a bearer token of this many characters (an Entra access token is 1,500 to 2,500) "
+                             "instead of the benchmark's one-character token")
     args = parser.parse_args()
+    if args.token_bytes > 0:
+        # Token68 characters, as a JWT's base64url has; nginx (the upstream) takes headers this long.
+        harness.AUTH_HEADER = "authorization: Bearer " + ("eyJ0eXAiOiJKV1Qi" * (args.token_bytes // 16 + 1))[:args.token_bytes]
     import grpc_h2
 
     harness.grpc_h2 = grpc_h2

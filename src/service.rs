@@ -108,6 +108,9 @@ pub struct Admission {
     started: Instant,
     deadline: Instant,
     client_request_id: ClientRequestId,
+    /// The caller's token, parsed once at the headers: the handler uses it as it is rather than
+    /// parsing the `authorization` value (a few kilobytes for an Entra token) a second time.
+    token: BearerToken,
     _place: Arc<(OwnedSemaphorePermit, InFlight)>,
 }
 
@@ -116,6 +119,7 @@ struct Arrival {
     started: Instant,
     deadline: Instant,
     client_request_id: ClientRequestId,
+    token: BearerToken,
 }
 
 // === impl Admission ===
@@ -208,14 +212,18 @@ impl PrintJobGateway {
     fn arrive(&self, metadata: &MetadataMap) -> Result<Arrival, Status> {
         let started = Instant::now();
         let client_request_id = ClientRequestId::from_metadata(metadata);
-        if let Err(error) = BearerToken::from_metadata(metadata) {
-            return Err(self.answer_early(error.into(), started, &client_request_id, metadata));
-        }
+        let token = match BearerToken::from_metadata(metadata) {
+            Ok(token) => token,
+            Err(error) => {
+                return Err(self.answer_early(error.into(), started, &client_request_id, metadata));
+            }
+        };
         let timeout = self.policy.deadlines.for_call(caller_timeout(metadata));
         Ok(Arrival {
             started,
             deadline: started + timeout,
             client_request_id,
+            token,
         })
     }
 
@@ -224,6 +232,7 @@ impl PrintJobGateway {
             started: arrival.started,
             deadline: arrival.deadline,
             client_request_id: arrival.client_request_id,
+            token: arrival.token,
             _place: Arc::new((permit, self.metrics.in_flight())),
         }
     }
@@ -262,14 +271,15 @@ impl PrintJobGateway {
         self.in_flight.available_permits() == self.policy.max_in_flight
     }
 
-    /// Turns the request into a call the gateway can make, or the error that ends it. Runs
-    /// before the first `await`, so that the raw request is not held while the call waits.
+    /// Turns the request into a call the gateway can make, or the error that ends it, with the
+    /// token admission parsed at the headers. Runs before the first `await`, so that the raw
+    /// request is not held while the call waits.
     fn validate(
         &self,
         request: Request<CancelRequest>,
+        token: BearerToken,
         deadline: Instant,
     ) -> Result<ValidCall, CancelError> {
-        let token = BearerToken::from_metadata(request.metadata());
         let target = CancelTarget::try_from(request.into_inner());
         if let Ok(target) = &target {
             let span = Span::current();
@@ -277,7 +287,7 @@ impl PrintJobGateway {
             span.record("print_job_id", target.print_job_id.as_str());
         }
         Ok(ValidCall {
-            token: token?,
+            token,
             target: target?,
             deadline,
         })
@@ -438,15 +448,21 @@ impl PrintJobService for PrintJobGateway {
             // Served without the admission layer in front (not through `serve`): admitted now.
             None => self.admit(request.metadata())?,
         };
-        let span = call_span(admission.client_request_id(), request.metadata());
+        // Taken apart so that the token moves into the call: one copy of it per call in flight.
+        let Admission {
+            started,
+            deadline,
+            client_request_id,
+            token,
+            _place: place,
+        } = admission;
+        let span = call_span(&client_request_id, request.metadata());
         let call = span.in_scope(|| {
-            std::panic::catch_unwind(AssertUnwindSafe(|| {
-                self.validate(request, admission.deadline)
-            }))
-            .unwrap_or(Err(CancelError::Internal))
+            std::panic::catch_unwind(AssertUnwindSafe(|| self.validate(request, token, deadline)))
+                .unwrap_or(Err(CancelError::Internal))
         });
         async move {
-            let client_request_id = admission.client_request_id();
+            let client_request_id = &client_request_id;
             let attempts_made = AtomicU32::new(0);
             let attempted = match call {
                 Err(error) => Attempted::not_sent(error),
@@ -465,12 +481,15 @@ impl PrintJobService for PrintJobGateway {
                     }
                 },
             };
-            std::panic::catch_unwind(AssertUnwindSafe(|| {
-                self.answer(attempted, admission.started, client_request_id)
+            let answer = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                self.answer(attempted, started, client_request_id)
             }))
             // Not even the answer could be built: the bare code, so that the stream still ends
             // with a status.
-            .unwrap_or_else(|_| Err(Status::internal(CancelError::Internal.to_string())))
+            .unwrap_or_else(|_| Err(Status::internal(CancelError::Internal.to_string())));
+            // The call's place under the limit is given back once it is answered.
+            drop(place);
+            answer
         }
         .instrument(span)
         .await
