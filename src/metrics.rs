@@ -7,7 +7,7 @@
 //! instrumentation guide asks: a counter that appears only when it first moves hides that first
 //! move from rate(), and leaves dashboards and alerts with no series to show until then.
 
-use std::sync::Arc;
+use std::{hash::Hash, sync::Arc};
 
 use prometheus_client::{
     collector::Collector,
@@ -18,7 +18,7 @@ use prometheus_client::{
         gauge::{ConstGauge, Gauge},
         histogram::Histogram,
     },
-    registry::Registry,
+    registry::{Metric, Registry, Unit},
 };
 
 /// Bucket bounds, in seconds, for a cloud API that usually answers in tens to hundreds of
@@ -105,6 +105,40 @@ impl Default for Metrics {
 /// the ones dashboards know), no label added, its metrics written together.
 pub fn subsystem(registry: &mut Registry) -> &mut Registry {
     registry.sub_registry_with_labels(std::iter::empty())
+}
+
+/// Registers `metric` in `registry` as `name`, with `help`, and returns it: the handle the
+/// subsystem updates (its clones share what a scrape reads).
+pub fn register<M: Metric + Clone>(
+    registry: &mut Registry,
+    name: &str,
+    help: &str,
+    metric: M,
+) -> M {
+    registry.register(name, help, metric.clone());
+    metric
+}
+
+/// [`register`] for a metric measured in seconds (its name takes the `_seconds` suffix).
+pub fn register_seconds<M: Metric + Clone>(
+    registry: &mut Registry,
+    name: &str,
+    help: &str,
+    metric: M,
+) -> M {
+    registry.register_with_unit(name, help, Unit::Seconds, metric.clone());
+    metric
+}
+
+/// Creates the series of each label set in `label_sets`, at 0: series of small fixed label sets
+/// start at 0 (see the module's documentation).
+pub fn start_at_zero<S: Clone + Hash + Eq, M>(
+    family: &Family<S, M>,
+    label_sets: impl IntoIterator<Item = S>,
+) {
+    for labels in label_sets {
+        let _ = family.get_or_create(&labels);
+    }
 }
 
 /// A call (or a connection) in flight, counted until dropped.

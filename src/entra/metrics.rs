@@ -7,10 +7,10 @@ use std::{sync::Arc, time::Duration};
 use prometheus_client::{
     encoding::EncodeLabelSet,
     metrics::{counter::Counter, family::Family, histogram::Histogram},
-    registry::{Registry, Unit},
+    registry::Registry,
 };
 
-use crate::metrics::latency_histogram;
+use crate::metrics::{latency_histogram, register, register_seconds};
 
 /// The token exchange's metrics. Cheap to clone.
 #[derive(Debug, Clone)]
@@ -40,31 +40,28 @@ struct LookupLabels {
 impl ExchangeMetrics {
     /// Registers the token exchange's metrics in `registry` (a sub-registry for the exchange).
     pub fn register(registry: &mut Registry) -> Self {
-        let exchanges = Family::<OutcomeLabels, Counter>::default();
-        registry.register(
-            "token_exchanges",
-            "Requests to Entra ID's token endpoint for the on-behalf-of exchange, by outcome",
-            exchanges.clone(),
-        );
-        let duration = latency_histogram();
-        registry.register_with_unit(
-            "token_exchange_duration",
-            "Time Entra ID's token endpoint took to answer one request",
-            Unit::Seconds,
-            duration.clone(),
-        );
-        let cache_lookups = Family::<LookupLabels, Counter>::default();
-        registry.register(
-            "token_cache_lookups",
-            "Lookups of an exchanged Graph token, by result: hit (cached, or shared with a call in flight) or miss",
-            cache_lookups.clone(),
-        );
+        let inner = Inner {
+            exchanges: register(
+                registry,
+                "token_exchanges",
+                "Requests to Entra ID's token endpoint for the on-behalf-of exchange, by outcome",
+                Family::default(),
+            ),
+            duration: register_seconds(
+                registry,
+                "token_exchange_duration",
+                "Time Entra ID's token endpoint took to answer one request",
+                latency_histogram(),
+            ),
+            cache_lookups: register(
+                registry,
+                "token_cache_lookups",
+                "Lookups of an exchanged Graph token, by result: hit (cached, or shared with a call in flight) or miss",
+                Family::default(),
+            ),
+        };
         Self {
-            inner: Arc::new(Inner {
-                exchanges,
-                duration,
-                cache_lookups,
-            }),
+            inner: Arc::new(inner),
         }
     }
 

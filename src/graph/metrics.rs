@@ -8,12 +8,12 @@ use std::{
 
 use prometheus_client::{
     metrics::{counter::Counter, gauge::Gauge},
-    registry::{Registry, Unit},
+    registry::Registry,
 };
 
 use crate::{
     egress::PoolMetrics,
-    metrics::{InFlight, subsystem},
+    metrics::{InFlight, register, register_seconds, subsystem},
 };
 
 /// The metrics of Graph's client: its pool's and its throttle gate's. Cheap to clone.
@@ -56,31 +56,28 @@ impl GraphMetrics {
 impl ThrottleMetrics {
     /// Registers the throttle gate's metrics in `registry`.
     pub fn register(registry: &mut Registry) -> Self {
-        let windows = Counter::default();
-        registry.register(
-            "graph_throttle_windows",
-            "Throttle windows opened: Graph answered 429 (or 503 with Retry-After) and the gateway held that tenant and app's calls until the window ended",
-            windows.clone(),
-        );
-        let calls_held = Gauge::default();
-        registry.register(
-            "graph_calls_held",
-            "Calls waiting at the throttle gate now, for their tenant and app's window to end",
-            calls_held.clone(),
-        );
-        let throttled_seconds = Counter::<f64, AtomicU64>::default();
-        registry.register_with_unit(
-            "graph_throttled",
-            "Time throttle windows lasted, summed over tenants and apps",
-            Unit::Seconds,
-            throttled_seconds.clone(),
-        );
+        let inner = Inner {
+            windows: register(
+                registry,
+                "graph_throttle_windows",
+                "Throttle windows opened: Graph answered 429 (or 503 with Retry-After) and the gateway held that tenant and app's calls until the window ended",
+                Counter::default(),
+            ),
+            calls_held: register(
+                registry,
+                "graph_calls_held",
+                "Calls waiting at the throttle gate now, for their tenant and app's window to end",
+                Gauge::default(),
+            ),
+            throttled_seconds: register_seconds(
+                registry,
+                "graph_throttled",
+                "Time throttle windows lasted, summed over tenants and apps",
+                Counter::default(),
+            ),
+        };
         Self {
-            inner: Arc::new(Inner {
-                windows,
-                calls_held,
-                throttled_seconds,
-            }),
+            inner: Arc::new(inner),
         }
     }
 

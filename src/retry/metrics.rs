@@ -8,10 +8,10 @@ use std::{fmt::Write as _, sync::Arc, time::Duration};
 use prometheus_client::{
     encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder},
     metrics::{counter::Counter, family::Family, histogram::Histogram},
-    registry::{Registry, Unit},
+    registry::Registry,
 };
 
-use crate::metrics::latency_histogram;
+use crate::metrics::{latency_histogram, register, register_seconds, start_at_zero};
 
 /// A Graph attempt that got no HTTP answer.
 #[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
@@ -71,54 +71,53 @@ struct RetryLabels {
 impl AttemptMetrics {
     /// Registers the metrics of Graph's attempts in `registry`.
     pub fn register(registry: &mut Registry) -> Self {
-        let responses = Family::<StatusLabels, Counter>::default();
-        registry.register(
-            "graph_responses",
-            "HTTP answers from Graph, by status, one per attempt",
-            responses.clone(),
+        let inner = Inner {
+            responses: register(
+                registry,
+                "graph_responses",
+                "HTTP answers from Graph, by status, one per attempt",
+                Family::default(),
+            ),
+            failures: register(
+                registry,
+                "graph_failures",
+                "Graph attempts that got no HTTP answer, by kind",
+                Family::default(),
+            ),
+            duration: register_seconds(
+                registry,
+                "graph_request_duration",
+                "Time Graph took to answer one attempt (status and headers)",
+                latency_histogram(),
+            ),
+            retries: register(
+                registry,
+                "graph_retries",
+                "Graph attempts retried, by reason",
+                Family::default(),
+            ),
+        };
+        start_at_zero(
+            &inner.failures,
+            [
+                GraphFailure::Unreachable,
+                GraphFailure::Transport,
+                GraphFailure::Timeout,
+            ]
+            .map(|kind| FailureLabels { kind }),
         );
-        let failures = Family::<FailureLabels, Counter>::default();
-        registry.register(
-            "graph_failures",
-            "Graph attempts that got no HTTP answer, by kind",
-            failures.clone(),
+        start_at_zero(
+            &inner.retries,
+            [
+                RetryReason::Throttled,
+                RetryReason::Unavailable,
+                RetryReason::GatewayTimeout,
+                RetryReason::Unreachable,
+            ]
+            .map(|reason| RetryLabels { reason }),
         );
-        let duration = latency_histogram();
-        registry.register_with_unit(
-            "graph_request_duration",
-            "Time Graph took to answer one attempt (status and headers)",
-            Unit::Seconds,
-            duration.clone(),
-        );
-        let retries = Family::<RetryLabels, Counter>::default();
-        registry.register(
-            "graph_retries",
-            "Graph attempts retried, by reason",
-            retries.clone(),
-        );
-        // Series of small fixed label sets start at 0 (see `metrics`).
-        for kind in [
-            GraphFailure::Unreachable,
-            GraphFailure::Transport,
-            GraphFailure::Timeout,
-        ] {
-            let _ = failures.get_or_create(&FailureLabels { kind });
-        }
-        for reason in [
-            RetryReason::Throttled,
-            RetryReason::Unavailable,
-            RetryReason::GatewayTimeout,
-            RetryReason::Unreachable,
-        ] {
-            let _ = retries.get_or_create(&RetryLabels { reason });
-        }
         Self {
-            inner: Arc::new(Inner {
-                responses,
-                failures,
-                duration,
-                retries,
-            }),
+            inner: Arc::new(inner),
         }
     }
 

@@ -7,10 +7,10 @@ use std::{fmt::Write as _, sync::Arc};
 use prometheus_client::{
     encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder},
     metrics::{counter::Counter, family::Family, gauge::Gauge},
-    registry::{Registry, Unit},
+    registry::Registry,
 };
 
-use crate::metrics::InFlight;
+use crate::metrics::{InFlight, register, register_seconds, start_at_zero};
 
 /// Which listener a connection came to.
 #[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
@@ -75,78 +75,78 @@ struct ClosedLabels {
 impl ServerMetrics {
     /// Registers the server's metrics in `registry` (the gateway's sub-registry for the server).
     pub fn register(registry: &mut Registry) -> Self {
-        let connections_open = Family::<ListenerLabels, Gauge>::default();
-        registry.register(
-            "connections_open",
-            "Connections open now, by listener",
-            connections_open.clone(),
+        let inner = Inner {
+            connections_open: register(
+                registry,
+                "connections_open",
+                "Connections open now, by listener",
+                Family::default(),
+            ),
+            connections_closed: register(
+                registry,
+                "connections_closed",
+                "Connections the gateway closed, by listener and reason (limit: --max-connections, a new one or one that made room; handshake_timeout, handshake_failed; idle_timeout: --idle-connection-timeout)",
+                Family::default(),
+            ),
+            streams_refused: register(
+                registry,
+                "service_streams_refused",
+                "Health and reflection streams refused with RESOURCE_EXHAUSTED at a cap (per listener or per connection)",
+                Family::default(),
+            ),
+            ready: register(
+                registry,
+                "ready",
+                "1 while the gateway takes calls (what /readyz and gRPC health report), 0 while it starts or drains",
+                Gauge::default(),
+            ),
+            connections_limit: register(
+                registry,
+                "connections_limit",
+                "The most connections open at once on each listener (--max-connections)",
+                Family::default(),
+            ),
+            tls_certificate_expiry: register_seconds(
+                registry,
+                "tls_certificate_expiry_timestamp",
+                "When the serving certificate in use expires (its notAfter), as Unix time, by listener",
+                Family::default(),
+            ),
+            tls_reloads: register(
+                registry,
+                "tls_reloads",
+                "Reloads of the TLS files after they changed, by listener and outcome (loaded, failed)",
+                Family::default(),
+            ),
+            tls_last_reload_successful: register(
+                registry,
+                "tls_last_reload_successful",
+                "0 while the TLS files on disk do not load and an older certificate is in use, else 1",
+                Family::default(),
+            ),
+        };
+        let listeners = [Listener::Api, Listener::Admin];
+        start_at_zero(
+            &inner.streams_refused,
+            listeners.map(|listener| ListenerLabels { listener }),
         );
-        let connections_closed = Family::<ClosedLabels, Counter>::default();
-        registry.register(
-            "connections_closed",
-            "Connections the gateway closed, by listener and reason (limit: --max-connections, a new one or one that made room; handshake_timeout, handshake_failed; idle_timeout: --idle-connection-timeout)",
-            connections_closed.clone(),
+        start_at_zero(
+            &inner.connections_open,
+            listeners.map(|listener| ListenerLabels { listener }),
         );
-        let streams_refused = Family::<ListenerLabels, Counter>::default();
-        registry.register(
-            "service_streams_refused",
-            "Health and reflection streams refused with RESOURCE_EXHAUSTED at a cap (per listener or per connection)",
-            streams_refused.clone(),
-        );
-        let ready = Gauge::default();
-        registry.register(
-            "ready",
-            "1 while the gateway takes calls (what /readyz and gRPC health report), 0 while it starts or drains",
-            ready.clone(),
-        );
-        let connections_limit = Family::<ListenerLabels, Gauge>::default();
-        registry.register(
-            "connections_limit",
-            "The most connections open at once on each listener (--max-connections)",
-            connections_limit.clone(),
-        );
-        let tls_certificate_expiry = Family::<ListenerLabels, Gauge>::default();
-        registry.register_with_unit(
-            "tls_certificate_expiry_timestamp",
-            "When the serving certificate in use expires (its notAfter), as Unix time, by listener",
-            Unit::Seconds,
-            tls_certificate_expiry.clone(),
-        );
-        let tls_reloads = Family::<ReloadLabels, Counter>::default();
-        registry.register(
-            "tls_reloads",
-            "Reloads of the TLS files after they changed, by listener and outcome (loaded, failed)",
-            tls_reloads.clone(),
-        );
-        let tls_last_reload_successful = Family::<ListenerLabels, Gauge>::default();
-        registry.register(
-            "tls_last_reload_successful",
-            "0 while the TLS files on disk do not load and an older certificate is in use, else 1",
-            tls_last_reload_successful.clone(),
-        );
-        // Series of small fixed label sets start at 0 (see `metrics`).
-        for listener in [Listener::Api, Listener::Admin] {
-            let _ = streams_refused.get_or_create(&ListenerLabels { listener });
-            let _ = connections_open.get_or_create(&ListenerLabels { listener });
-            for reason in [
-                ConnectionClosed::Limit,
-                ConnectionClosed::HandshakeTimeout,
-                ConnectionClosed::HandshakeFailed,
-            ] {
-                let _ = connections_closed.get_or_create(&ClosedLabels { listener, reason });
-            }
+        for listener in listeners {
+            start_at_zero(
+                &inner.connections_closed,
+                [
+                    ConnectionClosed::Limit,
+                    ConnectionClosed::HandshakeTimeout,
+                    ConnectionClosed::HandshakeFailed,
+                ]
+                .map(|reason| ClosedLabels { listener, reason }),
+            );
         }
         Self {
-            inner: Arc::new(Inner {
-                connections_open,
-                connections_closed,
-                streams_refused,
-                ready,
-                connections_limit,
-                tls_certificate_expiry,
-                tls_reloads,
-                tls_last_reload_successful,
-            }),
+            inner: Arc::new(inner),
         }
     }
 

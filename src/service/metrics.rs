@@ -8,11 +8,11 @@ use std::{fmt::Write as _, sync::Arc, time::Duration};
 use prometheus_client::{
     encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder},
     metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
-    registry::{Registry, Unit},
+    registry::Registry,
 };
 
 use crate::{
-    metrics::{InFlight, latency_histogram, subsystem},
+    metrics::{InFlight, latency_histogram, register, register_seconds, start_at_zero, subsystem},
     retry::AttemptMetrics,
 };
 
@@ -71,63 +71,56 @@ impl CallMetrics {
     pub fn register(registry: &mut Registry) -> Self {
         let attempts = AttemptMetrics::register(subsystem(registry));
         let registry = subsystem(registry);
-        let calls = Family::<CallLabels, Counter>::default();
-        registry.register(
-            "calls",
-            "gRPC calls answered, by method and gRPC code",
-            calls.clone(),
+        let inner = Inner {
+            calls: register(
+                registry,
+                "calls",
+                "gRPC calls answered, by method and gRPC code",
+                Family::default(),
+            ),
+            call_duration: register_seconds(
+                registry,
+                "call_duration",
+                "Time from a call's arrival to its answer",
+                Family::new_with_constructor(latency_histogram as fn() -> Histogram),
+            ),
+            job_reads: register(
+                registry,
+                "job_reads",
+                "Reads of a job after Graph refused a cancel with 409, by what they found",
+                Family::default(),
+            ),
+            in_flight: register(
+                registry,
+                "calls_in_flight",
+                "Cancel calls being served now",
+                Gauge::default(),
+            ),
+            overload_rejections: register(
+                registry,
+                "overload_rejections",
+                "Calls refused with RESOURCE_EXHAUSTED because the gateway was at its limit of calls in flight",
+                Counter::default(),
+            ),
+            in_flight_limit: register(
+                registry,
+                "calls_in_flight_limit",
+                "The most cancel calls served at once (--max-in-flight)",
+                Gauge::default(),
+            ),
+        };
+        start_at_zero(
+            &inner.job_reads,
+            [
+                JobReadOutcome::AlreadyCanceled,
+                JobReadOutcome::NotCancelable,
+                JobReadOutcome::Failed,
+                JobReadOutcome::Timeout,
+            ]
+            .map(|outcome| JobReadLabels { outcome }),
         );
-        let call_duration = Family::<MethodLabels, Histogram>::new_with_constructor(
-            latency_histogram as fn() -> Histogram,
-        );
-        registry.register_with_unit(
-            "call_duration",
-            "Time from a call's arrival to its answer",
-            Unit::Seconds,
-            call_duration.clone(),
-        );
-        let job_reads = Family::<JobReadLabels, Counter>::default();
-        registry.register(
-            "job_reads",
-            "Reads of a job after Graph refused a cancel with 409, by what they found",
-            job_reads.clone(),
-        );
-        let in_flight = Gauge::default();
-        registry.register(
-            "calls_in_flight",
-            "Cancel calls being served now",
-            in_flight.clone(),
-        );
-        let overload_rejections = Counter::default();
-        registry.register(
-            "overload_rejections",
-            "Calls refused with RESOURCE_EXHAUSTED because the gateway was at its limit of calls in flight",
-            overload_rejections.clone(),
-        );
-        let in_flight_limit = Gauge::default();
-        registry.register(
-            "calls_in_flight_limit",
-            "The most cancel calls served at once (--max-in-flight)",
-            in_flight_limit.clone(),
-        );
-        // Series of small fixed label sets start at 0 (see `metrics`).
-        for outcome in [
-            JobReadOutcome::AlreadyCanceled,
-            JobReadOutcome::NotCancelable,
-            JobReadOutcome::Failed,
-            JobReadOutcome::Timeout,
-        ] {
-            let _ = job_reads.get_or_create(&JobReadLabels { outcome });
-        }
         Self {
-            inner: Arc::new(Inner {
-                calls,
-                call_duration,
-                job_reads,
-                in_flight,
-                overload_rejections,
-                in_flight_limit,
-            }),
+            inner: Arc::new(inner),
             attempts,
         }
     }

@@ -10,6 +10,8 @@ use prometheus_client::{
     registry::Registry,
 };
 
+use crate::metrics::{register, start_at_zero};
+
 /// Why a request that Graph did not process was sent again on another connection.
 #[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
 pub enum ResendReason {
@@ -51,45 +53,43 @@ struct ResendLabels {
 impl PoolMetrics {
     /// Registers the pool's metrics in `registry` (a sub-registry for the pool).
     pub fn register(registry: &mut Registry) -> Self {
-        let connections_opened = Family::<ProtocolLabels, Counter>::default();
-        registry.register(
-            "graph_connections_opened",
-            "Connections opened to Graph, by protocol (h2, http1)",
-            connections_opened.clone(),
+        let inner = Inner {
+            connections_opened: register(
+                registry,
+                "graph_connections_opened",
+                "Connections opened to Graph, by protocol (h2, http1)",
+                Family::default(),
+            ),
+            connections_open: register(
+                registry,
+                "graph_connections_open",
+                "Connections to Graph open now",
+                Gauge::default(),
+            ),
+            requests_resent: register(
+                registry,
+                "graph_requests_resent",
+                "Requests Graph did not process, sent again at once on another connection (not retries)",
+                Family::default(),
+            ),
+            calls_waiting: register(
+                registry,
+                "graph_calls_waiting",
+                "Calls waiting for a stream to Graph: every connection full, or being opened",
+                Gauge::default(),
+            ),
+        };
+        start_at_zero(
+            &inner.requests_resent,
+            [
+                ResendReason::GoAway,
+                ResendReason::Refused,
+                ResendReason::Closed,
+            ]
+            .map(|reason| ResendLabels { reason }),
         );
-        let connections_open = Gauge::default();
-        registry.register(
-            "graph_connections_open",
-            "Connections to Graph open now",
-            connections_open.clone(),
-        );
-        let requests_resent = Family::<ResendLabels, Counter>::default();
-        registry.register(
-            "graph_requests_resent",
-            "Requests Graph did not process, sent again at once on another connection (not retries)",
-            requests_resent.clone(),
-        );
-        let calls_waiting = Gauge::default();
-        registry.register(
-            "graph_calls_waiting",
-            "Calls waiting for a stream to Graph: every connection full, or being opened",
-            calls_waiting.clone(),
-        );
-        // Series of small fixed label sets start at 0 (see `metrics`).
-        for reason in [
-            ResendReason::GoAway,
-            ResendReason::Refused,
-            ResendReason::Closed,
-        ] {
-            let _ = requests_resent.get_or_create(&ResendLabels { reason });
-        }
         Self {
-            inner: Arc::new(Inner {
-                connections_opened,
-                connections_open,
-                requests_resent,
-                calls_waiting,
-            }),
+            inner: Arc::new(inner),
         }
     }
 
