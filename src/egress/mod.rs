@@ -22,7 +22,7 @@ pub(crate) use self::once::send_once;
 pub use self::pool::{Body, PoolMetrics, ResendReason, SendError};
 pub(crate) use self::pool::{Pool, PoolSettings};
 pub use self::url::UrlError;
-pub(crate) use self::url::{PATH_SEGMENT, check_url_is_safe};
+pub(crate) use self::url::{PATH_SEGMENT, parse_base_url};
 
 /// How a connection to a remote party is opened: what Graph's connections and Entra ID's share.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -34,9 +34,18 @@ pub enum UrlError {
     Extras,
 }
 
+/// Parses the base of the URLs a token is sent to (Graph's base URL, Entra ID's authority), checks
+/// it with [`check_url_is_safe`], and returns it without a trailing slash, so that paths are
+/// appended with `/`.
+pub(crate) fn parse_base_url(text: &str) -> Result<String, UrlError> {
+    let url = url::Url::parse(text)?;
+    check_url_is_safe(&url)?;
+    Ok(url.as_str().trim_end_matches('/').to_owned())
+}
+
 /// Checks that a URL a token is sent to is `https` (plain `http` only to a loopback host) and
-/// carries no user info, query or fragment. Entra ID's authority is checked the same way.
-pub(crate) fn check_url_is_safe(url: &url::Url) -> Result<(), UrlError> {
+/// carries no user info, query or fragment.
+fn check_url_is_safe(url: &url::Url) -> Result<(), UrlError> {
     match url.scheme() {
         "https" => {}
         "http" if is_loopback(url) => {}

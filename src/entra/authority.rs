@@ -7,7 +7,7 @@ use std::fmt;
 use percent_encoding::utf8_percent_encode;
 
 use super::SetupError;
-use crate::egress::{PATH_SEGMENT, UrlError, check_url_is_safe};
+use crate::egress::{PATH_SEGMENT, UrlError, parse_base_url};
 
 /// The authority of the public cloud.
 pub const PUBLIC_AUTHORITY: &str = "https://login.microsoftonline.com";
@@ -68,10 +68,8 @@ pub struct EntraAuthority {
 impl EntraAuthority {
     /// Parses and checks an authority URL.
     pub fn parse(text: &str) -> Result<Self, UrlError> {
-        let url = url::Url::parse(text)?;
-        check_url_is_safe(&url)?;
         Ok(Self {
-            base: url.as_str().trim_end_matches('/').to_owned(),
+            base: parse_base_url(text)?,
         })
     }
 

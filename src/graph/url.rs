@@ -7,7 +7,7 @@ use http::{
 use percent_encoding::utf8_percent_encode;
 
 use crate::{
-    egress::{PATH_SEGMENT, UrlError as GraphUrlError, check_url_is_safe},
+    egress::{PATH_SEGMENT, UrlError as GraphUrlError, parse_base_url},
     request::{CancelTarget, JobParent},
 };
 
@@ -37,9 +37,7 @@ impl GraphBaseUrl {
 
     /// Parses and checks a Graph base URL.
     pub fn parse(text: &str) -> Result<Self, GraphUrlError> {
-        let url = url::Url::parse(text)?;
-        check_url_is_safe(&url)?;
-        let base = url.as_str().trim_end_matches('/').to_owned();
+        let base = parse_base_url(text)?;
         let uri: Uri = base.parse().map_err(|_| GraphUrlError::Extras)?;
         let (Some(scheme), Some(authority)) = (uri.scheme().cloned(), uri.authority().cloned())
         else {
