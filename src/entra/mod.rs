@@ -271,22 +271,17 @@ impl OnBehalfOf {
         retry: RetryPolicy,
         metrics: ExchangeMetrics,
     ) -> Result<Self, SetupError> {
-        let tenant_id = settings
-            .tenant_id
-            .as_deref()
-            .filter(|tenant| !tenant.is_empty())
-            .ok_or(SetupError::Missing(
-                "a tenant ID (--tenant-id or AZURE_TENANT_ID)",
-            ))?;
+        let tenant_id = required(
+            &settings.tenant_id,
+            "a tenant ID (--tenant-id or AZURE_TENANT_ID)",
+        )?;
         check_tenant(tenant_id)?;
         settings.authority.check_same_cloud(graph_host)?;
-        let client_id = settings
-            .client_id
-            .clone()
-            .filter(|client| !client.is_empty())
-            .ok_or(SetupError::Missing(
-                "a client ID (--client-id or AZURE_CLIENT_ID)",
-            ))?;
+        let client_id = required(
+            &settings.client_id,
+            "a client ID (--client-id or AZURE_CLIENT_ID)",
+        )?
+        .to_owned();
         let source = settings.credential.as_ref().ok_or(SetupError::Missing(
             "a client credential (--client-secret-file, --client-certificate-file or --federated-token-file)",
         ))?;
@@ -778,6 +773,15 @@ fn is_jwt_shaped(token: &str) -> bool {
         .ok()
         .and_then(|header| serde_json::from_slice::<serde_json::Value>(&header).ok())
         .is_some_and(|header| header.get("alg").is_some_and(serde_json::Value::is_string))
+}
+
+/// A setting the exchange cannot run without: set and not empty (an empty environment variable is
+/// as good as none), or `SetupError::Missing` naming `what`.
+fn required<'a>(setting: &'a Option<String>, what: &'static str) -> Result<&'a str, SetupError> {
+    setting
+        .as_deref()
+        .filter(|value| !value.is_empty())
+        .ok_or(SetupError::Missing(what))
 }
 
 /// Checks a tenant ID at start-up: a GUID or a domain name, and not a name that means "any
