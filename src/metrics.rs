@@ -141,6 +141,46 @@ pub fn start_at_zero<S: Clone + Hash + Eq, M>(
     }
 }
 
+/// Declares an enum whose variants are the values of a metric's label, a small fixed set, each
+/// with the text the label shows: the enum, `ALL` (its variants in order, for the series that start
+/// at 0), `as_str` and the label encoding, so that the variants and their texts are written once.
+macro_rules! label_values {
+    (
+        $(#[$meta:meta])*
+        $vis:vis enum $name:ident {
+            $( $(#[$variant_meta:meta])* $variant:ident => $text:literal, )+
+        }
+    ) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
+        $vis enum $name {
+            $( $(#[$variant_meta])* $variant, )+
+        }
+
+        impl $name {
+            /// Every value, in order.
+            pub const ALL: &'static [Self] = &[$(Self::$variant),+];
+
+            /// The label value.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(Self::$variant => $text,)+
+                }
+            }
+        }
+
+        impl prometheus_client::encoding::EncodeLabelValue for $name {
+            fn encode(
+                &self,
+                encoder: &mut prometheus_client::encoding::LabelValueEncoder<'_>,
+            ) -> Result<(), std::fmt::Error> {
+                std::fmt::Write::write_str(encoder, self.as_str())
+            }
+        }
+    };
+}
+pub(crate) use label_values;
+
 /// A call (or a connection) in flight, counted until dropped.
 #[derive(Debug)]
 pub struct InFlight(Gauge);

@@ -3,38 +3,40 @@
 //! metrics) under a sub-registry of the gateway's (`metrics`), with the kinds and reasons that
 //! only the retry loop tells apart.
 
-use std::{fmt::Write as _, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
 use prometheus_client::{
-    encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder},
+    encoding::EncodeLabelSet,
     metrics::{counter::Counter, family::Family, histogram::Histogram},
     registry::Registry,
 };
 
-use crate::metrics::{latency_histogram, register, register_seconds, start_at_zero};
+use crate::metrics::{label_values, latency_histogram, register, register_seconds, start_at_zero};
 
-/// A Graph attempt that got no HTTP answer.
-#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
-pub enum GraphFailure {
-    /// No connection could be made; nothing was sent.
-    Unreachable,
-    /// The connection failed after the request may have been sent.
-    Transport,
-    /// The call's deadline ran out while waiting.
-    Timeout,
+label_values! {
+    /// A Graph attempt that got no HTTP answer.
+    pub enum GraphFailure {
+        /// No connection could be made; nothing was sent.
+        Unreachable => "unreachable",
+        /// The connection failed after the request may have been sent.
+        Transport => "transport",
+        /// The call's deadline ran out while waiting.
+        Timeout => "timeout",
+    }
 }
 
-/// Why an attempt was retried.
-#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
-pub enum RetryReason {
-    /// Graph answered 429.
-    Throttled,
-    /// Graph answered 503.
-    Unavailable,
-    /// Graph answered 504.
-    GatewayTimeout,
-    /// No connection could be made.
-    Unreachable,
+label_values! {
+    /// Why an attempt was retried.
+    pub enum RetryReason {
+        /// Graph answered 429.
+        Throttled => "throttled",
+        /// Graph answered 503.
+        Unavailable => "unavailable",
+        /// Graph answered 504.
+        GatewayTimeout => "gateway_timeout",
+        /// No connection could be made.
+        Unreachable => "unreachable",
+    }
 }
 
 /// The metrics of Graph's attempts. Cheap to clone.
@@ -99,22 +101,13 @@ impl AttemptMetrics {
         };
         start_at_zero(
             &inner.failures,
-            [
-                GraphFailure::Unreachable,
-                GraphFailure::Transport,
-                GraphFailure::Timeout,
-            ]
-            .map(|kind| FailureLabels { kind }),
+            GraphFailure::ALL.iter().map(|&kind| FailureLabels { kind }),
         );
         start_at_zero(
             &inner.retries,
-            [
-                RetryReason::Throttled,
-                RetryReason::Unavailable,
-                RetryReason::GatewayTimeout,
-                RetryReason::Unreachable,
-            ]
-            .map(|reason| RetryLabels { reason }),
+            RetryReason::ALL
+                .iter()
+                .map(|&reason| RetryLabels { reason }),
         );
         Self {
             inner: Arc::new(inner),
@@ -144,44 +137,5 @@ impl AttemptMetrics {
             .retries
             .get_or_create(&RetryLabels { reason })
             .inc();
-    }
-}
-
-// === impl GraphFailure ===
-
-impl GraphFailure {
-    /// The label value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Unreachable => "unreachable",
-            Self::Transport => "transport",
-            Self::Timeout => "timeout",
-        }
-    }
-}
-
-impl EncodeLabelValue for GraphFailure {
-    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
-        encoder.write_str(self.as_str())
-    }
-}
-
-// === impl RetryReason ===
-
-impl RetryReason {
-    /// The label value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Throttled => "throttled",
-            Self::Unavailable => "unavailable",
-            Self::GatewayTimeout => "gateway_timeout",
-            Self::Unreachable => "unreachable",
-        }
-    }
-}
-
-impl EncodeLabelValue for RetryReason {
-    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
-        encoder.write_str(self.as_str())
     }
 }

@@ -2,37 +2,39 @@
 //! streams refused, readiness, the connection cap, and the serving certificate. Registered under
 //! a sub-registry of the gateway's (`metrics`), with the label values that only the server sets.
 
-use std::{fmt::Write as _, sync::Arc};
+use std::sync::Arc;
 
 use prometheus_client::{
-    encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder},
+    encoding::EncodeLabelSet,
     metrics::{counter::Counter, family::Family, gauge::Gauge},
     registry::Registry,
 };
 
-use crate::metrics::{InFlight, register, register_seconds, start_at_zero};
+use crate::metrics::{InFlight, label_values, register, register_seconds, start_at_zero};
 
-/// Which listener a connection came to.
-#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
-pub enum Listener {
-    /// The gRPC API.
-    Api,
-    /// The admin listener.
-    Admin,
+label_values! {
+    /// Which listener a connection came to.
+    pub enum Listener {
+        /// The gRPC API.
+        Api => "api",
+        /// The admin listener.
+        Admin => "admin",
+    }
 }
 
-/// Why the gateway closed a connection: before it was served, or because of a limit.
-#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
-pub enum ConnectionClosed {
-    /// The listener was at `--max-connections`: the new connection, or an older one that made
-    /// room for it (still in its handshake, or idle the longest).
-    Limit,
-    /// TLS and the HTTP/2 preface did not complete within `--handshake-timeout`.
-    HandshakeTimeout,
-    /// TLS failed, or the client did not speak HTTP/2.
-    HandshakeFailed,
-    /// A served connection had no stream open for `--idle-connection-timeout`.
-    IdleTimeout,
+label_values! {
+    /// Why the gateway closed a connection: before it was served, or because of a limit.
+    pub enum ConnectionClosed {
+        /// The listener was at `--max-connections`: the new connection, or an older one that made
+        /// room for it (still in its handshake, or idle the longest).
+        Limit => "limit",
+        /// TLS and the HTTP/2 preface did not complete within `--handshake-timeout`.
+        HandshakeTimeout => "handshake_timeout",
+        /// TLS failed, or the client did not speak HTTP/2.
+        HandshakeFailed => "handshake_failed",
+        /// A served connection had no stream open for `--idle-connection-timeout`.
+        IdleTimeout => "idle_timeout",
+    }
 }
 
 /// The server's metrics. Cheap to clone.
@@ -125,16 +127,12 @@ impl ServerMetrics {
                 Family::default(),
             ),
         };
-        let listeners = [Listener::Api, Listener::Admin];
-        start_at_zero(
-            &inner.streams_refused,
-            listeners.map(|listener| ListenerLabels { listener }),
-        );
-        start_at_zero(
-            &inner.connections_open,
-            listeners.map(|listener| ListenerLabels { listener }),
-        );
-        for listener in listeners {
+        let listeners = Listener::ALL
+            .iter()
+            .map(|&listener| ListenerLabels { listener });
+        start_at_zero(&inner.streams_refused, listeners.clone());
+        start_at_zero(&inner.connections_open, listeners);
+        for &listener in Listener::ALL {
             start_at_zero(
                 &inner.connections_closed,
                 [
@@ -158,7 +156,7 @@ impl ServerMetrics {
     /// Sets the limit an operator's alerts compare the connections with: `--max-connections`
     /// (the same on each listener).
     pub fn set_connections_limit(&self, max_connections: usize) {
-        for listener in [Listener::Api, Listener::Admin] {
+        for &listener in Listener::ALL {
             self.inner
                 .connections_limit
                 .get_or_create(&ListenerLabels { listener })
@@ -217,30 +215,6 @@ impl ServerMetrics {
             .streams_refused
             .get_or_create(&ListenerLabels { listener })
             .inc();
-    }
-}
-
-// === impl Listener ===
-
-impl EncodeLabelValue for Listener {
-    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
-        encoder.write_str(match self {
-            Self::Api => "api",
-            Self::Admin => "admin",
-        })
-    }
-}
-
-// === impl ConnectionClosed ===
-
-impl EncodeLabelValue for ConnectionClosed {
-    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
-        encoder.write_str(match self {
-            Self::Limit => "limit",
-            Self::HandshakeTimeout => "handshake_timeout",
-            Self::HandshakeFailed => "handshake_failed",
-            Self::IdleTimeout => "idle_timeout",
-        })
     }
 }
 

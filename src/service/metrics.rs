@@ -3,30 +3,34 @@
 //! with them, set by `retry`) Graph's attempts. Registered under a sub-registry of the gateway's
 //! (`metrics`), with the outcomes of a job read, which only the service tells apart.
 
-use std::{fmt::Write as _, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
 use prometheus_client::{
-    encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder},
+    encoding::EncodeLabelSet,
     metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
     registry::Registry,
 };
 
 use crate::{
-    metrics::{InFlight, latency_histogram, register, register_seconds, start_at_zero, subsystem},
+    metrics::{
+        InFlight, label_values, latency_histogram, register, register_seconds, start_at_zero,
+        subsystem,
+    },
     retry::AttemptMetrics,
 };
 
-/// What a read of a job, after Graph refused a cancel with 409, found.
-#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
-pub enum JobReadOutcome {
-    /// The job is canceled: the call answered OK with `already_canceled`.
-    AlreadyCanceled,
-    /// The job is in another state, such as completed: the call answered FAILED_PRECONDITION.
-    NotCancelable,
-    /// The read failed: the call answered the 409 as it is.
-    Failed,
-    /// The call's deadline ran out during the read.
-    Timeout,
+label_values! {
+    /// What a read of a job, after Graph refused a cancel with 409, found.
+    pub enum JobReadOutcome {
+        /// The job is canceled: the call answered OK with `already_canceled`.
+        AlreadyCanceled => "already_canceled",
+        /// The job is in another state, such as completed: the call answered FAILED_PRECONDITION.
+        NotCancelable => "not_cancelable",
+        /// The read failed: the call answered the 409 as it is.
+        Failed => "failed",
+        /// The call's deadline ran out during the read.
+        Timeout => "timeout",
+    }
 }
 
 /// The service's metrics, and the attempts of its Graph calls. Cheap to clone.
@@ -111,13 +115,9 @@ impl CallMetrics {
         };
         start_at_zero(
             &inner.job_reads,
-            [
-                JobReadOutcome::AlreadyCanceled,
-                JobReadOutcome::NotCancelable,
-                JobReadOutcome::Failed,
-                JobReadOutcome::Timeout,
-            ]
-            .map(|outcome| JobReadLabels { outcome }),
+            JobReadOutcome::ALL
+                .iter()
+                .map(|&outcome| JobReadLabels { outcome }),
         );
         Self {
             inner: Arc::new(inner),
@@ -162,25 +162,5 @@ impl CallMetrics {
     /// Counts a call in flight until the returned guard is dropped.
     pub fn in_flight(&self) -> InFlight {
         InFlight::count(self.inner.in_flight.clone())
-    }
-}
-
-// === impl JobReadOutcome ===
-
-impl JobReadOutcome {
-    /// The label value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::AlreadyCanceled => "already_canceled",
-            Self::NotCancelable => "not_cancelable",
-            Self::Failed => "failed",
-            Self::Timeout => "timeout",
-        }
-    }
-}
-
-impl EncodeLabelValue for JobReadOutcome {
-    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
-        encoder.write_str(self.as_str())
     }
 }

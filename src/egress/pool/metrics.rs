@@ -2,26 +2,27 @@
 //! requests Graph did not process, sent again. Registered under a sub-registry of the gateway's
 //! (`metrics`), with the reasons for a re-send, which only the pool tells apart.
 
-use std::{fmt::Write as _, sync::Arc};
+use std::sync::Arc;
 
 use prometheus_client::{
-    encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder},
+    encoding::EncodeLabelSet,
     metrics::{counter::Counter, family::Family, gauge::Gauge},
     registry::Registry,
 };
 
-use crate::metrics::{register, start_at_zero};
+use crate::metrics::{label_values, register, start_at_zero};
 
-/// Why a request that Graph did not process was sent again on another connection.
-#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
-pub enum ResendReason {
-    /// Graph's GOAWAY came before the request's stream.
-    GoAway,
-    /// Graph refused the stream (REFUSED_STREAM).
-    Refused,
-    /// The connection was closed, or going away after Graph's GOAWAY, before the request left
-    /// the gateway.
-    Closed,
+label_values! {
+    /// Why a request that Graph did not process was sent again on another connection.
+    pub enum ResendReason {
+        /// Graph's GOAWAY came before the request's stream.
+        GoAway => "goaway",
+        /// Graph refused the stream (REFUSED_STREAM).
+        Refused => "refused",
+        /// The connection was closed, or going away after Graph's GOAWAY, before the request left
+        /// the gateway.
+        Closed => "closed",
+    }
 }
 
 /// The pool's metrics. Cheap to clone.
@@ -81,12 +82,9 @@ impl PoolMetrics {
         };
         start_at_zero(
             &inner.requests_resent,
-            [
-                ResendReason::GoAway,
-                ResendReason::Refused,
-                ResendReason::Closed,
-            ]
-            .map(|reason| ResendLabels { reason }),
+            ResendReason::ALL
+                .iter()
+                .map(|&reason| ResendLabels { reason }),
         );
         Self {
             inner: Arc::new(inner),
@@ -120,24 +118,5 @@ impl PoolMetrics {
             .requests_resent
             .get_or_create(&ResendLabels { reason })
             .inc();
-    }
-}
-
-// === impl ResendReason ===
-
-impl ResendReason {
-    /// The label value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::GoAway => "goaway",
-            Self::Refused => "refused",
-            Self::Closed => "closed",
-        }
-    }
-}
-
-impl EncodeLabelValue for ResendReason {
-    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
-        encoder.write_str(self.as_str())
     }
 }
