@@ -2,11 +2,24 @@
 //! `HTTPS_PROXY` CONNECT tunnel, then TLS with ALPN, which decides between HTTP/2 and HTTP/1.1.
 //! The pool (`pool.rs`) decides when to call it; this file only knows how.
 
-use std::{future::poll_fn, path::PathBuf, sync::Arc, time::Duration};
+use std::{
+    future::{Future, poll_fn},
+    io,
+    net::SocketAddr,
+    path::PathBuf,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+    time::Duration,
+};
 
 use http::Uri;
 use hyper_util::client::{
-    legacy::connect::{HttpConnector, proxy::Tunnel},
+    legacy::connect::{
+        HttpConnector,
+        dns::{GaiResolver, Name},
+        proxy::Tunnel,
+    },
     proxy::matcher::Matcher,
 };
 use rustls::{
@@ -132,6 +145,95 @@ impl ProxyEnv {
     }
 }
 
+/// How a host name becomes addresses: the system's resolver (`getaddrinfo` on the blocking pool,
+/// as hyper-util does it) unless whoever builds the settings hands in its own. Only code can: the
+/// binary has no flag for it and always resolves as the system does. The tests give a resolver
+/// that answers at once, so that none of them depends on the machine's DNS.
+#[derive(Clone, Default)]
+pub struct Resolver(Option<Arc<ResolveFn>>);
+
+/// A resolver handed in by code: the host name in, its addresses (any port; the URL's is used) out.
+type ResolveFn = dyn Fn(String) -> Resolving + Send + Sync;
+
+/// A lookup under way.
+type Resolving = Pin<Box<dyn Future<Output = io::Result<Vec<SocketAddr>>> + Send>>;
+
+// === impl Resolver ===
+
+impl Resolver {
+    /// The system's resolver, `getaddrinfo`: what the gateway uses.
+    pub fn system() -> Self {
+        Self(None)
+    }
+
+    /// A resolver that answers each host name with what `resolve` returns for it.
+    pub fn from_fn<F, Fut>(resolve: F) -> Self
+    where
+        F: Fn(String) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = io::Result<Vec<SocketAddr>>> + Send + 'static,
+    {
+        Self(Some(Arc::new(move |host| Box::pin(resolve(host)))))
+    }
+}
+
+impl PartialEq for Resolver {
+    /// The same resolver: the system's, or one handed in, the very same.
+    fn eq(&self, other: &Self) -> bool {
+        match (&self.0, &other.0) {
+            (None, None) => true,
+            (Some(one), Some(other)) => Arc::ptr_eq(one, other),
+            _ => false,
+        }
+    }
+}
+
+impl Eq for Resolver {}
+
+impl std::fmt::Debug for Resolver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "Resolver(handed in)"
+        } else {
+            "Resolver(system)"
+        })
+    }
+}
+
+/// [`Resolver`] as the `Service<Name>` that `HttpConnector` resolves through.
+#[derive(Debug, Clone)]
+struct Dns {
+    resolver: Resolver,
+    system: GaiResolver,
+}
+
+impl Service<Name> for Dns {
+    type Response = std::vec::IntoIter<SocketAddr>;
+    type Error = io::Error;
+    type Future = Pin<Box<dyn Future<Output = io::Result<Self::Response>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // Neither resolver has a capacity to wait for (GaiResolver is always ready).
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, name: Name) -> Self::Future {
+        match &self.resolver.0 {
+            Some(resolve) => {
+                let resolving = resolve(name.as_str().to_owned());
+                Box::pin(async move { resolving.await.map(Vec::into_iter) })
+            }
+            None => {
+                let resolving = self.system.call(name);
+                Box::pin(async move {
+                    resolving
+                        .await
+                        .map(|addrs| addrs.collect::<Vec<_>>().into_iter())
+                })
+            }
+        }
+    }
+}
+
 /// The HTTP version a new connection speaks, as TLS negotiated it (or as configured over plain
 /// HTTP).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -167,8 +269,8 @@ pub(crate) struct Connector {
 /// How the TCP connection is made: straight to Graph, or through an HTTP CONNECT tunnel.
 #[derive(Debug, Clone)]
 enum Route {
-    Direct(HttpConnector),
-    Tunnel(Tunnel<HttpConnector>),
+    Direct(HttpConnector<Dns>),
+    Tunnel(Tunnel<HttpConnector<Dns>>),
 }
 
 // === impl Connector ===
@@ -186,12 +288,16 @@ impl Connector {
             connect_timeout: timeout,
             extra_ca,
             proxy,
+            resolver,
         } = settings;
         let timeout = *timeout;
         let extra_ca = extra_ca.as_ref();
         let host = graph.host().ok_or(ClientError::NoHost)?;
         let https = graph.scheme_str() == Some("https");
-        let mut tcp = HttpConnector::new();
+        let mut tcp = HttpConnector::new_with_resolver(Dns {
+            resolver: resolver.clone(),
+            system: GaiResolver::new(),
+        });
         tcp.enforce_http(false);
         tcp.set_nodelay(true);
         // Checked whatever Graph's URL, so that a bad proxy setting stops start-up.

@@ -16,7 +16,7 @@ use std::{path::PathBuf, time::Duration};
 
 pub use self::answer::{MAX_MESSAGE_LEN, parse_retry_after, read_bounded};
 pub(crate) use self::answer::{bounded_identifier, bounded_message};
-pub use self::connect::{ClientError, ConnectError, Protocol, ProxyEnv};
+pub use self::connect::{ClientError, ConnectError, Protocol, ProxyEnv, Resolver};
 pub(crate) use self::connect::{Connected, Connector, Negotiated, read_ca_certificates};
 pub(crate) use self::once::send_once;
 pub use self::pool::{Body, PoolMetrics, ResendReason, SendError};
@@ -33,4 +33,6 @@ pub struct ConnectSettings {
     pub extra_ca: Option<PathBuf>,
     /// The proxy to reach the remote party through, as the environment names it.
     pub proxy: ProxyEnv,
+    /// How host names are resolved: the system's resolver unless code hands in another.
+    pub resolver: Resolver,
 }

@@ -5,7 +5,7 @@ use std::{path::PathBuf, time::Duration};
 
 use clap::{Args, error::ErrorKind};
 
-use super::{GraphBaseUrl, GraphProtocol, ProxyEnv, Settings};
+use super::{GraphBaseUrl, GraphProtocol, ProxyEnv, Resolver, Settings};
 use crate::{backoff::RetryPolicy, flags::parse_duration};
 
 /// How the gateway reaches Microsoft Graph.
@@ -110,6 +110,7 @@ impl GraphArgs {
             keepalive_interval: self.graph_keepalive_interval,
             keepalive_timeout: self.graph_keepalive_timeout,
             proxy: self.proxy.clone(),
+            resolver: Resolver::system(),
             throttle_gate: self.throttle_gate,
         }
     }

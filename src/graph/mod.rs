@@ -27,7 +27,7 @@ pub use self::url::GraphBaseUrl;
 // The transport's names as Graph's settings and callers have always known them.
 pub use crate::egress::{
     Body, ClientError as GraphClientError, ConnectError, Protocol as GraphProtocol, ProxyEnv,
-    SendError, UrlError as GraphUrlError, parse_retry_after,
+    Resolver, SendError, UrlError as GraphUrlError, parse_retry_after,
 };
 use crate::{
     auth::BearerToken,
@@ -76,6 +76,9 @@ pub struct Settings {
     pub keepalive_timeout: Duration,
     /// The proxy to reach Graph (and Entra ID) through, as the environment names it.
     pub proxy: ProxyEnv,
+    /// How Graph's (and Entra ID's) host names are resolved: the system's resolver; no flag
+    /// changes it, and only code (the tests) hands in another.
+    pub resolver: Resolver,
     /// Whether calls of a tenant and app that Graph throttles wait at one gate (on), or each
     /// back off on its own (off).
     pub throttle_gate: bool,
@@ -89,6 +92,7 @@ impl Settings {
             connect_timeout: self.connect_timeout,
             extra_ca: self.extra_ca.clone(),
             proxy: self.proxy.clone(),
+            resolver: self.resolver.clone(),
         }
     }
 }
@@ -106,6 +110,7 @@ impl Default for Settings {
             keepalive_interval: Duration::from_secs(30),
             keepalive_timeout: Duration::from_secs(10),
             proxy: ProxyEnv::default(),
+            resolver: Resolver::system(),
             throttle_gate: true,
         }
     }

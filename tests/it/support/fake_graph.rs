@@ -237,9 +237,10 @@ impl FakeGraph {
         Self { addr, state, task }
     }
 
-    /// The Graph base URL of a TLS fake: `https://localhost:<port>/v1.0`.
+    /// The Graph base URL of a TLS fake: `https://127.0.0.1:<port>/v1.0` (an address, so that no
+    /// resolver is asked; the certificate names it).
     pub fn tls_url(&self) -> String {
-        format!("https://localhost:{}/v1.0", self.addr.port())
+        format!("https://{}/v1.0", self.addr)
     }
 
     /// Changes the reply to later requests.

@@ -5,7 +5,7 @@ use std::{net::SocketAddr, time::Duration};
 
 use printjob_gateway::{
     Listeners, Settings,
-    graph::GraphBaseUrl,
+    graph::{GraphBaseUrl, Resolver},
     proto::{CancelRequest, CancelResponse, PrintJobServiceClient},
     serve,
     server::{ListenAddr, ServeError},
@@ -99,7 +99,8 @@ impl Drop for TestGateway {
     }
 }
 
-/// The default settings, with both listeners on `127.0.0.1:0` and Graph at `graph_url`.
+/// The default settings, with both listeners on `127.0.0.1:0`, Graph at `graph_url`, and
+/// [`loopback_resolver`] in place of the system's.
 pub fn settings(graph_url: &str) -> Settings {
     let mut settings = Settings {
         listen: ListenAddr::Tcp(([127, 0, 0, 1], 0).into()),
@@ -107,7 +108,20 @@ pub fn settings(graph_url: &str) -> Settings {
         ..Settings::default()
     };
     settings.graph.base_url = GraphBaseUrl::parse(graph_url).unwrap();
+    settings.graph.resolver = loopback_resolver();
     settings
+}
+
+/// A resolver that asks no one and knows no name: every fake is reached by its loopback address,
+/// so a name is a mistake, and it fails at once rather than depend on, or wait for, the
+/// machine's DNS.
+pub fn loopback_resolver() -> Resolver {
+    Resolver::from_fn(|host: String| {
+        std::future::ready(Err(std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            format!("{host}: no such host (the tests reach every fake by its loopback address)"),
+        )))
+    })
 }
 
 pub async fn connect(addr: SocketAddr) -> Channel {

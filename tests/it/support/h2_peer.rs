@@ -75,9 +75,10 @@ impl Http2Peer {
         Self { addr, shared, task }
     }
 
-    /// The base URL to give the gateway; `localhost` matches the certificate.
+    /// The base URL to give the gateway: an address, so that no resolver is asked; the
+    /// certificate names it.
     pub fn url(&self) -> String {
-        format!("https://localhost:{}/v1.0", self.addr.port())
+        format!("https://{}/v1.0", self.addr)
     }
 
     /// What it has seen so far.

@@ -1,4 +1,5 @@
-//! Throwaway certificates: a CA, a server certificate for `localhost` and a client certificate.
+//! Throwaway certificates: a CA, a server certificate for `localhost` and 127.0.0.1, and a client
+//! certificate.
 
 use std::{path::Path, sync::Arc};
 
@@ -8,7 +9,7 @@ use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair}
 pub struct Pki {
     /// The CA certificate.
     pub ca: String,
-    /// The server certificate, for `localhost`, and its key.
+    /// The server certificate, for `localhost` and 127.0.0.1, and its key.
     pub server_cert: String,
     pub server_key: String,
     /// A client certificate and its key.
@@ -21,16 +22,21 @@ pub fn make_pki(dir: &Path) -> Pki {
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
-    let issue = |name: &str| {
+    let issue = |names: &[&str]| {
         let key = KeyPair::generate().unwrap();
-        let cert = CertificateParams::new(vec![name.to_owned()])
-            .unwrap()
-            .signed_by(&key, &ca)
-            .unwrap();
+        let cert = CertificateParams::new(
+            names
+                .iter()
+                .map(|&name| name.to_owned())
+                .collect::<Vec<_>>(),
+        )
+        .unwrap()
+        .signed_by(&key, &ca)
+        .unwrap();
         (cert.pem(), key.serialize_pem())
     };
-    let (server_cert, server_key) = issue("localhost");
-    let (client_cert, client_key) = issue("caller.example");
+    let (server_cert, server_key) = issue(&["localhost", "127.0.0.1"]);
+    let (client_cert, client_key) = issue(&["caller.example"]);
     let pki = Pki {
         ca: ca.pem(),
         server_cert,

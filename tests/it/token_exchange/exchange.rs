@@ -391,7 +391,10 @@ async fn calls_from_a_hundred_callers_at_once_make_one_exchange_per_caller() {
 async fn ten_thousand_lookups_from_a_hundred_callers_make_a_hundred_exchanges() {
     let dir = tempfile::tempdir().unwrap();
     let entra = FakeEntra::start().await;
-    let graph_settings = graph::Settings::default();
+    let graph_settings = graph::Settings {
+        resolver: crate::support::gateway::loopback_resolver(),
+        ..graph::Settings::default()
+    };
     let settings = printjob_gateway::entra::Settings {
         exchange: TokenExchange::Obo,
         authority: entra.authority().parse().unwrap(),
