@@ -222,13 +222,14 @@ async fn a_call_waiting_for_a_stream_ends_at_its_deadline_and_max_in_flight_shed
     let holder = tokio::spawn(holder.send_on(channel.clone()));
     wait_until(&graph, |seen| seen.processed.len() == 1).await;
     // The next call waits in the gateway for a stream. No client-side timer: its end is the
-    // gateway's own deadline, 5 s away. Before it, this test only reads a metric and makes one
+    // gateway's own deadline, 15 s away. Before it, this test only reads a metric and makes one
     // call that is refused at once (milliseconds each, a few hundred on a busy machine); the
-    // deadline is that wide so that both happen while the call still waits.
+    // deadline is that wide (10 s more than a loaded machine has been seen to need) so that
+    // both happen while the call still waits.
     let waiter = gateway
         .call()
         .ids("held", "2")
-        .timeout(Duration::from_secs(5));
+        .timeout(Duration::from_secs(15));
     let waiter = tokio::spawn(waiter.send_timerless_on(timerless_client()));
     wait_until_sample(gateway.admin_addr, waiting, |n| n == 1.0).await;
     // Two calls in flight: a third is refused at once by --max-in-flight, not queued behind them

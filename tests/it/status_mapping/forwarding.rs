@@ -47,8 +47,15 @@ async fn every_2xx_is_ok() {
     for status in [200, 201, 202, 204] {
         let graph = FakeGraph::replying(Reply::status(status).body(b"{}".to_vec())).await;
         let gateway = TestGateway::start(&graph.url()).await;
-        let outcome = gateway.call().send().await;
-        assert!(outcome.is_ok(), "HTTP {status} is OK: {outcome:?}");
+        let response = gateway
+            .call()
+            .send()
+            .await
+            .unwrap_or_else(|error| panic!("HTTP {status} is OK: {error:?}"));
+        // Canceled now, by this call: not a job found already canceled, and no job read.
+        assert!(!response.get_ref().already_canceled, "HTTP {status}");
+        let methods: Vec<String> = graph.requests().into_iter().map(|r| r.method).collect();
+        assert_eq!(methods, ["POST"], "HTTP {status}: the cancel alone");
     }
 }
 
