@@ -38,7 +38,10 @@ use tokio::time::{Instant, Sleep};
 use tonic::{Status, body::Body, metadata::MetadataMap, server::NamedService};
 use tower::Service;
 
-use super::{conn::ConnectionLoad, streams::HoldingBody};
+use super::{
+    conn::ConnectionLoad,
+    streams::{HoldingBody, HoldingResponse},
+};
 use crate::{error::CancelError, service::PrintJobGateway};
 
 /// The length of the prefix of every gRPC message: a compression flag and a 4-byte length.
@@ -76,11 +79,10 @@ pub(crate) struct CallCount {
     census: Arc<Mutex<Census>>,
 }
 
-/// A response ready at once (the call was refused), the inner service's, or a call waiting for
-/// a place.
+/// A call refused or admitted at once (holding its connection's count, when it has one), or
+/// waiting for a place.
 pub(crate) enum AdmittedFuture<F> {
-    Refused(Option<http::Response<Body>>),
-    Admitted(F, Option<CallCount>),
+    Now(HoldingResponse<F, CallCount>),
     Waiting(Pin<Box<dyn Future<Output = http::Response<Body>> + Send>>),
 }
 
@@ -269,7 +271,7 @@ where
                         response
                     }
                 };
-                response.map(|inner| Body::new(HoldingBody::new(inner, count)))
+                HoldingBody::hold(response, count)
             }));
         }
         let admitted = self.gateway.admit(&metadata);
@@ -277,9 +279,10 @@ where
         match admitted {
             Ok(admission) => {
                 let request = self.bounded(parts, body, admission);
-                AdmittedFuture::Admitted(self.inner.call(request), counted.map(|(count, _)| count))
+                let count = counted.map(|(count, _)| count);
+                AdmittedFuture::Now(HoldingResponse::Admitted(self.inner.call(request), count))
             }
-            Err(status) => AdmittedFuture::Refused(Some(status.into_http())),
+            Err(status) => AdmittedFuture::Now(HoldingResponse::Refused(Some(status.into_http()))),
         }
     }
 }
@@ -294,16 +297,7 @@ where
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match &mut *self {
-            Self::Refused(response) => Poll::Ready(Ok(response
-                .take()
-                .expect("a refused call's future is not polled after it completed"))),
-            Self::Admitted(future, count) => {
-                let Ok(response) = ready!(Pin::new(future).poll(cx));
-                Poll::Ready(Ok(match count.take() {
-                    Some(count) => response.map(|inner| Body::new(HoldingBody::new(inner, count))),
-                    None => response,
-                }))
-            }
+            Self::Now(now) => Pin::new(now).poll(cx),
             Self::Waiting(waiting) => waiting.as_mut().poll(cx).map(Ok),
         }
     }

@@ -82,10 +82,13 @@ pub(crate) struct Capped<S> {
     cap: StreamCap,
 }
 
-/// The response of a capped stream: ready at once when refused.
-pub(crate) enum CappedFuture<F> {
+/// The response of a request that a layer (the stream caps, admission) refused at once, or let
+/// through holding `T` (its stream's permits, its call's count) until the response body ends.
+pub(crate) enum HoldingResponse<F, T> {
+    /// Refused: the answer, ready at once.
     Refused(Option<http::Response<Body>>),
-    Admitted(F, Option<Held>),
+    /// Let through: the inner service's response, whose body holds `T` when there is one.
+    Admitted(F, Option<T>),
 }
 
 /// A request body that must end by a deadline.
@@ -177,7 +180,7 @@ where
 {
     type Response = http::Response<Body>;
     type Error = Infallible;
-    type Future = CappedFuture<S::Future>;
+    type Future = HoldingResponse<S::Future, Held>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -190,7 +193,7 @@ where
             Ok(held) => held,
             Err(message) => {
                 self.cap.metrics.stream_refused(self.cap.listener);
-                return CappedFuture::Refused(Some(
+                return HoldingResponse::Refused(Some(
                     Status::resource_exhausted(message).into_http(),
                 ));
             }
@@ -202,7 +205,7 @@ where
                 timer: None,
             })
         });
-        CappedFuture::Admitted(self.inner.call(request), Some(held))
+        HoldingResponse::Admitted(self.inner.call(request), Some(held))
     }
 }
 
@@ -245,11 +248,12 @@ impl Drop for ConnectionCount {
     }
 }
 
-// === impl CappedFuture ===
+// === impl HoldingResponse ===
 
-impl<F> Future for CappedFuture<F>
+impl<F, T> Future for HoldingResponse<F, T>
 where
     F: Future<Output = Result<http::Response<Body>, Infallible>> + Unpin,
+    T: Send + Unpin + 'static,
 {
     type Output = Result<http::Response<Body>, Infallible>;
 
@@ -257,15 +261,13 @@ where
         match &mut *self {
             Self::Refused(response) => Poll::Ready(Ok(response
                 .take()
-                .expect("a refused stream's future is not polled after it completed"))),
+                .expect("a refused request's future is not polled after it completed"))),
             Self::Admitted(future, held) => {
                 let Ok(response) = ready!(Pin::new(future).poll(cx));
-                let held = held
-                    .take()
-                    .expect("an admitted stream's future is not polled after it completed");
-                Poll::Ready(Ok(
-                    response.map(|body| Body::new(HoldingBody::new(body, held)))
-                ))
+                Poll::Ready(Ok(match held.take() {
+                    Some(held) => HoldingBody::hold(response, held),
+                    None => response,
+                }))
             }
         }
     }
@@ -308,10 +310,10 @@ impl HttpBody for DeadlineBody {
 
 // === impl HoldingBody ===
 
-impl<T> HoldingBody<T> {
-    /// `inner`, holding `held` until it ends.
-    pub(crate) fn new(inner: Body, held: T) -> Self {
-        Self { inner, _held: held }
+impl<T: Send + Unpin + 'static> HoldingBody<T> {
+    /// `response`, its body holding `held` until it ends.
+    pub(crate) fn hold(response: http::Response<Body>, held: T) -> http::Response<Body> {
+        response.map(|inner| Body::new(Self { inner, _held: held }))
     }
 }
 
