@@ -40,7 +40,7 @@ use axum::{
     http::{HeaderMap, HeaderValue, StatusCode, header},
     middleware::{self, Next},
     response::{IntoResponse, Response},
-    routing::{get, post},
+    routing::{MethodRouter, get, post},
 };
 use base64::Engine as _;
 use serde::Serialize;
@@ -178,19 +178,19 @@ impl Simulator {
         Router::new()
             .route(
                 "/v1.0/print/printers/{printer_id}/jobs/{print_job_id}/cancel",
-                post(cancel),
+                job_route(RuleMethod::Post, Parent::Printer),
             )
             .route(
                 "/v1.0/print/printers/{printer_id}/jobs/{print_job_id}",
-                get(read_job),
+                job_route(RuleMethod::Get, Parent::Printer),
             )
             .route(
                 "/v1.0/print/shares/{share_id}/jobs/{print_job_id}/cancel",
-                post(cancel_through_share),
+                job_route(RuleMethod::Post, Parent::Share),
             )
             .route(
                 "/v1.0/print/shares/{share_id}/jobs/{print_job_id}",
-                get(read_job_through_share),
+                job_route(RuleMethod::Get, Parent::Share),
             )
             .route("/{tenant}/oauth2/v2.0/token", post(entra::token))
             .method_not_allowed_fallback(method_not_allowed)
@@ -219,54 +219,25 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-async fn cancel(
-    State(simulator): State<Simulator>,
-    Path((printer_id, print_job_id)): Path<(String, String)>,
-    headers: HeaderMap,
-) -> Response {
-    let ids = JobIds {
-        parent: Parent::Printer(printer_id),
-        print_job_id,
+/// The route of a job's cancel (`POST`) or read (`GET`), under a printer or a share: `parent`
+/// makes the job's parent of the first ID in the path.
+fn job_route(method: RuleMethod, parent: fn(String) -> Parent) -> MethodRouter<Simulator> {
+    let handler = move |State(simulator): State<Simulator>,
+                        Path((parent_id, print_job_id)): Path<(String, String)>,
+                        uri: axum::http::Uri,
+                        headers: HeaderMap| async move {
+        let ids = JobIds {
+            parent: parent(parent_id),
+            print_job_id,
+        };
+        // A read has a query (`$select`); a cancel's is not looked at.
+        let query = (method == RuleMethod::Get).then(|| query(&uri));
+        answer_job_request(simulator, method, ids, &headers, query).await
     };
-    answer_job_request(simulator, RuleMethod::Post, ids, &headers, None).await
-}
-
-async fn cancel_through_share(
-    State(simulator): State<Simulator>,
-    Path((share_id, print_job_id)): Path<(String, String)>,
-    headers: HeaderMap,
-) -> Response {
-    let ids = JobIds {
-        parent: Parent::Share(share_id),
-        print_job_id,
-    };
-    answer_job_request(simulator, RuleMethod::Post, ids, &headers, None).await
-}
-
-async fn read_job(
-    State(simulator): State<Simulator>,
-    Path((printer_id, print_job_id)): Path<(String, String)>,
-    uri: axum::http::Uri,
-    headers: HeaderMap,
-) -> Response {
-    let ids = JobIds {
-        parent: Parent::Printer(printer_id),
-        print_job_id,
-    };
-    answer_job_request(simulator, RuleMethod::Get, ids, &headers, Some(query(&uri))).await
-}
-
-async fn read_job_through_share(
-    State(simulator): State<Simulator>,
-    Path((share_id, print_job_id)): Path<(String, String)>,
-    uri: axum::http::Uri,
-    headers: HeaderMap,
-) -> Response {
-    let ids = JobIds {
-        parent: Parent::Share(share_id),
-        print_job_id,
-    };
-    answer_job_request(simulator, RuleMethod::Get, ids, &headers, Some(query(&uri))).await
+    match method {
+        RuleMethod::Post => post(handler),
+        RuleMethod::Get => get(handler),
+    }
 }
 
 /// Answers a cancel or read of a job: 401 without a token, or with one the simulated Entra did not
