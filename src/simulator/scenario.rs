@@ -467,8 +467,20 @@ fn window<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Err
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// Checks that each scenario text of `cases` is refused with an error that names the file, the
+    /// line and the problem.
+    pub(crate) fn check_refused(cases: &[(&str, &str, &str)]) {
+        for (text, line, problem) in cases {
+            let error = Scenario::parse(text, "test.json").unwrap_err().to_string();
+            assert!(
+                error.contains(line) && error.contains(problem) && error.contains("test.json"),
+                "{error}"
+            );
+        }
+    }
 
     #[test]
     fn the_builtin_scenario_parses() {
@@ -530,13 +542,7 @@ mod tests {
                 "notCancelableStatus 404",
             ),
         ];
-        for (text, line, problem) in cases {
-            let error = Scenario::parse(text, "test.json").unwrap_err().to_string();
-            assert!(
-                error.contains(line) && error.contains(problem) && error.contains("test.json"),
-                "{error}"
-            );
-        }
+        check_refused(&cases);
     }
 
     #[test]

@@ -763,7 +763,7 @@ fn invalid_secret(client_id: &str) -> Box<EntraFailure> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::simulator::Scenario;
+    use crate::simulator::{Scenario, scenario::tests::check_refused};
 
     const SECRET_FORM: &str = "grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Ajwt-bearer&client_id=app&client_secret=s3cret&assertion=user-token&scope=https%3A%2F%2Fgraph.microsoft.com%2F.default&requested_token_use=on_behalf_of";
 
@@ -1193,9 +1193,6 @@ mod tests {
                 "not an HTTP status",
             ),
         ];
-        for (text, line, problem) in cases {
-            let error = Scenario::parse(text, "test.json").unwrap_err().to_string();
-            assert!(error.contains(line) && error.contains(problem), "{error}");
-        }
+        check_refused(&cases);
     }
 }
