@@ -168,18 +168,18 @@ mod tests {
         httpdate::parse_http_date("Sun, 29 Nov 2026 10:00:00 GMT").unwrap()
     }
 
+    /// What Graph's answer of `status` and `body`, with no headers, says.
+    fn rejection_of(status: StatusCode, body: &[u8]) -> GraphRejection {
+        GraphRejection::new(status, &HeaderMap::new(), body, now())
+    }
+
     #[test]
     fn reads_graph_errors_with_either_spelling_of_inner_error() {
         for inner in ["innerError", "innererror"] {
             let body = format!(
                 r#"{{"error":{{"code":"itemNotFound","message":"Not found.","{inner}":{{"code":"printJobNotFound","request-id":"body-id","date":"2026-11-29T10:00:00"}}}}}}"#
             );
-            let rejection = GraphRejection::new(
-                StatusCode::NOT_FOUND,
-                &HeaderMap::new(),
-                body.as_bytes(),
-                now(),
-            );
+            let rejection = rejection_of(StatusCode::NOT_FOUND, body.as_bytes());
             assert_eq!(rejection.code.as_deref(), Some("itemNotFound"));
             assert_eq!(rejection.message.as_deref(), Some("Not found."));
             assert_eq!(rejection.inner_code.as_deref(), Some("printJobNotFound"));
@@ -206,12 +206,7 @@ mod tests {
         let message = "é".repeat(1000) + "\nsecond line";
         let code = "x".repeat(200);
         let body = serde_json::json!({"error": {"code": code, "message": message}}).to_string();
-        let rejection = GraphRejection::new(
-            StatusCode::BAD_REQUEST,
-            &HeaderMap::new(),
-            body.as_bytes(),
-            now(),
-        );
+        let rejection = rejection_of(StatusCode::BAD_REQUEST, body.as_bytes());
         let kept = rejection.message.unwrap();
         assert!(
             kept.len() <= MAX_MESSAGE_LEN && kept.ends_with('…'),
@@ -244,12 +239,7 @@ mod tests {
             },
         }})
         .to_string();
-        let rejection = GraphRejection::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            &HeaderMap::new(),
-            body.as_bytes(),
-            now(),
-        );
+        let rejection = rejection_of(StatusCode::TOO_MANY_REQUESTS, body.as_bytes());
         assert_eq!(rejection.code.as_deref(), Some("TooManyRequests"));
         assert_eq!(
             rejection.inner_code.as_deref(),
@@ -265,12 +255,7 @@ mod tests {
             .map(|i| serde_json::json!({"code": format!("code{i}"), "message": ""}))
             .collect();
         let body = serde_json::json!({"error": {"code": "", "message": "m", "details": many}});
-        let rejection = GraphRejection::new(
-            StatusCode::BAD_REQUEST,
-            &HeaderMap::new(),
-            body.to_string().as_bytes(),
-            now(),
-        );
+        let rejection = rejection_of(StatusCode::BAD_REQUEST, body.to_string().as_bytes());
         assert_eq!(rejection.detail_codes.len(), MAX_DETAIL_CODES);
         assert_eq!(rejection.code, None, "an empty code is no code");
         assert_eq!(rejection.message.as_deref(), Some("m"));
@@ -278,12 +263,7 @@ mod tests {
         // Nesting beyond serde_json's limit is not Graph's JSON: ignored, without a panic.
         let deep = "{\"innerError\":".repeat(10_000) + &"}".repeat(10_000);
         let body = format!(r#"{{"error":{{"code":"x1","innerError":{deep}}}}}"#);
-        let rejection = GraphRejection::new(
-            StatusCode::BAD_REQUEST,
-            &HeaderMap::new(),
-            body.as_bytes(),
-            now(),
-        );
+        let rejection = rejection_of(StatusCode::BAD_REQUEST, body.as_bytes());
         assert_eq!((rejection.code, rejection.inner_code), (None, None));
     }
 
