@@ -285,6 +285,49 @@ async fn answer(
     (StatusCode::from_u16(status).unwrap(), map, body)
 }
 
+/// The client secret that [`secret_file`] writes.
+pub const CLIENT_SECRET: &str = "s3cr3t~client.value-1";
+
+/// A client secret file in `dir`, with a trailing newline, as editors and `kubectl create
+/// secret` leave it.
+pub fn secret_file(dir: &std::path::Path) -> CredentialSource {
+    let path = dir.join("client-secret");
+    std::fs::write(&path, format!("{CLIENT_SECRET}\n")).unwrap();
+    CredentialSource::SecretFile(path)
+}
+
+/// What most token-exchange tests start from: a fake Graph, a fake Entra ID, and a gateway
+/// exchanging each caller's token there with a client secret.
+pub struct SecretObo {
+    pub graph: FakeGraph,
+    pub entra: FakeEntra,
+    pub gateway: TestGateway,
+    /// Holds the secret file for as long as the gateway may read it.
+    pub dir: tempfile::TempDir,
+}
+
+// === impl SecretObo ===
+
+impl SecretObo {
+    /// With the default settings.
+    pub async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    /// With `tweak` applied to the rest of the settings.
+    pub async fn start_with(tweak: impl FnOnce(&mut printjob_gateway::Settings)) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let (graph, entra) = (FakeGraph::start().await, FakeEntra::start().await);
+        let gateway = obo_gateway_with(&graph, &entra, secret_file(dir.path()), tweak).await;
+        Self {
+            graph,
+            entra,
+            gateway,
+            dir,
+        }
+    }
+}
+
 /// A gateway with the on-behalf-of exchange on, in front of `graph`, asking `entra`.
 pub async fn obo_gateway(
     graph: &FakeGraph,

@@ -4,7 +4,6 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    path::Path,
     time::{Duration, SystemTime},
 };
 
@@ -27,8 +26,8 @@ use tonic_types::StatusExt;
 use crate::support::{
     FakeGraph, Reply, TOKEN, TestGateway,
     fake_entra::{
-        CLIENT_ID, EntraReply, FakeEntra, TENANT, bearer_jwt, caller_jwt, obo_gateway,
-        obo_gateway_with,
+        CLIENT_ID, CLIENT_SECRET, EntraReply, FakeEntra, SecretObo, TENANT, bearer_jwt, caller_jwt,
+        obo_gateway, obo_gateway_with, secret_file,
     },
     metrics::{metrics, sample},
 };
@@ -38,13 +37,6 @@ use crate::support::{
 const CLIENT_CERTIFICATE: &str = include_str!("../fixtures/client-certificate.pem");
 
 const GRAPH_SCOPE: &str = "https://graph.microsoft.com/.default";
-
-/// A client secret file with a trailing newline, as editors and `kubectl create secret` leave it.
-fn secret_file(dir: &Path) -> CredentialSource {
-    let path = dir.join("client-secret");
-    std::fs::write(&path, "s3cr3t~client.value-1\n").unwrap();
-    CredentialSource::SecretFile(path)
-}
 
 fn bearer(request: &crate::support::fake_graph::Recorded) -> &str {
     request.headers["authorization"].to_str().unwrap()
@@ -56,9 +48,12 @@ async fn scrape(gateway: &TestGateway) -> String {
 
 #[tokio::test]
 async fn a_client_secret_exchange_sends_the_documented_form_and_graph_gets_the_new_token() {
-    let dir = tempfile::tempdir().unwrap();
-    let (graph, entra) = (FakeGraph::start().await, FakeEntra::start().await);
-    let gateway = obo_gateway(&graph, &entra, secret_file(dir.path())).await;
+    let SecretObo {
+        graph,
+        entra,
+        gateway,
+        dir: _dir,
+    } = SecretObo::start().await;
 
     gateway.call().send().await.unwrap();
 
@@ -83,7 +78,7 @@ async fn a_client_secret_exchange_sends_the_documented_form_and_graph_gets_the_n
             ("assertion", TOKEN),
             ("scope", "https://127.0.0.1/.default"),
             ("requested_token_use", "on_behalf_of"),
-            ("client_secret", "s3cr3t~client.value-1"),
+            ("client_secret", CLIENT_SECRET),
         ])
     );
     assert_eq!(
@@ -238,9 +233,12 @@ async fn the_federated_token_file_is_read_again_at_each_exchange() {
 
 #[tokio::test]
 async fn a_cached_token_is_used_until_it_nears_expiry_and_tokens_never_share_an_entry() {
-    let dir = tempfile::tempdir().unwrap();
-    let (graph, entra) = (FakeGraph::start().await, FakeEntra::start().await);
-    let gateway = obo_gateway(&graph, &entra, secret_file(dir.path())).await;
+    let SecretObo {
+        graph,
+        entra,
+        gateway,
+        dir: _dir,
+    } = SecretObo::start().await;
 
     gateway.call().send().await.unwrap();
     gateway.call().send().await.unwrap();
@@ -309,9 +307,12 @@ async fn an_entry_expires_before_its_token_does() {
 
 #[tokio::test]
 async fn a_hundred_simultaneous_calls_with_one_token_make_one_exchange() {
-    let dir = tempfile::tempdir().unwrap();
-    let (graph, entra) = (FakeGraph::start().await, FakeEntra::start().await);
-    let gateway = obo_gateway(&graph, &entra, secret_file(dir.path())).await;
+    let SecretObo {
+        graph,
+        entra,
+        gateway,
+        dir: _dir,
+    } = SecretObo::start().await;
     let channel = gateway.channel().await;
     entra.hold();
 
@@ -347,9 +348,12 @@ async fn a_hundred_simultaneous_calls_with_one_token_make_one_exchange() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_from_a_hundred_callers_at_once_make_one_exchange_per_caller() {
-    let dir = tempfile::tempdir().unwrap();
-    let (graph, entra) = (FakeGraph::start().await, FakeEntra::start().await);
-    let gateway = obo_gateway(&graph, &entra, secret_file(dir.path())).await;
+    let SecretObo {
+        graph,
+        entra,
+        gateway,
+        dir: _dir,
+    } = SecretObo::start().await;
     let channel = gateway.channel().await;
 
     // 100 workers, each making 10 calls in turn with the callers' tokens, starting at its own:
@@ -609,9 +613,12 @@ async fn every_entra_refusal_becomes_a_status_the_caller_can_act_on() {
             },
         ),
     ];
-    let dir = tempfile::tempdir().unwrap();
-    let (graph, entra) = (FakeGraph::start().await, FakeEntra::start().await);
-    let gateway = obo_gateway(&graph, &entra, secret_file(dir.path())).await;
+    let SecretObo {
+        graph,
+        entra,
+        gateway,
+        dir: _dir,
+    } = SecretObo::start().await;
 
     let authorization_uri = format!("http://{}/{TENANT}/oauth2/v2.0/authorize", entra.addr);
     for (i, (reply, expected)) in cases.into_iter().enumerate() {
@@ -689,70 +696,130 @@ async fn every_entra_refusal_becomes_a_status_the_caller_can_act_on() {
     assert_eq!(graph.requests().len(), 3);
 }
 
-#[tokio::test]
-async fn failures_of_entra_without_retry_after_are_retried_within_the_deadline_then_unavailable() {
-    let dir = tempfile::tempdir().unwrap();
-    let (graph, entra) = (FakeGraph::start().await, FakeEntra::start().await);
-    let gateway = obo_gateway(&graph, &entra, secret_file(dir.path())).await;
-
-    // Failing once, then a token: the call succeeds.
-    entra.script([EntraReply::error(503, "temporarily_unavailable", 0)]);
-    gateway.call().send().await.unwrap();
-    assert_eq!(entra.requests().len(), 2);
-
-    // Failing every time: three attempts (the default), then UNAVAILABLE.
-    entra.set_reply(EntraReply::error(503, "temporarily_unavailable", 0));
-    let status = gateway
-        .call()
-        .authorization(Some(&bearer_jwt("second-caller")))
-        .send()
-        .await
-        .unwrap_err();
-    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
-    assert_eq!(
-        status.get_details_error_info().unwrap().reason,
-        "ENTRA_UNAVAILABLE"
-    );
-    assert_eq!(entra.requests().len(), 5);
-    assert_eq!(graph.requests().len(), 1);
+/// How Entra ID fails to answer in a case of the table below.
+enum EntraFails {
+    /// 503 `temporarily_unavailable` (no `Retry-After`) this many times, then a token.
+    Times(usize),
+    /// 503 `temporarily_unavailable` at every attempt.
+    Always,
+    /// Nothing listens at the authority.
+    Unreachable,
 }
 
+/// Entra ID failing without `Retry-After` is retried at once within the call's deadline, up to
+/// the attempts allowed (three by default), and then the call ends UNAVAILABLE with a reason
+/// that says which failure; Graph is called only with a token.
 #[tokio::test]
-async fn an_unreachable_entra_is_retried_then_unavailable() {
-    let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let authority = format!("http://{}/", closed.local_addr().unwrap());
-    drop(closed);
-    let dir = tempfile::tempdir().unwrap();
-    let graph = FakeGraph::start().await;
-    let entra = FakeEntra::start().await;
-    let gateway = obo_gateway_with(&graph, &entra, secret_file(dir.path()), move |settings| {
-        settings.token_exchange.authority = authority.parse().unwrap();
-    })
-    .await;
+async fn failures_of_entra_without_retry_after_are_retried_within_the_deadline_then_unavailable() {
+    struct Case {
+        name: &'static str,
+        entra: EntraFails,
+        /// `None`: the call succeeds.
+        refused: Option<(Code, &'static str)>,
+        /// Requests to Entra ID, by the outcome the exchange metric counts them under.
+        exchanges: &'static [(&'static str, f64)],
+        graph_requests: usize,
+    }
+    let cases = [
+        Case {
+            name: "failing once, then a token",
+            entra: EntraFails::Times(1),
+            refused: None,
+            exchanges: &[("unavailable", 1.0), ("ok", 1.0)],
+            graph_requests: 1,
+        },
+        Case {
+            name: "failing every time",
+            entra: EntraFails::Always,
+            refused: Some((Code::Unavailable, "ENTRA_UNAVAILABLE")),
+            exchanges: &[("unavailable", 3.0), ("ok", 0.0)],
+            graph_requests: 0,
+        },
+        Case {
+            name: "unreachable",
+            entra: EntraFails::Unreachable,
+            refused: Some((Code::Unavailable, "ENTRA_UNREACHABLE")),
+            exchanges: &[("unreachable", 3.0), ("ok", 0.0)],
+            graph_requests: 0,
+        },
+    ];
 
-    let status = gateway.call().send().await.unwrap_err();
+    for case in cases {
+        let name = case.name;
+        let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let nowhere = format!("http://{}/", closed.local_addr().unwrap());
+        drop(closed);
+        let unreachable = matches!(case.entra, EntraFails::Unreachable);
+        let SecretObo {
+            graph,
+            entra,
+            gateway,
+            dir: _dir,
+        } = SecretObo::start_with(|settings| {
+            if unreachable {
+                settings.token_exchange.authority = nowhere.parse().unwrap();
+            }
+        })
+        .await;
+        let failure = || EntraReply::error(503, "temporarily_unavailable", 0);
+        match case.entra {
+            EntraFails::Times(times) => entra.script((0..times).map(|_| failure())),
+            EntraFails::Always => entra.set_reply(failure()),
+            EntraFails::Unreachable => {}
+        }
 
-    assert_eq!(status.code(), Code::Unavailable);
-    assert_eq!(
-        status.get_details_error_info().unwrap().reason,
-        "ENTRA_UNREACHABLE"
-    );
-    let metrics = scrape(&gateway).await;
-    assert_eq!(
-        sample(
-            &metrics,
-            r#"printjob_gateway_token_exchanges_total{outcome="unreachable"}"#
-        ),
-        3.0
-    );
-    assert!(graph.requests().is_empty());
+        let outcome = gateway.call().send().await;
+
+        match (case.refused, outcome) {
+            (None, Ok(_)) => {}
+            (Some((code, reason)), Err(status)) => {
+                assert_eq!(status.code(), code, "{name}: {status:?}");
+                let info = status
+                    .get_details_error_info()
+                    .unwrap_or_else(|| panic!("{name}: ErrorInfo in {status:?}"));
+                assert_eq!(info.reason, reason, "{name}");
+            }
+            (expected, outcome) => panic!("{name}: expected {expected:?}, got {outcome:?}"),
+        }
+        let text = scrape(&gateway).await;
+        for (outcome, count) in case.exchanges {
+            let series =
+                format!(r#"printjob_gateway_token_exchanges_total{{outcome="{outcome}"}}"#);
+            assert_eq!(sample(&text, &series), *count, "{name}: {series}");
+        }
+        let attempts: f64 = case.exchanges.iter().map(|(_, count)| count).sum();
+        if !unreachable {
+            assert_eq!(
+                entra.requests().len() as f64,
+                attempts,
+                "{name}: requests to Entra"
+            );
+        } else {
+            assert!(entra.requests().is_empty(), "{name}");
+        }
+        assert_eq!(
+            graph.requests().len(),
+            case.graph_requests,
+            "{name}: requests to Graph"
+        );
+        assert!(
+            graph
+                .requests()
+                .iter()
+                .all(|r| bearer(r).starts_with("Bearer graph-token-")),
+            "{name}: Graph is called with an exchanged token only"
+        );
+    }
 }
 
 #[tokio::test]
 async fn the_exchange_counts_against_the_calls_deadline() {
-    let dir = tempfile::tempdir().unwrap();
-    let (graph, entra) = (FakeGraph::start().await, FakeEntra::start().await);
-    let gateway = obo_gateway(&graph, &entra, secret_file(dir.path())).await;
+    let SecretObo {
+        graph,
+        entra,
+        gateway,
+        dir: _dir,
+    } = SecretObo::start().await;
     entra.hold();
 
     let started = std::time::Instant::now();
@@ -776,9 +843,12 @@ async fn the_exchange_counts_against_the_calls_deadline() {
 
 #[tokio::test]
 async fn a_token_graph_refuses_is_dropped_from_the_cache() {
-    let dir = tempfile::tempdir().unwrap();
-    let (graph, entra) = (FakeGraph::start().await, FakeEntra::start().await);
-    let gateway = obo_gateway(&graph, &entra, secret_file(dir.path())).await;
+    let SecretObo {
+        graph,
+        entra,
+        gateway,
+        dir: _dir,
+    } = SecretObo::start().await;
 
     gateway.call().send().await.unwrap();
     graph.set_reply(Reply::graph_error(

@@ -4,10 +4,7 @@
 //! JWTs refused before any exchange, the exchange rate bounded, a shared exchange under its own
 //! bound, `expires_in` clamped, and start-up checks of the tenant and the cloud.
 
-use std::{
-    path::Path,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use printjob_gateway::{
     Listeners,
@@ -20,17 +17,12 @@ use tonic_types::StatusExt;
 use crate::support::{
     FakeGraph,
     fake_entra::{
-        CLIENT_ID, EntraReply, FakeEntra, TENANT, bearer_jwt, obo_gateway, obo_gateway_with,
+        CLIENT_ID, EntraReply, FakeEntra, SecretObo, TENANT, bearer_jwt, obo_gateway,
+        obo_gateway_with, secret_file,
     },
     gateway::settings,
     process::GatewayProcess,
 };
-
-fn secret_file(dir: &Path) -> CredentialSource {
-    let path = dir.join("client-secret");
-    std::fs::write(&path, "s3cret\n").unwrap();
-    CredentialSource::SecretFile(path)
-}
 
 fn reason(status: &tonic::Status) -> String {
     status.get_details_error_info().unwrap().reason
@@ -45,9 +37,12 @@ fn retry_delay(status: &tonic::Status) -> Duration {
 
 #[tokio::test]
 async fn a_token_that_is_not_a_jwt_never_reaches_entra() {
-    let dir = tempfile::tempdir().unwrap();
-    let (graph, entra) = (FakeGraph::start().await, FakeEntra::start().await);
-    let gateway = obo_gateway(&graph, &entra, secret_file(dir.path())).await;
+    let SecretObo {
+        graph,
+        entra,
+        gateway,
+        dir: _dir,
+    } = SecretObo::start().await;
 
     for token in [
         "garbage",
@@ -125,9 +120,12 @@ async fn three_hundred_garbage_tokens_make_a_handful_of_entra_requests() {
 
 #[tokio::test]
 async fn a_shared_exchange_outlives_the_first_callers_deadline() {
-    let dir = tempfile::tempdir().unwrap();
-    let (graph, entra) = (FakeGraph::start().await, FakeEntra::start().await);
-    let gateway = obo_gateway(&graph, &entra, secret_file(dir.path())).await;
+    let SecretObo {
+        graph,
+        entra,
+        gateway,
+        dir: _dir,
+    } = SecretObo::start().await;
     entra.hold();
 
     let short = tokio::spawn(
@@ -154,9 +152,12 @@ async fn a_shared_exchange_outlives_the_first_callers_deadline() {
 
 #[tokio::test]
 async fn an_expires_in_past_any_clock_is_clamped_and_the_token_cached() {
-    let dir = tempfile::tempdir().unwrap();
-    let (graph, entra) = (FakeGraph::start().await, FakeEntra::start().await);
-    let gateway = obo_gateway(&graph, &entra, secret_file(dir.path())).await;
+    let SecretObo {
+        graph: _graph,
+        entra,
+        gateway,
+        dir: _dir,
+    } = SecretObo::start().await;
     entra.set_reply(EntraReply::token(i64::MAX as u64));
 
     gateway.call().send().await.unwrap();
@@ -225,9 +226,12 @@ async fn the_binary_answers_an_expires_in_of_2_63_with_a_status_and_json_logs() 
 /// the call's `client-request-id`.
 #[tokio::test]
 async fn a_throttled_exchange_is_sent_once_and_calls_within_retry_after_end_at_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let (graph, entra) = (FakeGraph::start().await, FakeEntra::start().await);
-    let gateway = obo_gateway(&graph, &entra, secret_file(dir.path())).await;
+    let SecretObo {
+        graph,
+        entra,
+        gateway,
+        dir: _dir,
+    } = SecretObo::start().await;
     entra.set_reply(EntraReply::error(429, "", 0).header("retry-after", "60"));
     let request_id = "5e0bd6c6-53c5-4b7a-8a43-0d1c2a3b4c5d";
 
@@ -271,9 +275,12 @@ async fn a_throttled_exchange_is_sent_once_and_calls_within_retry_after_end_at_o
 
 #[tokio::test]
 async fn a_failure_of_entra_with_retry_after_holds_every_exchange_back() {
-    let dir = tempfile::tempdir().unwrap();
-    let (graph, entra) = (FakeGraph::start().await, FakeEntra::start().await);
-    let gateway = obo_gateway(&graph, &entra, secret_file(dir.path())).await;
+    let SecretObo {
+        graph,
+        entra,
+        gateway,
+        dir: _dir,
+    } = SecretObo::start().await;
     entra.set_reply(
         EntraReply::error(503, "temporarily_unavailable", 90033).header("retry-after", "30"),
     );
@@ -297,9 +304,12 @@ async fn a_failure_of_entra_with_retry_after_holds_every_exchange_back() {
 /// throttling, and the same request is held back while another caller's goes.
 #[tokio::test]
 async fn aadsts50196_is_throttling_of_that_request() {
-    let dir = tempfile::tempdir().unwrap();
-    let (graph, entra) = (FakeGraph::start().await, FakeEntra::start().await);
-    let gateway = obo_gateway(&graph, &entra, secret_file(dir.path())).await;
+    let SecretObo {
+        graph: _graph,
+        entra,
+        gateway,
+        dir: _dir,
+    } = SecretObo::start().await;
     entra.script([EntraReply::error(400, "invalid_grant", 50196)]);
 
     for _ in 0..3 {
@@ -351,9 +361,12 @@ async fn aadsts70021_is_retried_until_the_federated_credential_propagates() {
 
 #[tokio::test]
 async fn a_claims_challenge_past_the_bound_is_reported_not_dropped() {
-    let dir = tempfile::tempdir().unwrap();
-    let (graph, entra) = (FakeGraph::start().await, FakeEntra::start().await);
-    let gateway = obo_gateway(&graph, &entra, secret_file(dir.path())).await;
+    let SecretObo {
+        graph: _graph,
+        entra,
+        gateway,
+        dir: _dir,
+    } = SecretObo::start().await;
     let claims = format!(
         r#"{{"access_token":{{"polids":{{"essential":true,"values":["{}"]}}}}}}"#,
         "p".repeat(MAX_CLAIMS_LEN)
