@@ -42,6 +42,15 @@ fn bearer(request: &crate::support::fake_graph::Recorded) -> &str {
     request.headers["authorization"].to_str().unwrap()
 }
 
+/// The `authorization` of each request Graph received, in order.
+fn bearers(graph: &FakeGraph) -> Vec<String> {
+    graph
+        .requests()
+        .iter()
+        .map(|r| bearer(r).to_owned())
+        .collect()
+}
+
 async fn scrape(gateway: &TestGateway) -> String {
     metrics(gateway.admin_addr).await
 }
@@ -250,11 +259,7 @@ async fn a_cached_token_is_used_until_it_nears_expiry_and_tokens_never_share_an_
         .unwrap();
 
     assert_eq!(entra.requests().len(), 2);
-    let sent: Vec<String> = graph
-        .requests()
-        .iter()
-        .map(|r| bearer(r).to_owned())
-        .collect();
+    let sent = bearers(&graph);
     assert_eq!(
         sent,
         [
@@ -297,11 +302,7 @@ async fn an_entry_expires_before_its_token_does() {
     gateway.call().send().await.unwrap();
 
     assert_eq!(entra.requests().len(), 2);
-    let sent: Vec<String> = graph
-        .requests()
-        .iter()
-        .map(|r| bearer(r).to_owned())
-        .collect();
+    let sent = bearers(&graph);
     assert_eq!(sent, ["Bearer graph-token-1", "Bearer graph-token-2"]);
 }
 
@@ -863,11 +864,7 @@ async fn a_token_graph_refuses_is_dropped_from_the_cache() {
     gateway.call().send().await.unwrap();
 
     assert_eq!(entra.requests().len(), 2);
-    let sent: Vec<String> = graph
-        .requests()
-        .iter()
-        .map(|r| bearer(r).to_owned())
-        .collect();
+    let sent = bearers(&graph);
     assert_eq!(
         sent,
         [
