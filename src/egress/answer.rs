@@ -3,7 +3,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use http::HeaderValue;
+use http::{HeaderMap, HeaderValue};
 use http_body_util::BodyExt;
 use tokio::time::Instant;
 
@@ -23,6 +23,14 @@ pub fn parse_retry_after(value: &HeaderValue, now: SystemTime) -> Option<Duratio
     }
     let date = httpdate::parse_http_date(text).ok()?;
     Some(date.duration_since(now).unwrap_or(Duration::ZERO))
+}
+
+/// The wait an answer's `Retry-After` header asks for, if it has one that [`parse_retry_after`]
+/// reads.
+pub(crate) fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
+    headers
+        .get(http::header::RETRY_AFTER)
+        .and_then(|value| parse_retry_after(value, now))
 }
 
 /// Keeps an identifier only when it is short, non-empty, visible ASCII, so that it can travel as

@@ -15,7 +15,7 @@ mod url;
 use std::{path::PathBuf, time::Duration};
 
 pub use self::answer::{MAX_MESSAGE_LEN, parse_retry_after, read_bounded};
-pub(crate) use self::answer::{bounded_identifier, bounded_message};
+pub(crate) use self::answer::{bounded_identifier, bounded_message, retry_after};
 pub use self::connect::{ClientError, ConnectError, Protocol, ProxyEnv, Resolver};
 pub(crate) use self::connect::{Connected, Connector, Negotiated, read_ca_certificates};
 pub(crate) use self::once::send_once;

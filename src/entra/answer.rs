@@ -8,7 +8,7 @@ use serde::Deserialize;
 
 use crate::{
     auth::BearerToken,
-    egress::{bounded_identifier, bounded_message, parse_retry_after},
+    egress::{self, bounded_identifier, bounded_message},
 };
 
 /// The longest `error`, `suberror`, trace or correlation ID kept, in bytes.
@@ -182,9 +182,7 @@ impl EntraRejection {
         let identifier = |text: Option<String>| {
             text.and_then(|text| bounded_identifier(text, MAX_IDENTIFIER_LEN))
         };
-        let retry_after = headers
-            .get(http::header::RETRY_AFTER)
-            .and_then(|value| parse_retry_after(value, now));
+        let retry_after = egress::retry_after(headers, now);
         let Some(body) = body else {
             return Self {
                 status,

@@ -6,7 +6,7 @@ use http::{HeaderMap, HeaderValue, StatusCode};
 use serde::Deserialize;
 
 pub(super) use crate::egress::bounded_message;
-use crate::egress::{bounded_identifier, parse_retry_after};
+use crate::egress::{bounded_identifier, retry_after};
 
 /// The longest Graph error code kept, in bytes. Graph's codes are short identifiers.
 const MAX_CODE_LEN: usize = 128;
@@ -130,9 +130,7 @@ impl GraphRejection {
             request_id: request_id(headers).or_else(|| {
                 inner_request_id.and_then(|id| bounded_identifier(id, MAX_REQUEST_ID_LEN))
             }),
-            retry_after: headers
-                .get(http::header::RETRY_AFTER)
-                .and_then(|value| parse_retry_after(value, now)),
+            retry_after: retry_after(headers, now),
             www_authenticate,
             claims_challenge,
             diagnostic: headers
