@@ -58,10 +58,11 @@ async fn a_token_that_is_not_a_jwt_never_reaches_entra() {
             .unwrap_err();
         assert_eq!(status.code(), Code::Unauthenticated, "{token}: {status:?}");
         assert_eq!(reason(&status), "MALFORMED_CREDENTIALS");
-        assert!(
-            status.message().contains("not a JWT"),
-            "{}",
-            status.message()
+        assert_eq!(
+            status.message(),
+            "the caller's token is not a JWT: the on-behalf-of exchange takes an access token \
+             that Entra ID issued for this service's API",
+            "{token}"
         );
     }
     assert!(entra.requests().is_empty());
