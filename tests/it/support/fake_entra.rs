@@ -296,36 +296,21 @@ pub fn secret_file(dir: &std::path::Path) -> CredentialSource {
     CredentialSource::SecretFile(path)
 }
 
-/// What most token-exchange tests start from: a fake Graph, a fake Entra ID, and a gateway
-/// exchanging each caller's token there with a client secret.
-pub struct SecretObo {
-    pub graph: FakeGraph,
-    pub entra: FakeEntra,
-    pub gateway: TestGateway,
-    /// Holds the secret file for as long as the gateway may read it.
-    pub dir: tempfile::TempDir,
+/// What most token-exchange tests start from: a fake Graph, a fake Entra ID, a gateway exchanging
+/// each caller's token there with a client secret, and the directory that holds the secret file
+/// (keep it for as long as the gateway may read it).
+pub async fn secret_obo() -> (FakeGraph, FakeEntra, TestGateway, tempfile::TempDir) {
+    secret_obo_with(|_| {}).await
 }
 
-// === impl SecretObo ===
-
-impl SecretObo {
-    /// With the default settings.
-    pub async fn start() -> Self {
-        Self::start_with(|_| {}).await
-    }
-
-    /// With `tweak` applied to the rest of the settings.
-    pub async fn start_with(tweak: impl FnOnce(&mut printjob_gateway::Settings)) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let (graph, entra) = (FakeGraph::start().await, FakeEntra::start().await);
-        let gateway = obo_gateway_with(&graph, &entra, secret_file(dir.path()), tweak).await;
-        Self {
-            graph,
-            entra,
-            gateway,
-            dir,
-        }
-    }
+/// The same, with `tweak` applied to the rest of the settings.
+pub async fn secret_obo_with(
+    tweak: impl FnOnce(&mut printjob_gateway::Settings),
+) -> (FakeGraph, FakeEntra, TestGateway, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let (graph, entra) = (FakeGraph::start().await, FakeEntra::start().await);
+    let gateway = obo_gateway_with(&graph, &entra, secret_file(dir.path()), tweak).await;
+    (graph, entra, gateway, dir)
 }
 
 /// A gateway with the on-behalf-of exchange on, in front of `graph`, asking `entra`.

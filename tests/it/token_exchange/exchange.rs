@@ -26,8 +26,8 @@ use tonic_types::StatusExt;
 use crate::support::{
     FakeGraph, Reply, TOKEN, TestGateway,
     fake_entra::{
-        CLIENT_ID, CLIENT_SECRET, EntraReply, FakeEntra, SecretObo, TENANT, bearer_jwt, caller_jwt,
-        obo_gateway, obo_gateway_with, secret_file,
+        CLIENT_ID, CLIENT_SECRET, EntraReply, FakeEntra, TENANT, bearer_jwt, caller_jwt,
+        obo_gateway, obo_gateway_with, secret_file, secret_obo, secret_obo_with,
     },
     metrics::{metrics, sample},
 };
@@ -57,12 +57,7 @@ async fn scrape(gateway: &TestGateway) -> String {
 
 #[tokio::test]
 async fn a_client_secret_exchange_sends_the_documented_form_and_graph_gets_the_new_token() {
-    let SecretObo {
-        graph,
-        entra,
-        gateway,
-        dir: _dir,
-    } = SecretObo::start().await;
+    let (graph, entra, gateway, _dir) = secret_obo().await;
 
     gateway.call().send().await.unwrap();
 
@@ -242,12 +237,7 @@ async fn the_federated_token_file_is_read_again_at_each_exchange() {
 
 #[tokio::test]
 async fn a_cached_token_is_used_until_it_nears_expiry_and_tokens_never_share_an_entry() {
-    let SecretObo {
-        graph,
-        entra,
-        gateway,
-        dir: _dir,
-    } = SecretObo::start().await;
+    let (graph, entra, gateway, _dir) = secret_obo().await;
 
     gateway.call().send().await.unwrap();
     gateway.call().send().await.unwrap();
@@ -308,12 +298,7 @@ async fn an_entry_expires_before_its_token_does() {
 
 #[tokio::test]
 async fn a_hundred_simultaneous_calls_with_one_token_make_one_exchange() {
-    let SecretObo {
-        graph,
-        entra,
-        gateway,
-        dir: _dir,
-    } = SecretObo::start().await;
+    let (graph, entra, gateway, _dir) = secret_obo().await;
     let channel = gateway.channel().await;
     entra.hold();
 
@@ -349,12 +334,7 @@ async fn a_hundred_simultaneous_calls_with_one_token_make_one_exchange() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_from_a_hundred_callers_at_once_make_one_exchange_per_caller() {
-    let SecretObo {
-        graph,
-        entra,
-        gateway,
-        dir: _dir,
-    } = SecretObo::start().await;
+    let (graph, entra, gateway, _dir) = secret_obo().await;
     let channel = gateway.channel().await;
 
     // 100 workers, each making 10 calls in turn with the callers' tokens, starting at its own:
@@ -614,12 +594,7 @@ async fn every_entra_refusal_becomes_a_status_the_caller_can_act_on() {
             },
         ),
     ];
-    let SecretObo {
-        graph,
-        entra,
-        gateway,
-        dir: _dir,
-    } = SecretObo::start().await;
+    let (graph, entra, gateway, _dir) = secret_obo().await;
 
     let authorization_uri = format!("http://{}/{TENANT}/oauth2/v2.0/authorize", entra.addr);
     for (i, (reply, expected)) in cases.into_iter().enumerate() {
@@ -751,12 +726,7 @@ async fn failures_of_entra_without_retry_after_are_retried_within_the_deadline_t
         let nowhere = format!("http://{}/", closed.local_addr().unwrap());
         drop(closed);
         let unreachable = matches!(case.entra, EntraFails::Unreachable);
-        let SecretObo {
-            graph,
-            entra,
-            gateway,
-            dir: _dir,
-        } = SecretObo::start_with(|settings| {
+        let (graph, entra, gateway, _dir) = secret_obo_with(|settings| {
             if unreachable {
                 settings.token_exchange.authority = nowhere.parse().unwrap();
             }
@@ -815,12 +785,7 @@ async fn failures_of_entra_without_retry_after_are_retried_within_the_deadline_t
 
 #[tokio::test]
 async fn the_exchange_counts_against_the_calls_deadline() {
-    let SecretObo {
-        graph,
-        entra,
-        gateway,
-        dir: _dir,
-    } = SecretObo::start().await;
+    let (graph, entra, gateway, _dir) = secret_obo().await;
     entra.hold();
 
     let started = std::time::Instant::now();
@@ -844,12 +809,7 @@ async fn the_exchange_counts_against_the_calls_deadline() {
 
 #[tokio::test]
 async fn a_token_graph_refuses_is_dropped_from_the_cache() {
-    let SecretObo {
-        graph,
-        entra,
-        gateway,
-        dir: _dir,
-    } = SecretObo::start().await;
+    let (graph, entra, gateway, _dir) = secret_obo().await;
 
     gateway.call().send().await.unwrap();
     graph.set_reply(Reply::graph_error(

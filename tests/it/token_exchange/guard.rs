@@ -17,8 +17,8 @@ use tonic_types::StatusExt;
 use crate::support::{
     FakeGraph,
     fake_entra::{
-        CLIENT_ID, EntraReply, FakeEntra, SecretObo, TENANT, bearer_jwt, obo_gateway,
-        obo_gateway_with, secret_file,
+        CLIENT_ID, EntraReply, FakeEntra, TENANT, bearer_jwt, obo_gateway, obo_gateway_with,
+        secret_file, secret_obo,
     },
     gateway::settings,
     process::GatewayProcess,
@@ -37,12 +37,7 @@ fn retry_delay(status: &tonic::Status) -> Duration {
 
 #[tokio::test]
 async fn a_token_that_is_not_a_jwt_never_reaches_entra() {
-    let SecretObo {
-        graph,
-        entra,
-        gateway,
-        dir: _dir,
-    } = SecretObo::start().await;
+    let (graph, entra, gateway, _dir) = secret_obo().await;
 
     for token in [
         "garbage",
@@ -121,12 +116,7 @@ async fn three_hundred_garbage_tokens_make_a_handful_of_entra_requests() {
 
 #[tokio::test]
 async fn a_shared_exchange_outlives_the_first_callers_deadline() {
-    let SecretObo {
-        graph,
-        entra,
-        gateway,
-        dir: _dir,
-    } = SecretObo::start().await;
+    let (graph, entra, gateway, _dir) = secret_obo().await;
     entra.hold();
 
     let short = tokio::spawn(
@@ -153,12 +143,7 @@ async fn a_shared_exchange_outlives_the_first_callers_deadline() {
 
 #[tokio::test]
 async fn an_expires_in_past_any_clock_is_clamped_and_the_token_cached() {
-    let SecretObo {
-        graph: _graph,
-        entra,
-        gateway,
-        dir: _dir,
-    } = SecretObo::start().await;
+    let (_graph, entra, gateway, _dir) = secret_obo().await;
     entra.set_reply(EntraReply::token(i64::MAX as u64));
 
     gateway.call().send().await.unwrap();
@@ -227,12 +212,7 @@ async fn the_binary_answers_an_expires_in_of_2_63_with_a_status_and_json_logs() 
 /// the call's `client-request-id`.
 #[tokio::test]
 async fn a_throttled_exchange_is_sent_once_and_calls_within_retry_after_end_at_once() {
-    let SecretObo {
-        graph,
-        entra,
-        gateway,
-        dir: _dir,
-    } = SecretObo::start().await;
+    let (graph, entra, gateway, _dir) = secret_obo().await;
     entra.set_reply(EntraReply::error(429, "", 0).header("retry-after", "60"));
     let request_id = "5e0bd6c6-53c5-4b7a-8a43-0d1c2a3b4c5d";
 
@@ -276,12 +256,7 @@ async fn a_throttled_exchange_is_sent_once_and_calls_within_retry_after_end_at_o
 
 #[tokio::test]
 async fn a_failure_of_entra_with_retry_after_holds_every_exchange_back() {
-    let SecretObo {
-        graph,
-        entra,
-        gateway,
-        dir: _dir,
-    } = SecretObo::start().await;
+    let (graph, entra, gateway, _dir) = secret_obo().await;
     entra.set_reply(
         EntraReply::error(503, "temporarily_unavailable", 90033).header("retry-after", "30"),
     );
@@ -305,12 +280,7 @@ async fn a_failure_of_entra_with_retry_after_holds_every_exchange_back() {
 /// throttling, and the same request is held back while another caller's goes.
 #[tokio::test]
 async fn aadsts50196_is_throttling_of_that_request() {
-    let SecretObo {
-        graph: _graph,
-        entra,
-        gateway,
-        dir: _dir,
-    } = SecretObo::start().await;
+    let (_graph, entra, gateway, _dir) = secret_obo().await;
     entra.script([EntraReply::error(400, "invalid_grant", 50196)]);
 
     for _ in 0..3 {
@@ -362,12 +332,7 @@ async fn aadsts70021_is_retried_until_the_federated_credential_propagates() {
 
 #[tokio::test]
 async fn a_claims_challenge_past_the_bound_is_reported_not_dropped() {
-    let SecretObo {
-        graph: _graph,
-        entra,
-        gateway,
-        dir: _dir,
-    } = SecretObo::start().await;
+    let (_graph, entra, gateway, _dir) = secret_obo().await;
     let claims = format!(
         r#"{{"access_token":{{"polids":{{"essential":true,"values":["{}"]}}}}}}"#,
         "p".repeat(MAX_CLAIMS_LEN)
