@@ -1597,7 +1597,7 @@ def write_section(path: Path, text: str) -> None:
             return
         path.write_text(current.rstrip("\n") + "\n\n" + block)
         return
-    path.write_text("# Benchmarks\n\nReproduce with `bench/run.sh` (see README, section Benchmark).\n\n" + block)
+    path.write_text("# Benchmarks\n\nReproduce with `bench/run.sh` (see docs/benchmark.md).\n\n" + block)
 
 
 def main() -> int:

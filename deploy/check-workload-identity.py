@@ -1,5 +1,5 @@
 """Checks what kubernetes-validate and checkov cannot: that the rendered workload identity overlays
-wire on-behalf-of as README "On-behalf-of" says. Run by deploy/check.sh with the directory of the
+wire on-behalf-of as docs/on-behalf-of.md says. Run by deploy/check.sh with the directory of the
 rendered overlays (PyYAML comes with checkov in the tools' virtualenv):
 
     python deploy/check-workload-identity.py target/deploy-rendered

@@ -5,7 +5,7 @@
 #   3. kubernetes-validate --strict accepts every rendered object for Kubernetes 1.29 (the first with
 #      native sidecars) and for the newest version it bundles schemas of (offline);
 #   4. checkov passes on the rendered manifests, and deploy/check-workload-identity.py checks that
-#      the workload identity overlays wire on-behalf-of as README "On-behalf-of" says;
+#      the workload identity overlays wire on-behalf-of as docs/on-behalf-of.md says;
 #   5. deploy/build-image.sh builds the image without a daemon, and deploy/check-image.sh runs its
 #      binary from the unpacked root filesystem and calls it with grpcurl;
 #   6. components/monitoring (PodMonitor, PrometheusRule) renders on top of the sidecar and shared
@@ -60,7 +60,7 @@ for name in sidecar-workload-identity sidecar-workload-identity-no-webhook; do
     }
 done
 
-# components/monitoring, applied the way README "Monitoring" says: an overlay of your own with the
+# components/monitoring, applied the way docs/monitoring.md says: an overlay of your own with the
 # overlay in `resources:` and the component in `components:` (made here, under target/).
 for name in sidecar shared; do
     overlay="$repo/target/deploy-monitoring/$name"

@@ -295,7 +295,7 @@ mod tests {
         assert_eq!(
             DEMO_WARNING_INTERVAL,
             Duration::from_secs(300),
-            "the README says every 5 minutes"
+            "docs/simulator.md says every 5 minutes"
         );
     }
 }

@@ -59,7 +59,7 @@ pub const MAX_WWW_AUTHENTICATE_BYTES: usize = 6 * 1024;
 /// see `CancelError::code`); 504 is Graph's gateway timing out, not the caller's deadline, so it
 /// is UNAVAILABLE; 405, 406, 411 and 415 can only mean the gateway built a wrong
 /// request, so they are INTERNAL. Redirects are never followed and so land in UNKNOWN.
-/// The README publishes this same table.
+/// docs/status.md publishes this same table.
 pub fn code_for_http_status(status: StatusCode) -> Code {
     match status.as_u16() {
         200..=299 => Code::Ok,

@@ -25,7 +25,7 @@ promtool's unit tests (rules.test.yml), which run with a simulated clock.
 Then it checks that every metric that a rule or a dashboard panel names is one the gateway
 exposes (the `# TYPE` lines of a real scrape), and that this check fails on a rule or panel that
 names a missing metric; that every dashboard panel's queries return a series from this
-Prometheus; and `promtool check metrics` on a real scrape (see README "Metrics" for the
+Prometheus; and `promtool check metrics` on a real scrape (see docs/observability.md "Metrics" for the
 `_total` naming of the two formats).
 
     python3 deploy/observability/e2e.py --gateway target/debug/printjob-gateway

@@ -18,7 +18,7 @@ pub struct SimulatorArgs {
     pub listen: SocketAddr,
 
     /// A JSON scenario file: printers, jobs with states, and scripted answers. Without one, the
-    /// built-in scenario applies (see the README).
+    /// built-in scenario applies (see docs/simulator.md).
     #[arg(long, env = "PRINTJOB_GATEWAY_SIMULATOR_SCENARIO")]
     pub scenario: Option<PathBuf>,
 }

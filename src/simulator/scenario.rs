@@ -9,7 +9,7 @@ use serde::{
     de::{Error as _, SeqAccess, Visitor},
 };
 
-/// The built-in scenario, used when no file is given. The README shows it.
+/// The built-in scenario, used when no file is given. docs/simulator.md shows it.
 pub const DEFAULT_SCENARIO: &str = include_str!("default-scenario.json");
 
 /// A scenario: printers with their jobs, and rules that script answers.

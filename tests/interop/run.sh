@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Interop tests: clients that nobody here wrote (grpcurl 1.8.6, Python grpcio, Node grpc-js, and
-# grpc-java on the overlays that listen on TCP), and the README's "Calling it" snippets run exactly as
+# grpc-java on the overlays that listen on TCP), and the "Calling it" snippets of docs/calling.md run exactly as
 # printed, against the real release binary in front of the project's own Graph simulator, listening
 # exactly as each Kubernetes overlay configures it. Then the --demo mode end to end, on TCP and on a
 # Unix socket, with the grpcurl commands it prints, and with --token-exchange obo. CI runs this after `cargo test`;
@@ -10,7 +10,7 @@
 # from the rendered manifests the gateway container's environment (its ConfigMap) and the target the
 # app dials (its PRINTJOB_GATEWAY_TARGET; for the shared overlay, the Service's DNS name). The gateway
 # then runs with that environment (only the Graph URL points at the simulator) and each client dials
-# that target with the options the README gives for its listener kind, and nothing more. Two stand-ins,
+# that target with the options docs/calling.md gives for its listener kind, and nothing more. Two stand-ins,
 # as in a pod: the run happens in network and mount namespaces of its own, so 127.0.0.1:50051 and
 # 0.0.0.0:9090 are free and the Service's name can resolve to loopback (/etc/hosts, bind-mounted);
 # and a volume (the socket's emptyDir, the TLS Secret) is a directory, the same one for every
@@ -312,19 +312,19 @@ inside() {
         echo "$name: clients dial $PRINTJOB_GATEWAY_TARGET ($kind)"
 
         # Each suite is bounded: every call in it has a deadline, and the whole suite has this one.
-        run_suite "$name: grpcurl and Python grpcio with the README's options for $kind (pytest)" \
+        run_suite "$name: grpcurl and Python grpcio with the docs' options for $kind (pytest)" \
             timeout 120 "$venv/bin/python" -m pytest -p no:cacheprovider -v "$interop/python/test_overlay.py"
-        run_suite "$name: Node grpc-js with the README's options for $kind (node --test)" \
+        run_suite "$name: Node grpc-js with the docs' options for $kind (node --test)" \
             timeout 120 node --test "$interop/node/overlay.test.js"
         # Debian's grpc-java 1.41 has no `unix:` resolver (1.47 added it) and its netty no epoll
-        # library; its TLS is not exercised here: Java runs where the README says it needs nothing.
+        # library; its TLS is not exercised here: Java runs where docs/calling.md says it needs nothing.
         if [ "$kind" = tcp ]; then
-            run_suite "$name: grpc-java with the README's options for tcp (java OverlayProbe)" \
+            run_suite "$name: grpc-java with the docs' options for tcp (java OverlayProbe)" \
                 timeout 120 java -cp "$(java_classpath)" OverlayProbe "$PRINTJOB_GATEWAY_TARGET"
         fi
         if [ "$name" = sidecar ]; then
             export GATEWAY="$PRINTJOB_GATEWAY_TARGET"
-            run_suite "$name: grpcurl, Python grpcio and the README snippets (pytest)" \
+            run_suite "$name: grpcurl, Python grpcio and the docs/calling.md snippets (pytest)" \
                 timeout 300 "$venv/bin/python" -m pytest -p no:cacheprovider -v "$interop/python" \
                 --ignore "$interop/python/test_overlay.py"
             run_suite "$name: Node grpc-js (node --test)" \

@@ -7,6 +7,7 @@
 mod support;
 
 mod architecture;
+mod docs;
 mod egress;
 mod ingress;
 mod lifecycle;

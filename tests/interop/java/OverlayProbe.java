@@ -1,4 +1,4 @@
-// grpc-java against the gateway, with the channel README "Where the gateway listens" gives for TCP
+// grpc-java against the gateway, with the channel docs/calling.md "Where the gateway listens" gives for TCP
 // loopback, `Grpc.newChannelBuilder(target, InsecureChannelCredentials.create())`, and nothing more.
 // run.sh compiles and runs it (Debian's libgrpc-java, 1.41.3, on the JDK) for each overlay on TCP:
 //

@@ -1,5 +1,5 @@
 // One overlay as its rendered manifests configure it: @grpc/grpc-js dials the target the app is given,
-// with exactly what README "Where the gateway listens" names for the listener kind: nothing but the
+// with exactly what docs/calling.md "Where the gateway listens" names for the listener kind: nothing but the
 // credentials (insecure on loopback and on a Unix socket, the CA for TLS); no channel option.
 //
 // run.sh runs this file once per overlay, with OVERLAY_KIND (tcp, unix or tls),
@@ -25,7 +25,7 @@ function env(name) {
 const KIND = env('OVERLAY_KIND');
 const TARGET = env('PRINTJOB_GATEWAY_TARGET');
 
-// README "Where the gateway listens", Node grpc-js.
+// docs/calling.md "Where the gateway listens", Node grpc-js.
 function credentials() {
   if (KIND === 'tls') return grpc.credentials.createSsl(fs.readFileSync(env('TLS_CA')));
   return grpc.credentials.createInsecure();

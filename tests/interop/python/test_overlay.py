@@ -1,6 +1,6 @@
 """One overlay as its rendered manifests configure it: grpcurl 1.8.6 and grpcio dial the target the app
-is given, with exactly the options README "Where the gateway listens" names for the listener kind, and
-nothing more; and, where the README names an option, the client's defaults are shown to fail.
+is given, with exactly the options docs/calling.md "Where the gateway listens" names for the listener
+kind, and nothing more; and, where that page names an option, the client's defaults are shown to fail.
 
 run.sh runs this file once per overlay, with OVERLAY (its name), OVERLAY_KIND (tcp, unix or tls),
 PRINTJOB_GATEWAY_TARGET (what the app dials, volumes moved as overlay.py describes),
@@ -49,7 +49,7 @@ def ca(kind):
     return _env("TLS_CA") if kind == "tls" else None
 
 
-# === What README "Where the gateway listens" tells each client, per listener kind ===
+# === What docs/calling.md "Where the gateway listens" tells each client, per listener kind ===
 
 
 def python_channel(kind, target, ca):
@@ -69,7 +69,7 @@ def grpcurl_target(kind, target, ca):
     return ["-cacert", ca, target]
 
 
-# The same, as the README prints it: the options above must be the README's.
+# The same, as docs/calling.md prints it: the options above must be that page's.
 README_OPTIONS = {
     "tcp": ["`grpc.insecure_channel(target)`", "`-plaintext`"],
     "unix": [
@@ -84,18 +84,18 @@ README_OPTIONS = {
 
 
 def test_the_readme_names_this_overlays_target_and_these_options(kind):
-    text = (REPO / "README.md").read_text(encoding="utf-8")
+    text = (REPO / "docs" / "calling.md").read_text(encoding="utf-8")
     section = text.split("\n### Where the gateway listens\n", 1)
-    assert len(section) == 2, "README.md has no '### Where the gateway listens' section"
+    assert len(section) == 2, "docs/calling.md has no '### Where the gateway listens' section"
     section = section[1].split("\n## ", 1)[0]
     overlay = _env("OVERLAY")
     rows = [line for line in section.splitlines() if f"`overlays/{overlay}`" in line]
-    assert rows, f"the README's table does not name overlays/{overlay}"
+    assert rows, f"docs/calling.md's table does not name overlays/{overlay}"
     row = the_one(rows)
     assert row.startswith(f"| {kind_name(kind)} |"), (kind, row)
     assert row.endswith(f"| `{_env('OVERLAY_MANIFEST_TARGET')}` |"), row
     for option in README_OPTIONS[kind]:
-        assert option in section, f"the README does not give {option} for {kind}"
+        assert option in section, f"docs/calling.md does not give {option} for {kind}"
 
 
 def the_one(rows):
@@ -146,7 +146,7 @@ def test_python_with_default_options_works_unless_the_readme_names_an_option(kin
             return
         # gRPC C-core sends the %-encoded socket path as :authority; the gateway's HTTP/2 layer (h2)
         # refuses it with RST_STREAM before any of its code runs. If this starts to pass, h2 has
-        # changed: drop the option from the README.
+        # changed: drop the option from docs/calling.md.
         with pytest.raises(grpc.RpcError) as raised:
             health(b"", timeout=10)
         assert raised.value.code() == grpc.StatusCode.INTERNAL, raised.value

@@ -1,6 +1,7 @@
 """grpcio (Python) against the real gateway in front of the simulated Graph.
 
-Expectations come from the README: the status table, "Error details" and "The call".
+Expectations come from the docs: docs/status.md (the status table, "Error details") and docs/calling.md
+("The call").
 """
 
 import time

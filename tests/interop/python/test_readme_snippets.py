@@ -1,9 +1,9 @@
-"""The README's "Calling it" snippets, run exactly as printed: documentation that cannot rot.
+"""The "Calling it" snippets of docs/calling.md, run exactly as printed: documentation that cannot rot.
 
 Each snippet is a fenced block whose first line is a marker comment (`# interop-test: grpcurl`,
 `# interop-test: grpcurl-share`, `# interop-test: python-stubs`, `# interop-test: python`,
-`// interop-test: node`). The blocks are taken from README.md verbatim and run with the environment the
-README names (PRINTJOB_GATEWAY_TARGET, which the sidecar overlays give the app; TOKEN, PRINTER_ID or
+`// interop-test: node`). The blocks are taken from docs/calling.md verbatim and run with the environment
+that page names (PRINTJOB_GATEWAY_TARGET, which the sidecar overlays give the app; TOKEN, PRINTER_ID or
 SHARE_ID, PRINT_JOB_ID),
 from the repository root (Node) or from a scratch directory that links proto/ (Python, whose stub
 command writes into the current directory).
@@ -20,27 +20,48 @@ import pytest
 
 from conftest import REPO
 
-README = REPO / "README.md"
+# The page the README's "Calling it" links to; the README shows excerpts of these programs, which
+# tests/it/docs.rs checks are lines of them.
+CALLING = REPO / "docs" / "calling.md"
+# Every marked block: a parser that finds fewer (a renamed marker, a moved section) must fail.
+MARKERS = {
+    "interop-test: grpcurl": "sh",
+    "interop-test: grpcurl-share": "sh",
+    "interop-test: python-stubs": "sh",
+    "interop-test: python": "python",
+    "interop-test: node": "js",
+}
 NODE_MODULES = REPO / "tests" / "interop" / "node" / "node_modules"
 FENCE = re.compile(r"^```(\w*)\n(.*?)^```$", re.S | re.M)
 
 
-def snippet(language, marker):
-    text = README.read_text(encoding="utf-8")
+def marked_blocks():
+    """Every fenced block of docs/calling.md's "Calling it" whose first line is an interop-test marker."""
+    text = CALLING.read_text(encoding="utf-8")
     section = text.split("\n## Calling it\n", 1)
-    assert len(section) == 2, "README.md has no '## Calling it' section"
+    assert len(section) == 2, "docs/calling.md has no '## Calling it' section"
     section = section[1].split("\n## ", 1)[0]
-    blocks = [
-        body
+    return [
+        (lang, body.splitlines()[0].strip().lstrip("#/ "), body)
         for lang, body in FENCE.findall(section)
-        if lang == language and body.splitlines()[0].strip() in (f"# {marker}", f"// {marker}")
+        if body.splitlines() and "interop-test:" in body.splitlines()[0]
     ]
+
+
+def snippet(language, marker):
+    blocks = [body for lang, name, body in marked_blocks() if lang == language and name == marker]
     assert len(blocks) == 1, f"expected one ```{language} block marked {marker!r} in 'Calling it'"
     return blocks[0]
 
 
+def test_every_snippet_is_found():
+    # Five marked blocks, one per marker and none else: a parser that finds nothing fails here.
+    found = sorted((name, lang) for lang, name, _ in marked_blocks())
+    assert found == sorted((name, lang) for name, lang in MARKERS.items()), found
+
+
 def run(command, cwd, **env):
-    # Only the README's variables: not run.sh's GATEWAY.
+    # Only the variables docs/calling.md names: not run.sh's GATEWAY.
     environment = {key: value for key, value in os.environ.items() if key != "GATEWAY"}
     environment.update(env)
     return subprocess.run(
@@ -69,7 +90,7 @@ OUTCOMES = {
 
 @pytest.fixture(scope="module")
 def python_dir(tmp_path_factory):
-    """A scratch directory with proto/ in it, where the README's stub command has run."""
+    """A scratch directory with proto/ in it, where the page's stub command has run."""
     directory = tmp_path_factory.mktemp("readme-python")
     (directory / "proto").symlink_to(REPO / "proto", target_is_directory=True)
     result = run(["bash", "-euc", snippet("sh", "interop-test: python-stubs")], directory)
@@ -88,7 +109,7 @@ def snippet_command(language, python_dir, share):
     if language == "node":
         script = python_dir.parent / "cancel-job.js"
         script.write_text(snippet("js", "interop-test: node"))
-        # The README's `npm install` is tests/interop/node's pinned node_modules here.
+        # The page's `npm install` is tests/interop/node's pinned node_modules here.
         return ["node", str(script)], REPO, {"NODE_PATH": str(NODE_MODULES)}
     raise AssertionError(language)
 

@@ -309,15 +309,15 @@ async fn a_token_it_issued_is_refused_as_an_assertion() {
 #[test]
 fn the_readmes_entra_scenario_is_valid_and_scripts_what_it_says() {
     let readme =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/simulator.md")).unwrap();
     let example = readme
         .split("```json\n")
         .skip(1)
         .filter_map(|block| block.split("\n```").next())
         .find(|block| block.contains("\"entra\"") && block.contains("requireIssuedTokens"))
-        .expect("README shows a scenario with an entra object");
+        .expect("docs/simulator.md shows a scenario with an entra object");
 
-    let scenario = Scenario::parse(example, "README.md").unwrap();
+    let scenario = Scenario::parse(example, "docs/simulator.md").unwrap();
 
     assert_eq!(scenario.entra.tenants, ["contoso"]);
     assert!(scenario.entra.require_issued_tokens);

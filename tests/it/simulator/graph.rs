@@ -431,9 +431,9 @@ fn demo_grpc(output: &str) -> std::net::SocketAddr {
 #[test]
 fn the_readme_shows_the_builtin_scenario_as_it_is() {
     let readme =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/simulator.md")).unwrap();
     assert!(
         readme.contains(printjob_gateway::simulator::scenario::DEFAULT_SCENARIO.trim()),
-        "README.md shows src/simulator/default-scenario.json verbatim"
+        "docs/simulator.md shows src/simulator/default-scenario.json verbatim"
     );
 }

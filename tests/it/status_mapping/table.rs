@@ -14,7 +14,7 @@ fn no_retries(settings: &mut printjob_gateway::Settings) {
     settings.calls.retry.max_attempts = 1;
 }
 
-/// Every row of the README's table, with statuses a real HTTP server can send as final answers.
+/// Every row of docs/status.md's table, with statuses a real HTTP server can send as final answers.
 const TABLE: &[(&[u16], Code)] = &[
     (&[400, 413, 414, 422, 431], Code::InvalidArgument),
     (&[401], Code::Unauthenticated),
