@@ -112,7 +112,9 @@ async fn tls_call(addr: std::net::SocketAddr, tls: ClientTlsConfig) -> Result<()
         .unwrap()
         .tls_config(tls.domain_name("localhost"))
         .unwrap()
-        .connect_timeout(Duration::from_secs(5));
+        // Only bounds a broken test: a refused caller is refused by the handshake itself, and the
+        // bound is wide for a loaded machine.
+        .connect_timeout(Duration::from_secs(30));
     let channel = endpoint
         .connect()
         .await

@@ -86,9 +86,9 @@ async fn the_demo_refuses_to_start_beside_a_real_graph_url_or_on_behalf_of_setti
             .envs(env.iter().copied())
             .kill_on_drop(true)
             .output();
-        // A refusal is immediate; a demo that starts serves until it is stopped. 10 s is far
+        // A refusal is immediate; a demo that starts serves until it is stopped. 30 s is far
         // more than the refusal takes on a loaded machine, and a started demo never ends in it.
-        let output = tokio::time::timeout(Duration::from_secs(10), run)
+        let output = tokio::time::timeout(Duration::from_secs(30), run)
             .await
             .unwrap_or_else(|_| panic!("{args:?} {env:?}: the demo started instead of refusing"))
             .unwrap();
