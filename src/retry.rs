@@ -46,14 +46,17 @@ impl RetryPolicy {
     /// attempt passes `gate` first, runs in a client span (`graph.cancel`, named `route`: Graph's
     /// route template) and is counted in `metrics`. The time held at the gate goes on the current
     /// (call's) span as `held_ms`.
-    pub async fn run<F, Fut>(
-        &self,
+    ///
+    /// Not an `async fn`: its arguments would then have storage of their own in the future,
+    /// beside the loop's state that they are moved into, in every call in flight.
+    pub fn run<'a, F, Fut>(
+        &'a self,
         deadline: Instant,
         route: &'static str,
-        metrics: &AttemptMetrics,
-        gate: GateCall<'_>,
+        metrics: &'a AttemptMetrics,
+        gate: GateCall<'a>,
         attempt: F,
-    ) -> Attempted<Result<GraphAcceptance, CancelError>>
+    ) -> impl Future<Output = Attempted<Result<GraphAcceptance, CancelError>>>
     where
         F: FnMut(u32) -> Fut,
         Fut: Future<Output = Result<GraphAcceptance, GraphError>>,
@@ -67,13 +70,15 @@ impl RetryPolicy {
             previous: None,
             reason: RetryReason::Unreachable,
         };
-        let (outcome, attempts) = retry::run(&mut cancel, deadline).await;
-        let held = cancel.gate.held();
-        if !held.is_zero() {
-            // Whole microseconds, as the call's latency.
-            Span::current().record("held_ms", held.as_micros() as f64 / 1e3);
+        async move {
+            let (outcome, attempts) = retry::run(&mut cancel, deadline).await;
+            let held = cancel.gate.held();
+            if !held.is_zero() {
+                // Whole microseconds, as the call's latency.
+                Span::current().record("held_ms", held.as_micros() as f64 / 1e3);
+            }
+            Attempted { outcome, attempts }
         }
-        Attempted { outcome, attempts }
     }
 }
 

@@ -93,7 +93,9 @@ impl Shared {
         };
         match io {
             Connected::Plain(tcp) => self.handshake(TokioIo::new(tcp), negotiated).await,
-            Connected::Tls(tls) => self.handshake(TokioIo::new(*tls), negotiated).await,
+            // Kept boxed: hyper spawns a task per request whose size is that of the whole
+            // connection's future (an enum), so an inline TLS stream would be in every call's task.
+            Connected::Tls(tls) => self.handshake(TokioIo::new(tls), negotiated).await,
         }
     }
 
