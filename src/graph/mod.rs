@@ -15,7 +15,7 @@ use std::{
 };
 
 use bytes::Bytes;
-use http::{HeaderName, HeaderValue, Method, Request, StatusCode, header};
+use http::{HeaderName, HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::Empty;
 
 pub use self::answer::GraphRejection;
@@ -204,14 +204,9 @@ impl GraphClient {
                 request_id: answer::request_id(response.headers()),
             });
         }
-        let (parts, body) = response.into_parts();
-        let body = read_bounded(body).await;
-        Err(GraphError::Rejected(Box::new(GraphRejection::new(
-            status,
-            &parts.headers,
-            &body,
-            SystemTime::now(),
-        ))))
+        // Boxed: the read of a refusal's body is state that only refused calls need, and every
+        // call in flight holds this future.
+        Err(Box::pin(rejection(response)).await)
     }
 }
 
@@ -244,6 +239,18 @@ fn classify(error: SendError) -> GraphError {
         SendError::Unreachable(_) | SendError::Refused(_) => GraphError::Unreachable(error),
         SendError::Transport(_) => GraphError::Transport(error),
     }
+}
+
+/// Graph's refusal: its status, headers and (bounded) body.
+async fn rejection(response: Response<Body>) -> GraphError {
+    let (parts, body) = response.into_parts();
+    let body = read_bounded(body).await;
+    GraphError::Rejected(Box::new(GraphRejection::new(
+        parts.status,
+        &parts.headers,
+        &body,
+        SystemTime::now(),
+    )))
 }
 
 /// Reads at most [`ERROR_BODY_LIMIT`] bytes of an error body, waiting at most [`ERROR_BODY_WAIT`].

@@ -9,6 +9,7 @@ use std::{
 };
 
 use bytes::Bytes;
+use futures_util::{FutureExt, future::Either};
 use http::{HeaderValue, Request, Response, Uri, header, uri::PathAndQuery};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use hyper::{body::Incoming, client::conn::http1};
@@ -52,30 +53,46 @@ impl Lease {
     }
 
     /// Sends `request` on the granted stream.
-    pub(super) async fn send(
+    ///
+    /// Not an `async fn`, which would keep `request` and `sender` in its state beside hyper's
+    /// future: over HTTP/2 the future returned is hyper's alone (the request is handed over at
+    /// once), and every call waiting on Graph holds it. The HTTP/1.1 exchange, which waits for its
+    /// connection first, is boxed.
+    // `Failed` carries the unsent request back, as hyper's own error does; it is returned at
+    // once, never held, so it is not boxed (see `Failed`).
+    #[allow(clippy::result_large_err)]
+    pub(super) fn send(
         &mut self,
         sender: GrantedSender,
         request: Request<ReqBody>,
-    ) -> Result<Response<Incoming>, Failed> {
-        let sent = match sender {
+    ) -> impl Future<Output = Result<Response<Incoming>, Failed>> + Send + '_ {
+        match sender {
             // The HTTP/2 sender is a clone; it is not needed once the request is handed over.
-            GrantedSender::Http2(mut sender) => sender.try_send_request(request).await,
-            GrantedSender::Http1(mut sender) => {
-                let request = origin_form(request);
-                // An HTTP/1.1 connection takes the next request only once it has finished the
-                // previous exchange.
-                if let Err(error) = sender.ready().await {
-                    return Err(Failed::Unsent(request, error));
-                }
-                let sending = sender.try_send_request(request);
-                self.http1 = Some(sender);
-                sending.await
+            GrantedSender::Http2(mut sender) => Either::Left(
+                sender
+                    .try_send_request(request)
+                    .map(|sent| sent.map_err(failed)),
+            ),
+            GrantedSender::Http1(sender) => {
+                Either::Right(Box::pin(self.send_http1(sender, request)))
             }
-        };
-        sent.map_err(|mut error| match error.take_message() {
-            Some(request) => Failed::Unsent(request, error.into_error()),
-            None => Failed::Sent(error.into_error()),
-        })
+        }
+    }
+
+    async fn send_http1(
+        &mut self,
+        mut sender: http1::SendRequest<ReqBody>,
+        request: Request<ReqBody>,
+    ) -> Result<Response<Incoming>, Failed> {
+        let request = origin_form(request);
+        // An HTTP/1.1 connection takes the next request only once it has finished the previous
+        // exchange.
+        if let Err(error) = sender.ready().await {
+            return Err(Failed::Unsent(request, error));
+        }
+        let sending = sender.try_send_request(request);
+        self.http1 = Some(sender);
+        sending.await.map_err(failed)
     }
 
     /// The connection takes no new call; it closes once its last call ends.
@@ -100,6 +117,14 @@ pub(super) enum Failed {
     Unsent(Request<ReqBody>, hyper::Error),
     /// It may have reached Graph.
     Sent(hyper::Error),
+}
+
+/// Whether a request that failed on its connection left the gateway.
+fn failed(mut error: hyper::client::conn::TrySendError<Request<ReqBody>>) -> Failed {
+    match error.take_message() {
+        Some(request) => Failed::Unsent(request, error.into_error()),
+        None => Failed::Sent(error.into_error()),
+    }
 }
 
 /// HTTP/1.1 wants the request target in origin form and the host in `Host`; HTTP/2 takes both

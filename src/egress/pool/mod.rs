@@ -170,11 +170,13 @@ impl Pool {
         let mut avoid = None;
         loop {
             let (mut lease, sender) = self.acquire(avoid).await?;
-            let request = unsent.take().unwrap_or_else(&make);
+            let request = unsent.take().map_or_else(&make, |request: Box<_>| *request);
             let (reason, error) = match lease.send(sender, request).await {
                 Ok(response) => return Ok(response.map(|inner| Body::new(inner, lease))),
                 Err(Failed::Unsent(request, error)) => {
-                    unsent = Some(request);
+                    // Boxed: held across the wait for another stream by the rare re-sent call,
+                    // it would otherwise take room in every call's future.
+                    unsent = Some(Box::new(request));
                     (Some(ResendReason::Closed), error)
                 }
                 Err(Failed::Sent(error)) => (unprocessed(&error), error),
