@@ -32,6 +32,7 @@ use std::{
     time::Duration,
 };
 
+use base64::Engine as _;
 use bytes::{Buf, Bytes};
 use hyper::body::{Body as HttpBody, Frame, SizeHint};
 use tokio::time::{Instant, Sleep};
@@ -46,6 +47,12 @@ use crate::{error::CancelError, service::PrintJobGateway};
 
 /// The length of the prefix of every gRPC message: a compression flag and a 4-byte length.
 const GRPC_PREFIX_LEN: usize = 5;
+
+const GRPC_CONTENT_TYPE: http::HeaderValue = http::HeaderValue::from_static("application/grpc");
+const GRPC_STATUS: http::HeaderName = http::HeaderName::from_static("grpc-status");
+const GRPC_MESSAGE: http::HeaderName = http::HeaderName::from_static("grpc-message");
+const GRPC_STATUS_DETAILS: http::HeaderName =
+    http::HeaderName::from_static("grpc-status-details-bin");
 
 /// `PrintJobService` behind admission at its headers. Cheap to clone.
 #[derive(Debug, Clone)]
@@ -167,6 +174,60 @@ impl<S> Admitted<S> {
     }
 }
 
+/// The answer to a call refused at its headers: a trailers-only gRPC response with the headers
+/// tonic's `Status::into_http` writes (the content type, the status's metadata, `grpc-status`,
+/// `grpc-message` percent-encoded as tonic does it, `grpc-status-details-bin`), made without its
+/// copies (about 2,000 instructions of a refusal's 70,000): the metadata is moved rather than
+/// cloned, the message is encoded into one buffer of about the right size, and the status is not
+/// kept in the response's extensions, where nothing after this layer reads it. The details
+/// name the call's request ID, so they differ on every call: they are sent never-indexed, as
+/// adding them to HTTP/2's header tables (ours and the caller's) would only push out the headers
+/// that every answer repeats.
+fn refusal(mut status: Status) -> http::Response<Body> {
+    let metadata = std::mem::take(status.metadata_mut()).into_headers();
+    let mut headers = http::HeaderMap::with_capacity(metadata.len() + 4);
+    headers.insert(http::header::CONTENT_TYPE, GRPC_CONTENT_TYPE);
+    headers.extend(metadata);
+    headers.insert(GRPC_STATUS, http::HeaderValue::from(status.code() as i32));
+    let message = status.message();
+    if !message.is_empty()
+        && let Ok(value) =
+            http::HeaderValue::from_maybe_shared(Bytes::from(percent_encoded(message)))
+    {
+        headers.insert(GRPC_MESSAGE, value);
+    }
+    if !status.details().is_empty() {
+        let details = base64::engine::general_purpose::STANDARD_NO_PAD.encode(status.details());
+        if let Ok(mut value) = http::HeaderValue::from_maybe_shared(Bytes::from(details)) {
+            value.set_sensitive(true);
+            headers.insert(GRPC_STATUS_DETAILS, value);
+        }
+    }
+    let mut response = http::Response::new(Body::empty());
+    *response.headers_mut() = headers;
+    response
+}
+
+/// `grpc-message` as tonic writes it: every byte but printable ASCII (so controls, space, DEL and
+/// UTF-8 beyond ASCII) and `"#%<>?`{}` as `%XX`, into one buffer of about the right size.
+/// Written out rather than with `percent_encoding`, which the gateway keeps to building Graph's
+/// and Entra ID's URLs (an invariant `tests/it/architecture.rs` checks); a unit test compares it
+/// with tonic's own encoding.
+fn percent_encoded(message: &str) -> String {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    let mut encoded = String::with_capacity(message.len() + message.len() / 2);
+    for &byte in message.as_bytes() {
+        if byte.is_ascii_graphic() && !b"\"#%<>?`{}".contains(&byte) {
+            encoded.push(char::from(byte));
+        } else {
+            encoded.push('%');
+            encoded.push(char::from(HEX[usize::from(byte >> 4)]));
+            encoded.push(char::from(HEX[usize::from(byte & 0x0f)]));
+        }
+    }
+    encoded
+}
+
 // === impl Shares ===
 
 impl Shares {
@@ -263,7 +324,7 @@ where
                 let admitted = this.gateway.admit_waiting(&metadata).await;
                 parts.headers = metadata.into_headers();
                 let response = match admitted {
-                    Err(status) => status.into_http(),
+                    Err(status) => refusal(status),
                     Ok(admission) => {
                         let request = this.bounded(parts, body, admission);
                         let mut inner = this.inner;
@@ -282,7 +343,7 @@ where
                 let count = counted.map(|(count, _)| count);
                 AdmittedFuture::Now(HoldingResponse::Admitted(self.inner.call(request), count))
             }
-            Err(status) => AdmittedFuture::Now(HoldingResponse::Refused(Some(status.into_http()))),
+            Err(status) => AdmittedFuture::Now(HoldingResponse::Refused(Some(refusal(status)))),
         }
     }
 }
@@ -430,6 +491,37 @@ impl Framing {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_refusal_has_the_headers_tonic_writes_with_its_details_never_indexed() {
+        let cases: [fn() -> Status; 4] = [
+            || Status::unauthenticated("missing credentials: `authorization: Bearer <token>`"),
+            || {
+                let mut metadata = MetadataMap::new();
+                metadata.insert(
+                    "client-request-id",
+                    "a5c6e1c2-1d5f-4a9e-9a43-0c2b7d7d5f10".parse().unwrap(),
+                );
+                Status::with_details_and_metadata(
+                    tonic::Code::ResourceExhausted,
+                    "100% \"busy\" {#?} \u{e9}t\u{e9}\n\tdone\u{7f}",
+                    Bytes::from_static(b"\x08\x10\xff\x00 details of any length"),
+                    metadata,
+                )
+            },
+            || Status::new(tonic::Code::Unavailable, ""),
+            || Status::with_details(tonic::Code::Internal, "x", Bytes::from_static(b"ab")),
+        ];
+        for make in cases {
+            let expected = make().into_http::<Body>();
+            let actual = refusal(make());
+            assert_eq!(actual.status(), expected.status());
+            assert_eq!(actual.headers(), expected.headers(), "{}", make().message());
+            if let Some(details) = actual.headers().get(GRPC_STATUS_DETAILS) {
+                assert!(details.is_sensitive(), "{}", make().message());
+            }
+        }
+    }
 
     fn message(size: u32) -> Vec<u8> {
         let mut bytes = vec![0];
