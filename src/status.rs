@@ -475,15 +475,21 @@ fn pass_on_challenge(challenge: &[u8], from: &'static str, metadata: &mut Metada
 }
 
 /// The response metadata that lets a caller find the call in the gateway's and Graph's logs.
+///
+/// Both IDs differ on every call, so they are sent never-indexed (HPACK's "sensitive"): added to
+/// HTTP/2's header tables, ours and the caller's, they would only push out the headers every
+/// answer repeats and lengthen each lookup, for no entry that is ever used again.
 pub fn correlation_metadata(
     client_request_id: &ClientRequestId,
     graph_request_id: Option<&str>,
 ) -> MetadataMap {
     let mut metadata = MetadataMap::new();
-    if let Ok(value) = AsciiMetadataValue::try_from(client_request_id.as_str()) {
+    if let Ok(mut value) = AsciiMetadataValue::try_from(client_request_id.as_str()) {
+        value.set_sensitive(true);
         metadata.insert(CLIENT_REQUEST_ID, value);
     }
-    if let Some(value) = graph_request_id.and_then(|id| AsciiMetadataValue::try_from(id).ok()) {
+    if let Some(mut value) = graph_request_id.and_then(|id| AsciiMetadataValue::try_from(id).ok()) {
+        value.set_sensitive(true);
         metadata.insert(REQUEST_ID, value);
     }
     metadata
@@ -526,6 +532,18 @@ fn upper_snake_case(code: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_correlation_ids_are_sent_never_indexed() {
+        let client_request_id = ClientRequestId::random();
+        let metadata = correlation_metadata(&client_request_id, Some("graph-request-7"));
+        for key in [CLIENT_REQUEST_ID, REQUEST_ID] {
+            let value = metadata.get(key).unwrap();
+            assert!(value.is_sensitive(), "{key}");
+        }
+        let value = metadata.get(CLIENT_REQUEST_ID).unwrap();
+        assert_eq!(value.to_str().unwrap(), client_request_id.as_str());
+    }
 
     #[test]
     fn every_token_exchange_failure_maps_as_the_table_says() {

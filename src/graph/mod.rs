@@ -225,7 +225,11 @@ impl GraphClient {
         headers.reserve(8);
         headers.extend(telemetry::trace_headers());
         headers.insert(header::AUTHORIZATION, token.header_value().clone());
-        headers.insert(CLIENT_REQUEST_ID, client_request_id.header_value().clone());
+        // Unique to the call: never-indexed, so that it does not churn Graph's HPACK table
+        // (`status::correlation_metadata` says why).
+        let mut id = client_request_id.header_value().clone();
+        id.set_sensitive(true);
+        headers.insert(CLIENT_REQUEST_ID, id);
         headers.insert(header::ACCEPT, ACCEPT_JSON);
         headers.insert(header::USER_AGENT, USER_AGENT);
         headers.insert(header::CONTENT_LENGTH, ZERO);
