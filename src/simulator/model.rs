@@ -54,7 +54,7 @@ pub(crate) struct Model {
     printers: HashMap<String, Printer>,
     /// Each share's printer.
     shares: HashMap<String, String>,
-    rules: Vec<(Rule, Option<u64>)>,
+    rules: Rules<Rule>,
     /// Each tenant's throttle window, and when its current one opened.
     throttles: Vec<(ThrottleSpec, Option<Instant>)>,
     not_cancelable_status: u16,
@@ -64,6 +64,13 @@ pub(crate) struct Model {
 struct Printer {
     jobs: HashMap<String, JobState>,
     any_job: bool,
+}
+
+/// A scenario's scripted rules, of Graph or of the token endpoint, each with the uses it has
+/// left: tried in order, the first that matches a request and has uses left applies.
+#[derive(Debug)]
+pub(crate) struct Rules<R> {
+    rules: Vec<(R, Option<u64>)>,
 }
 
 // === impl Model ===
@@ -88,14 +95,7 @@ impl Model {
                 )
             })
             .collect();
-        let rules = scenario
-            .rules
-            .into_iter()
-            .map(|rule| {
-                let uses = rule.times;
-                (rule, uses)
-            })
-            .collect();
+        let rules = Rules::new(scenario.rules, |rule| rule.times);
         let throttles = scenario
             .throttle
             .into_iter()
@@ -159,9 +159,8 @@ impl Model {
             Parent::Share(share) => Some(share.as_str()),
             Parent::Printer(_) => None,
         };
-        let matching = self.rules.iter_mut().find(|(rule, uses)| {
-            uses.is_none_or(|left| left > 0)
-                && rule.method == method
+        let matching = self.rules.take(|rule| {
+            rule.method == method
                 && rule
                     .printer
                     .as_deref()
@@ -169,15 +168,12 @@ impl Model {
                 && rule.share.as_deref().is_none_or(|s| share == Some(s))
                 && rule.job.as_deref().is_none_or(|j| j == job)
         });
-        let Some((rule, uses)) = matching else {
+        let Some(rule) = matching else {
             return Plan {
                 delay: None,
                 answer: None,
             };
         };
-        if let Some(left) = uses {
-            *left -= 1;
-        }
         let answer = rule.status.map(|status| {
             if (200..300).contains(&status) {
                 Answer::Accepted(status)
@@ -262,6 +258,34 @@ impl Model {
             id: job.to_owned(),
             state,
         }
+    }
+}
+
+// === impl Rules ===
+
+impl<R> Rules<R> {
+    /// `rules` in their order, each with the `times` it applies.
+    pub(crate) fn new(rules: Vec<R>, times: impl Fn(&R) -> Option<u64>) -> Self {
+        let rules = rules
+            .into_iter()
+            .map(|rule| {
+                let uses = times(&rule);
+                (rule, uses)
+            })
+            .collect();
+        Self { rules }
+    }
+
+    /// The first rule that `matches` and has uses left, which spends one of them.
+    pub(crate) fn take(&mut self, matches: impl Fn(&R) -> bool) -> Option<&R> {
+        let (rule, uses) = self
+            .rules
+            .iter_mut()
+            .find(|(rule, uses)| uses.is_none_or(|left| left > 0) && matches(rule))?;
+        if let Some(left) = uses {
+            *left -= 1;
+        }
+        Some(rule)
     }
 }
 

@@ -14,6 +14,7 @@ use super::scenario::{
     DEFAULT_TOKEN_LIFETIME, EntraRule, EntraSpec, FederatedCredentialSpec,
     LONGEST_DEFAULT_TOKEN_LIFETIME,
 };
+use crate::simulator::model::Rules;
 
 /// The grant type of the on-behalf-of exchange.
 pub(crate) const JWT_BEARER: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
@@ -114,7 +115,7 @@ pub(crate) struct Entra {
     clients: HashMap<String, Registered>,
     lifetime: Option<Duration>,
     require_issued_tokens: bool,
-    rules: Vec<(EntraRule, Option<u64>)>,
+    rules: Rules<EntraRule>,
     issued: HashMap<String, Instant>,
     issued_order: VecDeque<String>,
     /// Identical requests seen lately: how many, since when.
@@ -179,14 +180,7 @@ impl Entra {
                 .collect(),
             lifetime: spec.token_lifetime,
             require_issued_tokens: spec.require_issued_tokens,
-            rules: spec
-                .rules
-                .into_iter()
-                .map(|rule| {
-                    let uses = rule.times;
-                    (rule, uses)
-                })
-                .collect(),
+            rules: Rules::new(spec.rules, |rule| rule.times),
             issued: HashMap::new(),
             issued_order: VecDeque::new(),
             recent: HashMap::new(),
@@ -227,20 +221,15 @@ impl Entra {
                 outcome: Outcome::Failed(*failure),
             };
         }
-        let rule = self.rules.iter_mut().find(|(rule, uses)| {
-            uses.is_none_or(|left| left > 0)
-                && rule
-                    .tenant
-                    .as_deref()
-                    .is_none_or(|t| t.eq_ignore_ascii_case(tenant))
+        let rule = self.rules.take(|rule| {
+            rule.tenant
+                .as_deref()
+                .is_none_or(|t| t.eq_ignore_ascii_case(tenant))
                 && rule.client.as_deref().is_none_or(|c| c == client_id)
                 && rule.assertion.as_deref().is_none_or(|a| a == assertion)
         });
         let (delay, expires_in) = match rule {
-            Some((rule, uses)) => {
-                if let Some(left) = uses {
-                    *left -= 1;
-                }
+            Some(rule) => {
                 if let Some(failure) = scripted_failure(rule) {
                     return Plan {
                         delay: rule.delay,
