@@ -830,56 +830,39 @@ mod tests {
     #[test]
     fn malformed_exchanges_get_the_errors_entra_sends() {
         let assertion = "eyJhbGciOiJQUzI1NiJ9.eyJpc3MiOiJhcHAifQ.c2ln";
+        // AADSTS900144: a parameter the exchange needs is missing; AADSTS9002313: the request is
+        // malformed.
+        let missing = (400, "invalid_request", 900144);
+        let malformed = (400, "invalid_request", 9002313);
         let cases: Vec<(TokenForm, (u16, &str, u32))> = vec![
-            (
-                form_with("grant_type", None),
-                (400, "invalid_request", 900144),
-            ),
+            (form_with("grant_type", None), missing),
             (
                 form_with("grant_type", Some("client_credentials")),
                 (400, "unsupported_grant_type", 70003),
             ),
-            (
-                form_with("client_id", None),
-                (400, "invalid_request", 900144),
-            ),
-            (
-                form_with("client_id", Some("")),
-                (400, "invalid_request", 900144),
-            ),
-            (
-                form_with("assertion", None),
-                (400, "invalid_request", 900144),
-            ),
-            (form_with("scope", None), (400, "invalid_request", 900144)),
-            (
-                form_with("requested_token_use", None),
-                (400, "invalid_request", 900144),
-            ),
+            (form_with("client_id", None), missing),
+            (form_with("client_id", Some("")), missing),
+            (form_with("assertion", None), missing),
+            (form_with("scope", None), missing),
+            (form_with("requested_token_use", None), missing),
             (
                 form_with("requested_token_use", Some("on-behalf-of")),
-                (400, "invalid_request", 9002313),
+                malformed,
             ),
             (
                 form_with("client_secret", None),
                 (401, "invalid_client", 7000218),
             ),
-            (
-                form_with("client_assertion", Some(assertion)),
-                (400, "invalid_request", 9002313),
-            ),
+            (form_with("client_assertion", Some(assertion)), malformed),
             (
                 form_with("client_assertion_type", Some(CLIENT_ASSERTION_JWT)),
-                (400, "invalid_request", 9002313),
+                malformed,
             ),
             (
                 TokenForm::parse(format!("{SECRET_FORM}&scope=openid").as_bytes()),
-                (400, "invalid_request", 9002313),
+                malformed,
             ),
-            (
-                TokenForm::parse(b"not a form"),
-                (400, "invalid_request", 900144),
-            ),
+            (TokenForm::parse(b"not a form"), missing),
         ];
         for (form, (status, error, code)) in cases {
             let mut entra = entra("{}");
