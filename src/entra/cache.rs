@@ -95,6 +95,13 @@ pub(crate) struct TokenCache {
 /// Expires each entry when it stops being fresh or remembered.
 struct Until;
 
+/// An entry that [`Until`] expires: a token when it stops being fresh, a refusal when it stops
+/// being remembered.
+trait Expires {
+    /// When the entry expires.
+    fn until(&self) -> Instant;
+}
+
 // === impl CacheKey ===
 
 impl CacheKey {
@@ -125,6 +132,12 @@ impl CachedToken {
     /// The token.
     pub(crate) fn token(&self) -> &BearerToken {
         &self.token
+    }
+}
+
+impl Expires for CachedToken {
+    fn until(&self) -> Instant {
+        self.fresh_until
     }
 }
 
@@ -169,6 +182,12 @@ impl Remembered {
     }
 }
 
+impl Expires for Remembered {
+    fn until(&self) -> Instant {
+        self.until
+    }
+}
+
 // === impl Leader ===
 
 impl Leader {
@@ -193,14 +212,8 @@ impl TokenCache {
     /// An empty cache of at most `max_entries` tokens and as many refusals.
     pub(crate) fn new(max_entries: u64) -> Self {
         Self {
-            entries: Cache::builder()
-                .max_capacity(max_entries)
-                .expire_after(Until)
-                .build(),
-            refusals: Cache::builder()
-                .max_capacity(max_entries)
-                .expire_after(Until)
-                .build(),
+            entries: expiring(max_entries),
+            refusals: expiring(max_entries),
             flights: Arc::default(),
         }
     }
@@ -268,26 +281,25 @@ impl fmt::Debug for TokenCache {
     }
 }
 
-impl Expiry<CacheKey, CachedToken> for Until {
+// === impl Until ===
+
+impl<V: Expires> Expiry<CacheKey, V> for Until {
     fn expire_after_create(
         &self,
         _key: &CacheKey,
-        value: &CachedToken,
+        value: &V,
         created_at: Instant,
     ) -> Option<Duration> {
-        Some(value.fresh_until.saturating_duration_since(created_at))
+        Some(value.until().saturating_duration_since(created_at))
     }
 }
 
-impl Expiry<CacheKey, Remembered> for Until {
-    fn expire_after_create(
-        &self,
-        _key: &CacheKey,
-        value: &Remembered,
-        created_at: Instant,
-    ) -> Option<Duration> {
-        Some(value.until.saturating_duration_since(created_at))
-    }
+/// A cache of at most `max_entries` entries, each expired by [`Until`].
+fn expiring<V: Expires + Clone + Send + Sync + 'static>(max_entries: u64) -> Cache<CacheKey, V> {
+    Cache::builder()
+        .max_capacity(max_entries)
+        .expire_after(Until)
+        .build()
 }
 
 #[cfg(test)]
