@@ -454,25 +454,22 @@ mod tests {
         state.grant_now(avoid).map(|grant| grant.id)
     }
 
+    /// The connections that `calls` new calls, one after another, are granted a stream on.
+    fn grant_in_turn(state: &mut State<Fake>, calls: usize) -> Vec<Option<u64>> {
+        (0..calls).map(|_| grant_now(state, None)).collect()
+    }
+
     #[test]
     fn a_call_takes_the_oldest_connection_with_room_so_the_load_packs_onto_few() {
         let mut state = State::default();
         let a = open_h2(&mut state, 2, STREAMS);
         let b = open_h2(&mut state, 2, STREAMS);
-        assert_eq!(grant_now(&mut state, None), Some(a));
-        assert_eq!(grant_now(&mut state, None), Some(a));
-        assert_eq!(grant_now(&mut state, None), Some(b));
+        assert_eq!(grant_in_turn(&mut state, 3), [Some(a), Some(a), Some(b)]);
         state.release(a, Some(()), true);
         assert_eq!(
-            grant_now(&mut state, None),
-            Some(a),
-            "the oldest first again"
-        );
-        assert_eq!(grant_now(&mut state, None), Some(b));
-        assert_eq!(
-            grant_now(&mut state, None),
-            None,
-            "every connection is full"
+            grant_in_turn(&mut state, 3),
+            [Some(a), Some(b), None],
+            "the oldest first again, until every connection is full"
         );
     }
 
@@ -496,8 +493,7 @@ mod tests {
         // Graph allows 100; the configured most is 1.
         let mut state = State::default();
         let id = open_h2(&mut state, 100, 1);
-        assert_eq!(grant_now(&mut state, None), Some(id));
-        assert_eq!(grant_now(&mut state, None), None);
+        assert_eq!(grant_in_turn(&mut state, 2), [Some(id), None]);
     }
 
     #[test]
@@ -646,8 +642,7 @@ mod tests {
             // The call was dropped at its deadline: its stream was reset.
             state.release(id, Some(()), false);
         }
-        assert_eq!(grant_now(&mut state, None), Some(id));
-        assert_eq!(grant_now(&mut state, None), Some(id));
+        assert_eq!(grant_in_turn(&mut state, 2), [Some(id), Some(id)]);
         state.release(id, Some(()), false);
         assert_eq!(grant_now(&mut state, None), None, "retired: no new call");
         assert_eq!(state.connections(), 1, "one call still on it");
