@@ -2,7 +2,7 @@
 //! they took, and lookups in the cache of exchanged tokens. Registered under a sub-registry of the
 //! gateway's (`metrics`).
 
-use std::{sync::Arc, time::Duration};
+use std::time::Duration;
 
 use prometheus_client::{
     encoding::EncodeLabelSet,
@@ -12,14 +12,10 @@ use prometheus_client::{
 
 use crate::metrics::{latency_histogram, register, register_seconds};
 
-/// The token exchange's metrics. Cheap to clone.
+/// The token exchange's metrics. Each field is a handle on what a scrape reads (an `Arc`
+/// inside); the exchange holds them in its shared state, so they are cloned only at start-up.
 #[derive(Debug, Clone)]
 pub struct ExchangeMetrics {
-    inner: Arc<Inner>,
-}
-
-#[derive(Debug)]
-struct Inner {
     exchanges: Family<OutcomeLabels, Counter>,
     duration: Histogram,
     cache_lookups: Family<LookupLabels, Counter>,
@@ -40,7 +36,7 @@ struct LookupLabels {
 impl ExchangeMetrics {
     /// Registers the token exchange's metrics in `registry` (a sub-registry for the exchange).
     pub fn register(registry: &mut Registry) -> Self {
-        let inner = Inner {
+        Self {
             exchanges: register(
                 registry,
                 "token_exchanges",
@@ -59,27 +55,22 @@ impl ExchangeMetrics {
                 "Lookups of an exchanged Graph token, by result: hit (cached, or shared with a call in flight) or miss",
                 Family::default(),
             ),
-        };
-        Self {
-            inner: Arc::new(inner),
         }
     }
 
     /// Counts a request to Entra ID's token endpoint by outcome (one of a fixed set of names),
     /// and how long it took.
     pub fn token_exchanged(&self, outcome: &'static str, duration: Duration) {
-        self.inner
-            .exchanges
+        self.exchanges
             .get_or_create(&OutcomeLabels { outcome })
             .inc();
-        self.inner.duration.observe(duration.as_secs_f64());
+        self.duration.observe(duration.as_secs_f64());
     }
 
     /// Counts a lookup in the cache of exchanged tokens.
     pub fn token_cache_lookup(&self, hit: bool) {
         let result = if hit { "hit" } else { "miss" };
-        self.inner
-            .cache_lookups
+        self.cache_lookups
             .get_or_create(&LookupLabels { result })
             .inc();
     }

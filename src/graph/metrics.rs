@@ -1,10 +1,7 @@
 //! Graph's client metrics: the pool's (`egress`) and the throttle gate's, registered together
 //! when the client is built. Each under a sub-registry of the gateway's (`metrics`).
 
-use std::{
-    sync::{Arc, atomic::AtomicU64},
-    time::Duration,
-};
+use std::{sync::atomic::AtomicU64, time::Duration};
 
 use prometheus_client::{
     metrics::{counter::Counter, gauge::Gauge},
@@ -25,14 +22,10 @@ pub struct GraphMetrics {
     pub throttle: ThrottleMetrics,
 }
 
-/// The throttle gate's metrics. Cheap to clone.
+/// The throttle gate's metrics. Each field is a handle on what a scrape reads (an `Arc` inside);
+/// the gate holds them in its shared state, so they are cloned only at start-up.
 #[derive(Debug, Clone)]
 pub struct ThrottleMetrics {
-    inner: Arc<Inner>,
-}
-
-#[derive(Debug)]
-struct Inner {
     windows: Counter,
     calls_held: Gauge,
     throttled_seconds: Counter<f64, AtomicU64>,
@@ -56,7 +49,7 @@ impl GraphMetrics {
 impl ThrottleMetrics {
     /// Registers the throttle gate's metrics in `registry`.
     pub fn register(registry: &mut Registry) -> Self {
-        let inner = Inner {
+        Self {
             windows: register(
                 registry,
                 "graph_throttle_windows",
@@ -75,24 +68,21 @@ impl ThrottleMetrics {
                 "Time throttle windows lasted, summed over tenants and apps",
                 Counter::default(),
             ),
-        };
-        Self {
-            inner: Arc::new(inner),
         }
     }
 
     /// Counts a throttle window opened.
     pub fn throttle_window_opened(&self) {
-        self.inner.windows.inc();
+        self.windows.inc();
     }
 
     /// Adds the time a throttle window lasted, when it ends.
     pub fn throttle_window_closed(&self, lasted: Duration) {
-        self.inner.throttled_seconds.inc_by(lasted.as_secs_f64());
+        self.throttled_seconds.inc_by(lasted.as_secs_f64());
     }
 
     /// Counts a call held at the throttle gate until the returned guard is dropped.
     pub fn call_held(&self) -> InFlight {
-        InFlight::count(self.inner.calls_held.clone())
+        InFlight::count(self.calls_held.clone())
     }
 }

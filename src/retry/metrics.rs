@@ -3,7 +3,7 @@
 //! metrics) under a sub-registry of the gateway's (`metrics`), with the kinds and reasons that
 //! only the retry loop tells apart.
 
-use std::{sync::Arc, time::Duration};
+use std::time::Duration;
 
 use prometheus_client::{
     encoding::EncodeLabelSet,
@@ -39,14 +39,10 @@ label_values! {
     }
 }
 
-/// The metrics of Graph's attempts. Cheap to clone.
+/// The metrics of Graph's attempts. Each field is a handle on what a scrape reads (an `Arc`
+/// inside); they are cloned only at start-up.
 #[derive(Debug, Clone)]
 pub struct AttemptMetrics {
-    inner: Arc<Inner>,
-}
-
-#[derive(Debug)]
-struct Inner {
     responses: Family<StatusLabels, Counter>,
     failures: Family<FailureLabels, Counter>,
     duration: Histogram,
@@ -73,7 +69,7 @@ struct RetryLabels {
 impl AttemptMetrics {
     /// Registers the metrics of Graph's attempts in `registry`.
     pub fn register(registry: &mut Registry) -> Self {
-        let inner = Inner {
+        let metrics = Self {
             responses: register(
                 registry,
                 "graph_responses",
@@ -100,42 +96,31 @@ impl AttemptMetrics {
             ),
         };
         start_at_zero(
-            &inner.failures,
+            &metrics.failures,
             GraphFailure::ALL.iter().map(|&kind| FailureLabels { kind }),
         );
         start_at_zero(
-            &inner.retries,
+            &metrics.retries,
             RetryReason::ALL
                 .iter()
                 .map(|&reason| RetryLabels { reason }),
         );
-        Self {
-            inner: Arc::new(inner),
-        }
+        metrics
     }
 
     /// Counts an HTTP answer from Graph and how long it took.
     pub fn graph_answered(&self, status: u16, duration: Duration) {
-        self.inner
-            .responses
-            .get_or_create(&StatusLabels { status })
-            .inc();
-        self.inner.duration.observe(duration.as_secs_f64());
+        self.responses.get_or_create(&StatusLabels { status }).inc();
+        self.duration.observe(duration.as_secs_f64());
     }
 
     /// Counts an attempt that got no HTTP answer.
     pub fn graph_failed(&self, kind: GraphFailure) {
-        self.inner
-            .failures
-            .get_or_create(&FailureLabels { kind })
-            .inc();
+        self.failures.get_or_create(&FailureLabels { kind }).inc();
     }
 
     /// Counts a retry.
     pub fn retried(&self, reason: RetryReason) {
-        self.inner
-            .retries
-            .get_or_create(&RetryLabels { reason })
-            .inc();
+        self.retries.get_or_create(&RetryLabels { reason }).inc();
     }
 }

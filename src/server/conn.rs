@@ -146,6 +146,8 @@ pub(crate) async fn serve_connections(
 ) {
     let builder = connection_builder(serving.protocols, serving.handshake_timeout);
     let slots = ConnectionSlots::new(serving.max_connections);
+    // Shared by the connections' tasks, which would otherwise clone each of its handles.
+    let serving = Arc::new(serving);
     // Every connection's task holds a clone: the channel closes when the last one has ended.
     let (alive, mut all_ended) = mpsc::channel::<()>(1);
     loop {

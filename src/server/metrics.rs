@@ -2,8 +2,6 @@
 //! streams refused, readiness, the connection cap, and the serving certificate. Registered under
 //! a sub-registry of the gateway's (`metrics`), with the label values that only the server sets.
 
-use std::sync::Arc;
-
 use prometheus_client::{
     encoding::EncodeLabelSet,
     metrics::{counter::Counter, family::Family, gauge::Gauge},
@@ -37,14 +35,11 @@ label_values! {
     }
 }
 
-/// The server's metrics. Cheap to clone.
+/// The server's metrics. Each field is a handle on what a scrape reads (an `Arc` inside); they
+/// are cloned only at start-up: a listener's connections share one copy, and its stream caps
+/// hold only their count of refusals.
 #[derive(Debug, Clone)]
 pub struct ServerMetrics {
-    inner: Arc<Inner>,
-}
-
-#[derive(Debug)]
-struct Inner {
     connections_open: Family<ListenerLabels, Gauge>,
     connections_closed: Family<ClosedLabels, Counter>,
     streams_refused: Family<ListenerLabels, Counter>,
@@ -77,7 +72,7 @@ struct ClosedLabels {
 impl ServerMetrics {
     /// Registers the server's metrics in `registry` (the gateway's sub-registry for the server).
     pub fn register(registry: &mut Registry) -> Self {
-        let inner = Inner {
+        let metrics = Self {
             connections_open: register(
                 registry,
                 "connections_open",
@@ -130,11 +125,11 @@ impl ServerMetrics {
         let listeners = Listener::ALL
             .iter()
             .map(|&listener| ListenerLabels { listener });
-        start_at_zero(&inner.streams_refused, listeners.clone());
-        start_at_zero(&inner.connections_open, listeners);
+        start_at_zero(&metrics.streams_refused, listeners.clone());
+        start_at_zero(&metrics.connections_open, listeners);
         for &listener in Listener::ALL {
             start_at_zero(
-                &inner.connections_closed,
+                &metrics.connections_closed,
                 [
                     ConnectionClosed::Limit,
                     ConnectionClosed::HandshakeTimeout,
@@ -143,22 +138,19 @@ impl ServerMetrics {
                 .map(|reason| ClosedLabels { listener, reason }),
             );
         }
-        Self {
-            inner: Arc::new(inner),
-        }
+        metrics
     }
 
     /// Sets whether the gateway takes calls.
     pub fn set_ready(&self, ready: bool) {
-        self.inner.ready.set(i64::from(ready));
+        self.ready.set(i64::from(ready));
     }
 
     /// Sets the limit an operator's alerts compare the connections with: `--max-connections`
     /// (the same on each listener).
     pub fn set_connections_limit(&self, max_connections: usize) {
         for &listener in Listener::ALL {
-            self.inner
-                .connections_limit
+            self.connections_limit
                 .get_or_create(&ListenerLabels { listener })
                 .set(i64::try_from(max_connections).unwrap_or(i64::MAX));
         }
@@ -167,12 +159,10 @@ impl ServerMetrics {
     /// Records the serving certificate now in use on `listener`: when it expires, as seconds
     /// since the Unix epoch.
     pub fn tls_certificate_loaded(&self, listener: Listener, not_after: i64) {
-        self.inner
-            .tls_certificate_expiry
+        self.tls_certificate_expiry
             .get_or_create(&ListenerLabels { listener })
             .set(not_after);
-        self.inner
-            .tls_last_reload_successful
+        self.tls_last_reload_successful
             .get_or_create(&ListenerLabels { listener })
             .set(1);
     }
@@ -181,12 +171,10 @@ impl ServerMetrics {
     /// in use (and its expiry) as it was.
     pub fn tls_reloaded(&self, listener: Listener, loaded: bool) {
         let outcome = if loaded { "loaded" } else { "failed" };
-        self.inner
-            .tls_reloads
+        self.tls_reloads
             .get_or_create(&ReloadLabels { listener, outcome })
             .inc();
-        self.inner
-            .tls_last_reload_successful
+        self.tls_last_reload_successful
             .get_or_create(&ListenerLabels { listener })
             .set(i64::from(loaded));
     }
@@ -194,8 +182,7 @@ impl ServerMetrics {
     /// Counts a connection open until the returned guard is dropped.
     pub fn connection_open(&self, listener: Listener) -> InFlight {
         InFlight::count(
-            self.inner
-                .connections_open
+            self.connections_open
                 .get_or_create(&ListenerLabels { listener })
                 .clone(),
         )
@@ -203,18 +190,17 @@ impl ServerMetrics {
 
     /// Counts a connection closed before it was served.
     pub fn connection_closed(&self, listener: Listener, reason: ConnectionClosed) {
-        self.inner
-            .connections_closed
+        self.connections_closed
             .get_or_create(&ClosedLabels { listener, reason })
             .inc();
     }
 
-    /// Counts a health or reflection stream refused at its listener's cap.
-    pub fn stream_refused(&self, listener: Listener) {
-        self.inner
-            .streams_refused
+    /// The count of health and reflection streams refused at `listener`'s caps: its stream cap
+    /// holds it, so that a health or reflection stream clones no more than that.
+    pub fn streams_refused(&self, listener: Listener) -> Counter {
+        self.streams_refused
             .get_or_create(&ListenerLabels { listener })
-            .inc();
+            .clone()
     }
 }
 

@@ -294,7 +294,7 @@ pub async fn serve(
         .admin
         .local_addr()
         .unwrap_or(settings.admin_listen);
-    let api_streams = StreamCap::new(server_metrics.clone(), Listener::Api);
+    let api_streams = StreamCap::new(&server_metrics, Listener::Api);
     let grpc_routes = Routes::new(api_streams.wrap(health_service.clone()))
         .add_service(api_streams.wrap(reflection_v1))
         .add_service(api_streams.wrap(reflection_v1alpha))
@@ -306,7 +306,7 @@ pub async fn serve(
             MAX_REQUEST_BYTES,
             settings.message_wait,
         ));
-    let admin_streams = StreamCap::new(server_metrics.clone(), Listener::Admin);
+    let admin_streams = StreamCap::new(&server_metrics, Listener::Admin);
     let admin_routes = Routes::new(admin_streams.wrap(health_service))
         .add_service(admin_streams.wrap(reflection(ADMIN_DESCRIPTORS).build_v1()?))
         .add_service(admin_streams.wrap(reflection(ADMIN_DESCRIPTORS).build_v1alpha()?));

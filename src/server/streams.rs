@@ -22,6 +22,7 @@ use std::{
 
 use bytes::Bytes;
 use hyper::body::{Body as HttpBody, Frame, SizeHint};
+use prometheus_client::metrics::counter::Counter;
 use tokio::{
     sync::{OwnedSemaphorePermit, Semaphore},
     time::{Instant, Sleep},
@@ -48,8 +49,8 @@ const REQUEST_WAIT: Duration = Duration::from_secs(10);
 pub(crate) struct StreamCap {
     watches: Arc<Semaphore>,
     reflections: Arc<Semaphore>,
-    metrics: ServerMetrics,
-    listener: Listener,
+    /// The listener's count of streams refused.
+    refused: Counter,
 }
 
 /// The kinds of service streams, each capped on its own.
@@ -109,12 +110,11 @@ pub(crate) struct HoldingBody<T> {
 
 impl StreamCap {
     /// Room for [`MAX_SERVICE_STREAMS`] `Watch` and as many reflection streams on `listener`.
-    pub(crate) fn new(metrics: ServerMetrics, listener: Listener) -> Self {
+    pub(crate) fn new(metrics: &ServerMetrics, listener: Listener) -> Self {
         Self {
             watches: Arc::new(Semaphore::new(MAX_SERVICE_STREAMS)),
             reflections: Arc::new(Semaphore::new(MAX_SERVICE_STREAMS)),
-            metrics,
-            listener,
+            refused: metrics.streams_refused(listener),
         }
     }
 
@@ -192,7 +192,7 @@ where
         let held = match self.cap.hold(kind, load) {
             Ok(held) => held,
             Err(message) => {
-                self.cap.metrics.stream_refused(self.cap.listener);
+                self.cap.refused.inc();
                 return HoldingResponse::Refused(Some(
                     Status::resource_exhausted(message).into_http(),
                 ));

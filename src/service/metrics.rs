@@ -3,7 +3,7 @@
 //! with them, set by `retry`) Graph's attempts. Registered under a sub-registry of the gateway's
 //! (`metrics`), with the outcomes of a job read, which only the service tells apart.
 
-use std::{sync::Arc, time::Duration};
+use std::time::Duration;
 
 use prometheus_client::{
     encoding::EncodeLabelSet,
@@ -33,16 +33,13 @@ label_values! {
     }
 }
 
-/// The service's metrics, and the attempts of its Graph calls. Cheap to clone.
+/// The service's metrics, and the attempts of its Graph calls. Each field is a handle on what a
+/// scrape reads (an `Arc` inside); the gateway holds them in its shared state, so they are cloned
+/// only at start-up.
 #[derive(Debug, Clone)]
 pub struct CallMetrics {
-    inner: Arc<Inner>,
     /// Graph's attempts, which the retry loop counts.
     pub attempts: AttemptMetrics,
-}
-
-#[derive(Debug)]
-struct Inner {
     calls: Family<CallLabels, Counter>,
     call_duration: Family<MethodLabels, Histogram>,
     job_reads: Family<JobReadLabels, Counter>,
@@ -75,7 +72,8 @@ impl CallMetrics {
     pub fn register(registry: &mut Registry) -> Self {
         let attempts = AttemptMetrics::register(subsystem(registry));
         let registry = subsystem(registry);
-        let inner = Inner {
+        let metrics = Self {
+            attempts,
             calls: register(
                 registry,
                 "calls",
@@ -114,21 +112,17 @@ impl CallMetrics {
             ),
         };
         start_at_zero(
-            &inner.job_reads,
+            &metrics.job_reads,
             JobReadOutcome::ALL
                 .iter()
                 .map(|&outcome| JobReadLabels { outcome }),
         );
-        Self {
-            inner: Arc::new(inner),
-            attempts,
-        }
+        metrics
     }
 
     /// Sets the limit an operator's alerts compare the calls in flight with: `--max-in-flight`.
     pub fn set_in_flight_limit(&self, max_in_flight: usize) {
-        self.inner
-            .in_flight_limit
+        self.in_flight_limit
             .set(i64::try_from(max_in_flight).unwrap_or(i64::MAX));
     }
 
@@ -136,31 +130,26 @@ impl CallMetrics {
     ///
     /// `code` is the gRPC code's name, such as `NOT_FOUND` ([`crate::status::code_name`]).
     pub fn call_answered(&self, method: &'static str, code: &'static str, duration: Duration) {
-        self.inner
-            .calls
-            .get_or_create(&CallLabels { method, code })
-            .inc();
-        self.inner
-            .call_duration
+        self.calls.get_or_create(&CallLabels { method, code }).inc();
+        self.call_duration
             .get_or_create(&MethodLabels { method })
             .observe(duration.as_secs_f64());
     }
 
     /// Counts a read of a job after a 409, by what it found.
     pub fn job_read(&self, outcome: JobReadOutcome) {
-        self.inner
-            .job_reads
+        self.job_reads
             .get_or_create(&JobReadLabels { outcome })
             .inc();
     }
 
     /// Counts a call turned away at the limit of calls in flight.
     pub fn overloaded(&self) {
-        self.inner.overload_rejections.inc();
+        self.overload_rejections.inc();
     }
 
     /// Counts a call in flight until the returned guard is dropped.
     pub fn in_flight(&self) -> InFlight {
-        InFlight::count(self.inner.in_flight.clone())
+        InFlight::count(self.in_flight.clone())
     }
 }

@@ -338,7 +338,7 @@ fn record_in_every_family(
     drop(graph.throttle.call_held());
     drop(server.connection_open(Listener::Api));
     server.connection_closed(Listener::Api, ConnectionClosed::IdleTimeout);
-    server.stream_refused(Listener::Admin);
+    server.streams_refused(Listener::Admin).inc();
     exchange.token_exchanged("ok", moment);
     exchange.token_cache_lookup(true);
     server.set_ready(true);

@@ -2,8 +2,6 @@
 //! requests Graph did not process, sent again. Registered under a sub-registry of the gateway's
 //! (`metrics`), with the reasons for a re-send, which only the pool tells apart.
 
-use std::sync::Arc;
-
 use prometheus_client::{
     encoding::EncodeLabelSet,
     metrics::{counter::Counter, family::Family, gauge::Gauge},
@@ -25,14 +23,10 @@ label_values! {
     }
 }
 
-/// The pool's metrics. Cheap to clone.
+/// The pool's metrics. Each field is a handle on what a scrape reads (an `Arc` inside); the pool
+/// holds them in its shared state, so they are cloned only at start-up.
 #[derive(Debug, Clone)]
 pub struct PoolMetrics {
-    inner: Arc<Inner>,
-}
-
-#[derive(Debug)]
-struct Inner {
     connections_opened: Family<ProtocolLabels, Counter>,
     connections_open: Gauge,
     requests_resent: Family<ResendLabels, Counter>,
@@ -54,7 +48,7 @@ struct ResendLabels {
 impl PoolMetrics {
     /// Registers the pool's metrics in `registry` (a sub-registry for the pool).
     pub fn register(registry: &mut Registry) -> Self {
-        let inner = Inner {
+        let metrics = Self {
             connections_opened: register(
                 registry,
                 "graph_connections_opened",
@@ -81,41 +75,36 @@ impl PoolMetrics {
             ),
         };
         start_at_zero(
-            &inner.requests_resent,
+            &metrics.requests_resent,
             ResendReason::ALL
                 .iter()
                 .map(|&reason| ResendLabels { reason }),
         );
-        Self {
-            inner: Arc::new(inner),
-        }
+        metrics
     }
 
     /// Counts a connection opened to Graph; `protocol` is `h2` or `http1`.
     pub fn graph_connection_opened(&self, protocol: &'static str) {
-        self.inner
-            .connections_opened
+        self.connections_opened
             .get_or_create(&ProtocolLabels { protocol })
             .inc();
-        self.inner.connections_open.inc();
+        self.connections_open.inc();
     }
 
     /// Counts a connection to Graph closed.
     pub fn graph_connection_closed(&self) {
-        self.inner.connections_open.dec();
+        self.connections_open.dec();
     }
 
     /// Sets how many calls wait for a stream to Graph.
     pub fn graph_calls_waiting(&self, waiting: usize) {
-        self.inner
-            .calls_waiting
+        self.calls_waiting
             .set(i64::try_from(waiting).unwrap_or(i64::MAX));
     }
 
     /// Counts a request sent again because Graph did not process it.
     pub fn graph_request_resent(&self, reason: ResendReason) {
-        self.inner
-            .requests_resent
+        self.requests_resent
             .get_or_create(&ResendLabels { reason })
             .inc();
     }

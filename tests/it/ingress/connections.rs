@@ -618,6 +618,15 @@ async fn watch_streams_are_capped_per_connection_and_per_listener_and_never_stop
     let refused = refused.expect("Watch streams are capped per listener");
     assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
     assert_eq!(watches.len(), MAX_SERVICE_STREAMS);
+    // Each refusal is counted, on the listener that refused it.
+    let text = metrics(gateway.admin_addr).await;
+    let refusals = |listener: &str| {
+        sample(
+            &text,
+            &format!(r#"printjob_gateway_service_streams_refused_total{{listener="{listener}"}}"#),
+        )
+    };
+    assert_eq!((refusals("admin"), refusals("api")), (2.0, 0.0), "{text}");
 
     // A full Watch cap stops no probe: a Check on any connection, /healthz, and the API listener,
     // which has caps of its own; reflection has its own cap too.
