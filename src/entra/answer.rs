@@ -133,7 +133,7 @@ struct TokenBody {
     expires_in: Option<serde_json::Value>,
 }
 
-#[derive(Deserialize)]
+#[derive(Default, Deserialize)]
 struct ErrorBody {
     error: Option<String>,
     error_description: Option<String>,
@@ -176,27 +176,12 @@ pub fn issued_token(body: &[u8]) -> Result<IssuedToken, MalformedAnswer> {
 
 impl EntraRejection {
     /// Reads a rejection from Entra's status, headers and (the first bytes of) its body. A body
-    /// that is not Entra's JSON, such as a proxy's HTML page, leaves only the status.
+    /// that is not Entra's JSON, such as a proxy's HTML page, reads as an empty one: it leaves
+    /// only the status and `Retry-After`.
     pub fn new(status: StatusCode, headers: &HeaderMap, body: &[u8], now: SystemTime) -> Self {
-        let body = serde_json::from_slice::<ErrorBody>(body).ok();
+        let body = serde_json::from_slice::<ErrorBody>(body).unwrap_or_default();
         let identifier = |text: Option<String>| {
             text.and_then(|text| bounded_identifier(text, MAX_IDENTIFIER_LEN))
-        };
-        let retry_after = egress::retry_after(headers, now);
-        let Some(body) = body else {
-            return Self {
-                status,
-                error: None,
-                code: None,
-                suberror: None,
-                description: None,
-                claims: None,
-                trace_id: None,
-                correlation_id: None,
-                retry_after,
-                claims_too_large: false,
-                authorization_uri: None,
-            };
         };
         Self {
             status,
@@ -220,7 +205,7 @@ impl EntraRejection {
                 .filter(|claims| !claims.is_empty() && claims.len() <= MAX_CLAIMS_LEN),
             trace_id: identifier(body.trace_id),
             correlation_id: identifier(body.correlation_id),
-            retry_after,
+            retry_after: egress::retry_after(headers, now),
             authorization_uri: None,
         }
     }

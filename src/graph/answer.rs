@@ -53,7 +53,7 @@ struct Envelope {
     error: ErrorBody,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 struct ErrorBody {
     code: Option<String>,
     message: Option<String>,
@@ -82,20 +82,16 @@ struct InnerError {
 
 impl GraphRejection {
     /// Reads a rejection from Graph's status, headers and (the first bytes of) its body. A body
-    /// that is not Graph's JSON, such as an HTML page from a proxy, is ignored.
+    /// that is not Graph's JSON, such as an HTML page from a proxy, reads as an empty one.
     pub fn new(status: StatusCode, headers: &HeaderMap, body: &[u8], now: SystemTime) -> Self {
-        let body = serde_json::from_slice::<Envelope>(body)
-            .ok()
-            .map(|e| e.error);
-        let (code, message, details, inner) = match body {
-            Some(ErrorBody {
-                code,
-                message,
-                details,
-                inner_error,
-            }) => (code, message, details.unwrap_or_default(), inner_error),
-            None => (None, None, Vec::new(), None),
-        };
+        let ErrorBody {
+            code,
+            message,
+            details,
+            inner_error: inner,
+        } = serde_json::from_slice::<Envelope>(body)
+            .map(|envelope| envelope.error)
+            .unwrap_or_default();
         let inner_request_id = inner.as_ref().and_then(|inner| inner.request_id.clone());
         // The deepest level whose code is a usable identifier.
         let mut inner_code = None;
@@ -113,6 +109,7 @@ impl GraphRejection {
             level = inner_error.as_deref();
         }
         let detail_codes = details
+            .unwrap_or_default()
             .into_iter()
             .filter_map(|detail| bounded_identifier(detail.code?, MAX_CODE_LEN))
             .take(MAX_DETAIL_CODES)
