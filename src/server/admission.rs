@@ -35,13 +35,13 @@ use std::{
 use base64::Engine as _;
 use bytes::{Buf, Bytes};
 use hyper::body::{Body as HttpBody, Frame, SizeHint};
-use tokio::time::{Instant, Sleep};
+use tokio::time::Instant;
 use tonic::{Status, body::Body, metadata::MetadataMap, server::NamedService};
 use tower::Service;
 
 use super::{
     conn::ConnectionLoad,
-    streams::{HoldingBody, HoldingResponse},
+    streams::{HoldingBody, HoldingResponse, WaitTimer},
 };
 use crate::{error::CancelError, service::PrintJobGateway};
 
@@ -100,9 +100,7 @@ struct BoundedBody {
     deadline: Instant,
     /// When the first message must have arrived.
     message_due: Instant,
-    /// Started only when the body first has to wait, so a message that arrives with its headers
-    /// costs no timer; with the instant it was set for.
-    timer: Option<(Pin<Box<Sleep>>, Instant)>,
+    timer: WaitTimer,
     framing: Framing,
     max_message_bytes: usize,
     early: EarlyEnd,
@@ -160,7 +158,7 @@ impl<S> Admitted<S> {
             inner: body,
             deadline: admission.deadline(),
             message_due: (admission.started() + self.message_wait).min(admission.deadline()),
-            timer: None,
+            timer: WaitTimer::default(),
             framing: Framing::default(),
             max_message_bytes: self.max_message_bytes,
             early: EarlyEnd {
@@ -332,7 +330,7 @@ where
                         response
                     }
                 };
-                HoldingBody::hold(response, count)
+                HoldingBody::hold(response, count).map(Body::new)
             }));
         }
         let admitted = self.gateway.admit(&metadata);
@@ -397,17 +395,7 @@ impl HttpBody for BoundedBody {
                 } else {
                     this.message_due
                 };
-                match &mut this.timer {
-                    Some((timer, set_for)) if *set_for != due => {
-                        timer.as_mut().reset(due);
-                        *set_for = due;
-                    }
-                    Some(_) => {}
-                    None => this.timer = Some((Box::pin(tokio::time::sleep_until(due)), due)),
-                }
-                if let Some((timer, _)) = &mut this.timer {
-                    ready!(timer.as_mut().poll(cx));
-                }
+                ready!(this.timer.poll_until(cx, due));
                 let error = if due < this.deadline {
                     CancelError::MessageLate {
                         waited: due.saturating_duration_since(this.early.started),

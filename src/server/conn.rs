@@ -17,7 +17,7 @@ use std::{
 };
 
 use bytes::Bytes;
-use http_body::{Body as HttpBody, Frame, SizeHint};
+use http_body::Body as HttpBody;
 use hyper_util::{
     rt::{TokioExecutor, TokioIo, TokioTimer},
     server::conn::auto,
@@ -31,7 +31,8 @@ use super::{
     ConnectionClosed, Listener, ServerMetrics,
     handshake::{self, Protocols},
     listen::ApiListener,
-    slots::{Admitted, ConnectionSlots, OpenStream, Slot},
+    slots::{Admitted, ConnectionSlots, Slot},
+    streams::HoldingBody,
     tls::TlsConfig,
 };
 use crate::telemetry::ErrorChain;
@@ -114,12 +115,6 @@ struct PerConnection {
     router: axum::Router,
     slot: Slot,
     load: Arc<ConnectionLoad>,
-}
-
-/// A response body that keeps its stream counted as open until it ends.
-struct CountedBody {
-    inner: axum::body::Body,
-    _open: OpenStream,
 }
 
 /// When a listener's connections stop.
@@ -302,29 +297,7 @@ where
         let response = self.router.call(request);
         Box::pin(async move {
             let Ok(response) = response.await;
-            Ok(response.map(|inner| axum::body::Body::new(CountedBody { inner, _open: open })))
+            Ok(HoldingBody::hold(response, open).map(axum::body::Body::new))
         })
-    }
-}
-
-// === impl CountedBody ===
-
-impl HttpBody for CountedBody {
-    type Data = Bytes;
-    type Error = axum::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
-        Pin::new(&mut self.inner).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
     }
 }

@@ -96,15 +96,21 @@ pub(crate) enum HoldingResponse<F, T> {
 struct DeadlineBody {
     inner: Body,
     deadline: Instant,
-    timer: Option<Pin<Box<Sleep>>>,
+    timer: WaitTimer,
 }
 
-/// A response body that holds something (its stream's permits, its call's count) until it
-/// ends.
-pub(crate) struct HoldingBody<T> {
-    inner: Body,
+/// A response body that holds something (its stream's permits, its call's count, its
+/// connection's count of open streams) until it ends.
+pub(crate) struct HoldingBody<B, T> {
+    inner: B,
     _held: T,
 }
+
+/// The timer of a request body that must bring its frames by some instant: started only when the
+/// body first has to wait, so that a message that arrives with its headers costs no timer; with
+/// the instant it was set for.
+#[derive(Default)]
+pub(crate) struct WaitTimer(Option<(Pin<Box<Sleep>>, Instant)>);
 
 // === impl StreamCap ===
 
@@ -202,7 +208,7 @@ where
             Body::new(DeadlineBody {
                 inner: body,
                 deadline: Instant::now() + REQUEST_WAIT,
-                timer: None,
+                timer: WaitTimer::default(),
             })
         });
         HoldingResponse::Admitted(self.inner.call(request), Some(held))
@@ -265,7 +271,7 @@ where
             Self::Admitted(future, held) => {
                 let Ok(response) = ready!(Pin::new(future).poll(cx));
                 Poll::Ready(Ok(match held.take() {
-                    Some(held) => HoldingBody::hold(response, held),
+                    Some(held) => HoldingBody::hold(response, held).map(Body::new),
                     None => response,
                 }))
             }
@@ -286,11 +292,7 @@ impl HttpBody for DeadlineBody {
         let this = &mut *self;
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Pending => {
-                let deadline = this.deadline;
-                let timer = this
-                    .timer
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
-                ready!(timer.as_mut().poll(cx));
+                ready!(this.timer.poll_until(cx, this.deadline));
                 Poll::Ready(Some(Err(Status::deadline_exceeded(format!(
                     "the request did not arrive within {REQUEST_WAIT:?} of its headers"
                 )))))
@@ -310,21 +312,21 @@ impl HttpBody for DeadlineBody {
 
 // === impl HoldingBody ===
 
-impl<T: Send + Unpin + 'static> HoldingBody<T> {
+impl<B, T> HoldingBody<B, T> {
     /// `response`, its body holding `held` until it ends.
-    pub(crate) fn hold(response: http::Response<Body>, held: T) -> http::Response<Body> {
-        response.map(|inner| Body::new(Self { inner, _held: held }))
+    pub(crate) fn hold(response: http::Response<B>, held: T) -> http::Response<Self> {
+        response.map(|inner| Self { inner, _held: held })
     }
 }
 
-impl<T: Unpin> HttpBody for HoldingBody<T> {
-    type Data = Bytes;
-    type Error = Status;
+impl<B: HttpBody + Unpin, T: Unpin> HttpBody for HoldingBody<B, T> {
+    type Data = B::Data;
+    type Error = B::Error;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+    ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
         Pin::new(&mut self.inner).poll_frame(cx)
     }
 
@@ -334,5 +336,66 @@ impl<T: Unpin> HttpBody for HoldingBody<T> {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+// === impl WaitTimer ===
+
+impl WaitTimer {
+    /// Ready once `due` has passed; until then, `cx` is woken at `due` (which may move).
+    pub(crate) fn poll_until(&mut self, cx: &mut Context<'_>, due: Instant) -> Poll<()> {
+        let (timer, set_for) = self
+            .0
+            .get_or_insert_with(|| (Box::pin(tokio::time::sleep_until(due)), due));
+        if *set_for != due {
+            timer.as_mut().reset(due);
+            *set_for = due;
+        }
+        timer.as_mut().poll(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use http_body_util::{BodyExt, StreamBody};
+
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_that_does_not_come_ends_deadline_exceeded_at_the_request_wait() {
+        let started = Instant::now();
+        let silent =
+            StreamBody::new(futures_util::stream::pending::<Result<Frame<Bytes>, Status>>());
+        let mut body = DeadlineBody {
+            inner: Body::new(silent),
+            deadline: started + REQUEST_WAIT,
+            timer: WaitTimer::default(),
+        };
+        let ended = body.frame().await.expect("the body ends with an error");
+        let status = ended.expect_err("a request that does not come is an error");
+        assert_eq!(status.code(), tonic::Code::DeadlineExceeded, "{status:?}");
+        let waited = started.elapsed();
+        assert!(
+            (REQUEST_WAIT..REQUEST_WAIT + Duration::from_secs(1)).contains(&waited),
+            "{waited:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_wait_timer_fires_when_its_due_instant_has_passed_as_it_moves() {
+        let started = Instant::now();
+        let (sooner, later) = (
+            started + Duration::from_secs(1),
+            started + Duration::from_secs(5),
+        );
+        let mut timer = WaitTimer::default();
+        let set_for_sooner = std::future::poll_fn(|cx| Poll::Ready(timer.poll_until(cx, sooner)));
+        assert!(set_for_sooner.await.is_pending());
+        // Moved before it fired: it fires at the later instant, not the first one.
+        std::future::poll_fn(|cx| timer.poll_until(cx, later)).await;
+        assert_eq!(started.elapsed(), Duration::from_secs(5));
+        // Moved back to an instant past: ready at once.
+        std::future::poll_fn(|cx| timer.poll_until(cx, sooner)).await;
+        assert_eq!(started.elapsed(), Duration::from_secs(5));
     }
 }
