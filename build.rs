@@ -16,6 +16,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("cargo:rerun-if-changed={include}");
     }
     println!("cargo:rustc-env=PRINTJOB_GATEWAY_GIT_HASH={}", git_hash());
+    symbol_order()?;
 
     let reflected = protox::compile([SERVICE_PROTO, ERROR_DETAILS_PROTO], INCLUDES)?;
     let out_dir = PathBuf::from(env::var("OUT_DIR")?);
@@ -29,6 +30,24 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_client(true)
         .codec_path("crate::proto::SmallMessageCodec")
         .compile_fds(protox::compile([SERVICE_PROTO], INCLUDES)?)?;
+    Ok(())
+}
+
+/// Links the binary's functions in the order of `link/symbol-order.txt` (written by
+/// `bench/profile.sh --symbol-order`): what start-up runs sits together, then what a call runs,
+/// so that a gateway waiting for its first call has a few hundred KiB of its text resident rather
+/// than pages spread over all of it (BENCHMARKS.md, idle memory). Only for the target where rustc
+/// links with lld by default (x86_64 Linux with glibc, also statically, as deploy/Dockerfile
+/// builds it); lld ignores the names the binary no longer has. Elsewhere the linker's own layout
+/// stands.
+fn symbol_order() -> Result<(), env::VarError> {
+    const ORDER: &str = "link/symbol-order.txt";
+    println!("cargo:rerun-if-changed={ORDER}");
+    if env::var("TARGET")? == "x86_64-unknown-linux-gnu" {
+        let dir = env::var("CARGO_MANIFEST_DIR")?;
+        println!("cargo:rustc-link-arg-bins=-Wl,--symbol-ordering-file={dir}/{ORDER}");
+        println!("cargo:rustc-link-arg-bins=-Wl,--no-warn-symbol-ordering");
+    }
     Ok(())
 }
 

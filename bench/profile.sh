@@ -10,6 +10,10 @@
 #
 #   bench/profile.sh              5,000 calls of each kind
 #   bench/profile.sh --calls N
+#   bench/profile.sh --symbol-order   instead: rewrites link/symbol-order.txt, the order lld lays out
+#                                     the binary's functions in (bench/order.py), from the functions a
+#                                     gateway under callgrind runs; after changes that rename many
+#                                     functions, then commit the file
 #
 # Instruction counts do not depend on machine noise: compare two builds with this script.
 set -euo pipefail
@@ -24,6 +28,12 @@ if ! command -v valgrind >/dev/null 2>&1; then
 fi
 export PATH="$PATH:/usr/sbin"
 ulimit -n 65536 2>/dev/null || true
+
+if [ "${1:-}" = "--symbol-order" ]; then
+    exec "$repo/target/bench-venv/bin/python" "$repo/bench/order.py" \
+        --binary "$repo/target/release/printjob-gateway" \
+        --out "$repo/link/symbol-order.txt"
+fi
 
 exec "$repo/target/bench-venv/bin/python" "$repo/bench/profile.py" \
     --binary "$repo/target/release/printjob-gateway" \
