@@ -15,7 +15,6 @@ import collections
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -23,12 +22,7 @@ import time
 from pathlib import Path
 
 import grpc_h2
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+import harness
 
 
 def crate(symbol: str) -> str:
@@ -40,33 +34,25 @@ def crate(symbol: str) -> str:
 
 def main() -> None:
     binary = sys.argv[1]
-    port, admin_port = free_port(), free_port()
-    data = Path(tempfile.mkdtemp(prefix="idle-")) / "faults.data"
-    perf = subprocess.Popen(
-        ["perf", "record", "-q", "-e", "page-faults", "-c", "1", "-d", "-k", "CLOCK_MONOTONIC",
-         "-o", str(data), "--", binary, "--listen", f"127.0.0.1:{port}",
-         "--admin-listen", f"127.0.0.1:{admin_port}", "--graph-url", "http://127.0.0.1:9",
-         "--log-filter", "warn"],
-        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    work = Path(tempfile.mkdtemp(prefix="idle-"))
+    data = work / "faults.data"
+    port, admin_port = harness.free_ports(2)
+    perf = harness.PROCS.start(
+        ["perf", "record", "-q", "-e", "page-faults", "-c", "1", "-d", "-k", "CLOCK_MONOTONIC", "-o", str(data),
+         "--", *harness.gateway_argv(binary, port, admin_port, "http://127.0.0.1:9")],
+        work / "gateway.log",
     )
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            if grpc_h2.is_serving("127.0.0.1", admin_port):
-                break
-        except OSError:
-            pass
-        if perf.poll() is not None or time.monotonic() > deadline:
-            sys.exit("idle: the gateway did not answer SERVING")
+    harness.wait_until(lambda: grpc_h2.is_serving("127.0.0.1", admin_port), 20, "gateway SERVING", proc=perf)
     serving_at = time.clock_gettime(time.CLOCK_MONOTONIC)
     pid = int(subprocess.check_output(["pgrep", "-P", str(perf.pid)]).split()[0])
     maps = Path(f"/proc/{pid}/maps").read_text().splitlines()
     smaps = Path(f"/proc/{pid}/smaps").read_text()
-    status = Path(f"/proc/{pid}/status").read_text()
+    rss = {key: harness.status_kib(pid, key) for key in ("VmRSS", "RssAnon", "RssFile")}
     os.kill(pid, signal.SIGTERM)
-    perf.wait()
+    perf.wait(timeout=60)
+    harness.PROCS.stop(perf)
 
-    print(*(re.search(rf"{field}:\s+\d+ kB", status).group(0) for field in ("VmRSS", "RssAnon", "RssFile")), sep="   ")
+    print("   ".join(f"{key} {kib} KiB" for key, kib in rss.items()))
     print("\nresident KiB by mapping:")
     resident = collections.Counter()
     for block in re.split(r"\n(?=[0-9a-f]+-[0-9a-f]+ )", smaps):
