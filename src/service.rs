@@ -600,7 +600,7 @@ impl PrintJobGateway {
         if is_server_error(code) {
             span.record("otel.status_code", "ERROR");
         }
-        self.metrics.call_answered(METHOD, code_name, latency);
+        self.metrics.call_answered(code, latency);
         match answer {
             Ok(response) if response.get_ref().already_canceled => {
                 tracing::info!("job already canceled");

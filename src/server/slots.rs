@@ -19,7 +19,7 @@ use std::{
     time::Duration,
 };
 
-use tokio::{sync::watch, time::Instant};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 /// The open connections of one listener. Cheap to clone.
@@ -56,8 +56,9 @@ struct Served {
     /// Its key in [`State::idle`] while it has no stream open.
     idle_key: Option<u64>,
     displaced: CancellationToken,
-    /// Since when it has had no stream open (`None` while it has one).
-    idle_since: watch::Sender<Option<Instant>>,
+    /// Since when it has had no stream open (`None` while it has one, and in its handshake).
+    /// Nothing is told when it changes: [`Slot::idle_for`] reads it when it could matter.
+    idle_since: Option<Instant>,
 }
 
 /// An open connection's place under the cap, given back when the last clone is dropped.
@@ -72,7 +73,6 @@ struct SlotInner {
     /// Fires when a newer connection took this one's place.
     displaced: CancellationToken,
     slots: ConnectionSlots,
-    idle_since: watch::Receiver<Option<Instant>>,
 }
 
 /// An open stream of a served connection: the connection is not idle while it lives.
@@ -132,15 +132,14 @@ impl ConnectionSlots {
         state.next_id += 1;
         let displaced = CancellationToken::new();
         state.handshaking.push_back((id, displaced.clone()));
-        // Not idle until its handshake is done.
-        let (idle_tx, idle_since) = watch::channel(None);
         state.served.insert(
             id,
             Served {
                 streams: 0,
                 idle_key: None,
                 displaced: displaced.clone(),
-                idle_since: idle_tx,
+                // Not idle until its handshake is done.
+                idle_since: None,
             },
         );
         Admitted::Open(Slot {
@@ -148,7 +147,6 @@ impl ConnectionSlots {
                 id,
                 displaced,
                 slots: self.clone(),
-                idle_since,
             }),
         })
     }
@@ -180,7 +178,7 @@ impl State {
         };
         self.next_idle += 1;
         served.idle_key = Some(key);
-        served.idle_since.send_replace(Some(Instant::now()));
+        served.idle_since = Some(Instant::now());
         self.idle.insert(key, id);
     }
 }
@@ -204,7 +202,7 @@ impl Slot {
         if let Some(served) = state.served.get_mut(&self.inner.id) {
             served.streams += 1;
             if let Some(key) = served.idle_key.take() {
-                served.idle_since.send_replace(None);
+                served.idle_since = None;
                 state.idle.remove(&key);
             }
         }
@@ -217,22 +215,33 @@ impl Slot {
     }
 
     /// Completes once the connection has had no stream open for `timeout`.
+    ///
+    /// It reads the connection's state only when the connection could have been idle that long,
+    /// so a stream opening or closing wakes nothing: with a notification per change, every call
+    /// on a connection that goes idle between calls woke the connection's task twice.
     pub(crate) async fn idle_for(&self, timeout: Duration) {
-        let mut idle_since = self.inner.idle_since.clone();
         loop {
-            let since = *idle_since.borrow_and_update();
-            let changed = match since {
-                Some(since) => tokio::select! {
-                    () = tokio::time::sleep_until(since + timeout) => return,
-                    changed = idle_since.changed() => changed,
-                },
-                None => idle_since.changed().await,
+            let now = Instant::now();
+            let wake_at = match self.idle_since() {
+                Some(Some(since)) if since + timeout <= now => return,
+                Some(Some(since)) => since + timeout,
+                // A stream is open: whenever it ends, the connection cannot have been idle for
+                // `timeout` before `timeout` from now.
+                Some(None) => now + timeout,
+                // Displaced (no longer served): `displaced` ends the connection.
+                None => return std::future::pending().await,
             };
-            if changed.is_err() {
-                // The connection was displaced: `displaced` ends it.
-                std::future::pending::<()>().await;
-            }
+            tokio::time::sleep_until(wake_at).await;
         }
+    }
+
+    /// Since when the connection has had no stream open; `None` if it is no longer served.
+    fn idle_since(&self) -> Option<Option<Instant>> {
+        let state = self.inner.slots.lock();
+        state
+            .served
+            .get(&self.inner.id)
+            .map(|served| served.idle_since)
     }
 }
 
@@ -324,6 +333,39 @@ mod tests {
         drop(_fourth_busy);
         drop(fourth);
         assert_eq!(slots.open(), 1);
+    }
+
+    /// Counts its wake-ups.
+    #[derive(Default)]
+    struct Wakes(std::sync::atomic::AtomicUsize);
+
+    impl std::task::Wake for Wakes {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    #[tokio::test]
+    async fn streams_opening_and_closing_do_not_wake_the_idle_timer() {
+        let slots = ConnectionSlots::new(1);
+        let slot = open(slots.admit());
+        slot.handshake_done();
+        let wakes = Arc::new(Wakes::default());
+        let waker = std::task::Waker::from(wakes.clone());
+        let idle = slot.idle_for(Duration::from_secs(3600));
+        tokio::pin!(idle);
+        let mut context = std::task::Context::from_waker(&waker);
+        assert!(idle.as_mut().poll(&mut context).is_pending());
+        // A connection that goes idle between calls, as most do.
+        for _ in 0..100 {
+            drop(slot.stream_opened());
+        }
+        assert_eq!(
+            wakes.0.load(std::sync::atomic::Ordering::SeqCst),
+            0,
+            "the connection's task was woken by its own calls"
+        );
+        assert!(idle.as_mut().poll(&mut context).is_pending());
     }
 
     #[tokio::test]

@@ -3,7 +3,10 @@
 //! with them, set by `retry`) Graph's attempts. Registered under a sub-registry of the gateway's
 //! (`metrics`), with the outcomes of a job read, which only the service tells apart.
 
-use std::time::Duration;
+use std::{
+    sync::{Arc, OnceLock},
+    time::Duration,
+};
 
 use prometheus_client::{
     encoding::EncodeLabelSet,
@@ -11,12 +14,16 @@ use prometheus_client::{
     registry::Registry,
 };
 
+use tonic::Code;
+
+use super::METHOD;
 use crate::{
     metrics::{
         InFlight, label_values, latency_histogram, register, register_seconds, start_at_zero,
         subsystem,
     },
     retry::AttemptMetrics,
+    status::code_name,
 };
 
 label_values! {
@@ -46,6 +53,19 @@ pub struct CallMetrics {
     in_flight: Gauge,
     overload_rejections: Counter,
     in_flight_limit: Gauge,
+    /// The series of `calls` and `call_duration` that answered calls count in.
+    answered: Arc<AnsweredSeries>,
+}
+
+/// Handles on the series of [`METHOD`] in `calls` (one per gRPC code) and `call_duration`,
+/// each taken from its family the first time a call needs it: later calls count without a
+/// label lookup (a read lock and a hash of the labels per family). A series still appears only
+/// once a call has counted in it, as before.
+#[derive(Debug, Default)]
+struct AnsweredSeries {
+    /// By the code's number, 0 (`OK`) to 16 (`UNAUTHENTICATED`).
+    calls: [OnceLock<Counter>; 17],
+    duration: OnceLock<Histogram>,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -110,6 +130,7 @@ impl CallMetrics {
                 "The most cancel calls served at once (--max-in-flight)",
                 Gauge::default(),
             ),
+            answered: Arc::default(),
         };
         start_at_zero(
             &metrics.job_reads,
@@ -126,13 +147,32 @@ impl CallMetrics {
             .set(i64::try_from(max_in_flight).unwrap_or(i64::MAX));
     }
 
-    /// Counts an answered call and its duration.
-    ///
-    /// `code` is the gRPC code's name, such as `NOT_FOUND` ([`crate::status::code_name`]).
-    pub fn call_answered(&self, method: &'static str, code: &'static str, duration: Duration) {
-        self.calls.get_or_create(&CallLabels { method, code }).inc();
-        self.call_duration
-            .get_or_create(&MethodLabels { method })
+    /// Counts an answered call and its duration, labelled with [`METHOD`] and the code's name
+    /// ([`code_name`], such as `NOT_FOUND`).
+    pub fn call_answered(&self, code: Code, duration: Duration) {
+        let series = &self.answered;
+        let resolve = || {
+            self.calls
+                .get_or_create(&CallLabels {
+                    method: METHOD,
+                    code: code_name(code),
+                })
+                .clone()
+        };
+        match usize::try_from(code as i32)
+            .ok()
+            .and_then(|index| series.calls.get(index))
+        {
+            Some(counter) => counter.get_or_init(resolve).inc(),
+            None => resolve().inc(),
+        };
+        series
+            .duration
+            .get_or_init(|| {
+                self.call_duration
+                    .get_or_create(&MethodLabels { method: METHOD })
+                    .clone()
+            })
             .observe(duration.as_secs_f64());
     }
 

@@ -322,7 +322,7 @@ fn record_in_every_family(
     exchange: &ExchangeMetrics,
 ) {
     let moment = Duration::from_millis(20);
-    calls.call_answered("Cancel", "OK", moment);
+    calls.call_answered(tonic::Code::Ok, moment);
     calls.attempts.graph_answered(204, moment);
     calls.attempts.graph_failed(GraphFailure::Transport);
     calls.attempts.retried(RetryReason::Throttled);

@@ -46,25 +46,30 @@ async fn metrics_change_as_calls_happen() {
     let graph_204 = r#"printjob_gateway_graph_responses_total{status="204"}"#;
     let graph_404 = r#"printjob_gateway_graph_responses_total{status="404"}"#;
     let graph_latency = "printjob_gateway_graph_request_duration_seconds_count";
+    let call_latency = r#"printjob_gateway_call_duration_seconds_count{method="Cancel"}"#;
 
     let before = scrape(&gateway).await;
     assert!(
         before.contains("printjob_gateway_build_info{version=\"0.1.0\",git_hash=\""),
         "{before}"
     );
-    gateway.call().send().await.unwrap();
-    gateway.call().authorization(None).send().await.unwrap_err();
+    // Twice each: the second call of a code counts in the series the first one made.
+    for _ in 0..2 {
+        gateway.call().send().await.unwrap();
+        gateway.call().authorization(None).send().await.unwrap_err();
+    }
     graph.set_reply(Reply::graph_error(404, "itemNotFound", "Not found."));
     gateway.call().send().await.unwrap_err();
     let after = scrape(&gateway).await;
 
     for (series, added) in [
-        (ok, 1.0),
+        (ok, 2.0),
         (not_found, 1.0),
-        (unauthenticated, 1.0),
-        (graph_204, 1.0),
+        (unauthenticated, 2.0),
+        (call_latency, 5.0),
+        (graph_204, 2.0),
         (graph_404, 1.0),
-        (graph_latency, 2.0),
+        (graph_latency, 3.0),
     ] {
         assert_eq!(
             sample(&after, series) - sample(&before, series),
