@@ -38,8 +38,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// so that a gateway waiting for its first call has a few hundred KiB of its text resident rather
 /// than pages spread over all of it (BENCHMARKS.md, idle memory). Only for the target where rustc
 /// links with lld by default (x86_64 Linux with glibc); lld ignores the names the binary does not
-/// have, such as most of those of the image's static build, whose symbols carry other hashes
-/// (BENCHMARKS.md says so). Elsewhere the linker's own layout stands.
+/// have. The file holds the names of both `cargo build --release` and the image's static build
+/// (`deploy/build-static.sh`), whose symbols carry other hashes. Elsewhere the linker's own layout
+/// stands.
 fn symbol_order() -> Result<(), env::VarError> {
     const ORDER: &str = "link/symbol-order.txt";
     println!("cargo:rerun-if-changed={ORDER}");

@@ -12,7 +12,9 @@
 #   bench/profile.sh --calls N
 #   bench/profile.sh --symbol-order   instead: rewrites link/symbol-order.txt, the order lld lays out
 #                                     the binary's functions in (bench/order.py), from the functions a
-#                                     gateway under callgrind runs; after changes that rename many
+#                                     gateway under callgrind runs, built both as `cargo build
+#                                     --release` and as the image's static binary
+#                                     (deploy/build-static.sh); after changes that rename many
 #                                     functions, then commit the file
 #
 # Instruction counts do not depend on machine noise: compare two builds with this script.
@@ -30,8 +32,9 @@ export PATH="$PATH:/usr/sbin"
 ulimit -n 65536 2>/dev/null || true
 
 if [ "${1:-}" = "--symbol-order" ]; then
+    static="$(bash "$repo/deploy/build-static.sh")"
     exec "$repo/target/bench-venv/bin/python" "$repo/bench/order.py" \
-        --binary "$repo/target/release/printjob-gateway" \
+        --binary "$repo/target/release/printjob-gateway" --binary "$static" \
         --out "$repo/link/symbol-order.txt"
 fi
 

@@ -7,8 +7,8 @@
 #
 # Needs: cargo/rustc, umoci and ca-certificates (Debian packages; installed here with apt-get when
 # missing), and root (the image's files are owned by root).
-# The static build uses its own CARGO_TARGET_DIR (target/static) so that it leaves the normal
-# build cache alone.
+# The static build (deploy/build-static.sh) uses its own CARGO_TARGET_DIR (target/static, or
+# CARGO_TARGET_DIR_STATIC) so that it leaves the normal build cache alone.
 set -euo pipefail
 
 repo="$(cd "$(dirname "$0")/.." && pwd)"
@@ -17,7 +17,6 @@ layout="${1:-$repo/target/image/oci}"
 version="$(sed -n 's/^version = "\(.*\)"$/\1/p' Cargo.toml | head -n 1)"
 tag="$version"
 target_triple=x86_64-unknown-linux-gnu
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR_STATIC:-$repo/target/static}"
 work="$repo/target/image/work"
 
 if [ "$(id -u)" -ne 0 ]; then
@@ -34,13 +33,10 @@ if [ "${#need_apt[@]}" -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
 fi
 
-echo "build-image.sh: static release build (CARGO_TARGET_DIR=$CARGO_TARGET_DIR)"
-# glibc linked statically; see deploy/Dockerfile for why glibc rather than musl.
-# Symbols stripped (a third of the binary) through Cargo's environment, so Cargo.toml's release
-# profile stays as it is for everyone else.
-RUSTFLAGS='-C target-feature=+crt-static' CARGO_PROFILE_RELEASE_STRIP=symbols cargo build --release --locked --target "$target_triple"
-gateway="$CARGO_TARGET_DIR/$target_triple/release/printjob-gateway"
-sleep_bin="$CARGO_TARGET_DIR/$target_triple/release/sleep-helper"
+echo "build-image.sh: static release build (deploy/build-static.sh)"
+# With its symbols: deploy/rootfs.sh strips the image's copy (see build-static.sh for why there).
+gateway="$(bash deploy/build-static.sh)"
+sleep_bin="$(dirname "$gateway")/sleep-helper"
 rustc --edition 2021 -C opt-level=s -C panic=abort -C strip=symbols \
     -C target-feature=+crt-static --target "$target_triple" -o "$sleep_bin" deploy/sleep.rs
 
